@@ -1,0 +1,54 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+    .enableUpcomingFeature("InternalImportsByDefault"),
+]
+
+let package = Package(
+    name: "warren",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Warren", targets: ["Warren"]),
+        .library(name: "WarrenConformance", targets: ["WarrenConformance"]),
+        .executable(name: "warren", targets: ["warren"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // The broker-independent core: job contract, queue engine, in-memory broker, workers.
+        .target(
+            name: "Warren",
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict
+        ),
+        // Behaviour tests written once, run against every broker.
+        .target(
+            name: "WarrenConformance",
+            dependencies: ["Warren"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "warren",
+            dependencies: [
+                "Warren",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "WarrenTests",
+            dependencies: ["Warren", "WarrenConformance"],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,99 @@
+import Foundation
+import Synchronization
+
+/// The seam between Warren's workers and where jobs live. The in-memory broker implements it over
+/// `JobQueueCore`; the AMQP broker over RabbitMQ. `WarrenConformance` checks any implementation
+/// against the queue contract.
+///
+/// Messages a broker cannot read as jobs (malformed envelopes, oversized bodies) never reach `next`:
+/// the broker dead-letters them itself with the reason and reports a `deadLettered` event, so one bad
+/// message never ends or stalls consumption.
+public protocol Broker: Sendable {
+    /// Enqueues jobs atomically: all of them, or none with the reason.
+    func enqueue(_ jobs: [Job]) async throws(EnqueueRefusal)
+    /// The best ready job a room of `filter` admits, marked running; waits until there is one.
+    /// Returns nil when the broker closes or the calling task is cancelled while waiting.
+    func next(_ filter: DeliveryFilter) async -> Delivery?
+    /// Like `next`, but returns nil at once when no admitted job is ready.
+    func tryNext(_ filter: DeliveryFilter) async -> Delivery?
+    /// Ends the attempt of a delivery: completes, retries with backoff, or dead-letters it.
+    func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) async
+    /// Cancels a job: one that has not started never runs; a running one's `stop` signal fires.
+    func cancel(_ id: JobID) async -> CancelResult
+    func reportProgress(_ id: JobID, _ percent: Double) async
+    /// Lifecycle events from now on. Consume them: the stream buffers without bound.
+    func events() -> AsyncStream<JobEvent>
+    /// The job as this broker knows it now.
+    func snapshot(_ id: JobID) async -> Job?
+    /// Waits until the job ends; nil when the job is unknown or the broker closes first.
+    func outcome(of id: JobID) async -> JobOutcome?
+    func statistics() async -> QueueStatistics
+    /// Stops serving: waiting consumers get nil, event streams finish.
+    func close() async
+}
+
+/// A job handed to a worker, with the signal that tells the worker to stop it.
+public struct Delivery: Sendable {
+    public let job: Job
+    public let stop: StopSignal
+
+    public init(job: Job, stop: StopSignal = StopSignal()) {
+        self.job = job
+        self.stop = stop
+    }
+}
+
+/// Tells a running job's worker to stop it (cancelled or timed out), and makes sure the attempt is
+/// settled exactly once, by whichever comes first: the handler's end or the stop.
+public final class StopSignal: Sendable {
+    public enum Reason: Sendable, Equatable {
+        case cancelled
+        case timedOut
+        /// The worker pool is shutting down past its grace period.
+        case shutdown
+    }
+
+    private struct State {
+        var reason: Reason?
+        var settled = false
+        var action: (@Sendable (Reason) -> Void)?
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Why the job was stopped, if it was.
+    public var reason: Reason? { state.withLock { $0.reason } }
+
+    /// Asks the worker to stop the job. The first reason wins; later calls do nothing.
+    public func fire(_ reason: Reason) {
+        let action = state.withLock { state -> (@Sendable (Reason) -> Void)? in
+            guard state.reason == nil, !state.settled else { return nil }
+            state.reason = reason
+            defer { state.action = nil }
+            return state.action
+        }
+        action?(reason)
+    }
+
+    /// Runs `action` when the signal fires (at once if it already has).
+    public func onFire(_ action: @escaping @Sendable (Reason) -> Void) {
+        let firedReason = state.withLock { state -> Reason? in
+            if let reason = state.reason { return reason }
+            state.action = action
+            return nil
+        }
+        if let firedReason { action(firedReason) }
+    }
+
+    /// Whether the attempt has been settled.
+    public var isSettled: Bool { state.withLock { $0.settled } }
+
+    /// Claims the right to settle the attempt: true exactly once.
+    public func claimSettlement() -> Bool {
+        state.withLock { state in
+            defer { state.settled = true; state.action = nil }
+            return !state.settled
+        }
+    }
+}

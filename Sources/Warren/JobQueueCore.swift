@@ -1,0 +1,557 @@
+public import Foundation
+import DequeModule
+import HeapModule
+
+/// Which ready jobs a consumer can take now: the "rooms" it has free.
+public struct DeliveryFilter: Sendable, Equatable {
+    /// Space for one more job: of at most this priority, needing no more than these capabilities.
+    public struct Room: Sendable, Equatable {
+        /// The lowest priority the room accepts (`.critical` for a reserved slot).
+        public var lowest: JobPriority
+        /// What the room offers; `nil` accepts any requirement.
+        public var capabilities: Set<String>?
+        public init(lowest: JobPriority = .background, capabilities: Set<String>? = nil) {
+            self.lowest = lowest
+            self.capabilities = capabilities
+        }
+    }
+
+    /// A job is taken when one room admits it.
+    public var rooms: [Room]
+    /// The capability sets of every worker group this consumer has: a ready job none of them covers
+    /// can never run here and is dead-lettered (`noCapableWorker`). `nil` checks nothing.
+    public var servable: [Set<String>]?
+
+    public init(rooms: [Room], servable: [Set<String>]? = nil) {
+        self.rooms = rooms
+        self.servable = servable
+    }
+
+    /// Any job at all.
+    public static let any = DeliveryFilter(rooms: [Room()])
+    /// Critical jobs only (a reserved slot).
+    public static let criticalOnly = DeliveryFilter(rooms: [Room(lowest: .critical)])
+
+    var lowestPriority: JobPriority { rooms.map(\.lowest).max() ?? .critical }
+
+    func admits(_ job: Job) -> Bool {
+        rooms.contains { room in
+            guard job.priority <= room.lowest else { return false }
+            guard let capabilities = room.capabilities, !job.requiredCapabilities.isEmpty else { return true }
+            return job.requiredCapabilities.isSubset(of: capabilities)
+        }
+    }
+
+    func canEverServe(_ job: Job) -> Bool {
+        guard let servable, !job.requiredCapabilities.isEmpty else { return true }
+        return servable.contains { job.requiredCapabilities.isSubset(of: $0) }
+    }
+}
+
+/// Limits and policy of one queue.
+public struct QueueConfiguration: Sendable {
+    /// Most unfinished jobs held at once; past it `enqueue` refuses with `queueFull`.
+    public var capacity: Int
+    /// How many finished jobs are remembered (for dedup, dependencies, status and results).
+    public var finishedWindow: Int
+    public var retryPolicy: RetryPolicy
+
+    public init(capacity: Int = 100_000, finishedWindow: Int = 100_000, retryPolicy: RetryPolicy = .default) {
+        self.capacity = capacity
+        self.finishedWindow = finishedWindow
+        self.retryPolicy = retryPolicy
+    }
+}
+
+/// The queue contract as a synchronous state machine: dedup, priority order, delays, deadlines,
+/// dependencies, in-flight tracking, retries with backoff, dead letters, cancellation, progress,
+/// events and statistics. No locks, no I/O, no clock: the owner serialises calls and passes `now`.
+public struct JobQueueCore {
+    public let configuration: QueueConfiguration
+    private var records: [JobID: JobRecord] = [:]
+    private var finished: [JobID: Job] = [:]
+    private var finishedOrder = Deque<JobID>()
+    private var ready = PriorityLanes<JobRecord>()
+    private var timers = Heap<TimerEntry>()
+    private var timerSequence: UInt64 = 0
+    private var staleTimers = 0
+    private var random: AnyRandomNumberGenerator
+
+    private var statusCounts = [Int](repeating: 0, count: JobStatus.allCases.count)
+    private var queuedByPriority = [Int](repeating: 0, count: JobPriority.allCases.count)
+    private var totals = Totals()
+    private var runDurations = DurationRecorder()
+    private var waitDurations = DurationRecorder()
+
+    /// Set to collect lifecycle events for `takeEvents()`; off, the queue allocates none.
+    public var recordsEvents = false
+    private var events: [JobEvent] = []
+
+    public init(configuration: QueueConfiguration = QueueConfiguration(), random: any RandomNumberGenerator = SystemRandomNumberGenerator()) {
+        self.configuration = configuration
+        self.random = AnyRandomNumberGenerator(random)
+    }
+
+    // MARK: Enqueue
+
+    /// Enqueues one job (see `enqueue(_:now:)` for batches).
+    public mutating func enqueue(_ job: Job, now: Date) throws(EnqueueRefusal) {
+        try validate(job)
+        guard records[job.id] == nil, finished[job.id] == nil else { throw .duplicate(job.id) }
+        guard records.count < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
+        for dependency in job.dependencies where records[dependency] == nil && finished[dependency] == nil {
+            throw .unknownDependency(job: job.id, dependency: dependency)
+        }
+        if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
+        insert(job, now: now)
+    }
+
+    /// Enqueues a batch atomically: all of it, or (with the reason) none of it. Jobs in the batch may
+    /// depend on each other; a cycle among them is refused.
+    public mutating func enqueue(_ jobs: [Job], now: Date) throws(EnqueueRefusal) {
+        if jobs.count == 1 { return try enqueue(jobs[0], now: now) }
+        var batch: [JobID: Job] = [:]
+        for job in jobs {
+            try validate(job)
+            guard records[job.id] == nil, finished[job.id] == nil, batch[job.id] == nil else { throw .duplicate(job.id) }
+            batch[job.id] = job
+        }
+        guard records.count + jobs.count <= configuration.capacity else {
+            throw .queueFull(capacity: configuration.capacity)
+        }
+        for job in jobs {
+            for dependency in job.dependencies
+            where batch[dependency] == nil && records[dependency] == nil && finished[dependency] == nil {
+                throw .unknownDependency(job: job.id, dependency: dependency)
+            }
+        }
+        for job in try Self.topologicalOrder(jobs, batch: batch) { insert(job, now: now) }
+    }
+
+    private func validate(_ job: Job) throws(EnqueueRefusal) {
+        if job.name.isEmpty { throw .invalid(job.id, "empty job name") }
+        if job.id.rawValue.isEmpty { throw .invalid(job.id, "empty job id") }
+        if job.maxRetries < 0 { throw .invalid(job.id, "maxRetries must be 0 or more, got \(job.maxRetries)") }
+        if job.attempt < 1 { throw .invalid(job.id, "attempt must be 1 or more, got \(job.attempt)") }
+        if let timeout = job.timeout, timeout <= .zero { throw .invalid(job.id, "timeout must be positive, got \(timeout)") }
+    }
+
+    /// Orders a batch so every job comes after the batch members it depends on; refuses cycles.
+    private static func topologicalOrder(_ jobs: [Job], batch: [JobID: Job]) throws(EnqueueRefusal) -> [Job] {
+        enum Mark { case visiting, done }
+        var marks: [JobID: Mark] = [:]
+        var order: [Job] = []
+        var path: [JobID] = []
+        func visit(_ job: Job) -> [JobID]? {
+            switch marks[job.id] {
+            case .done: return nil
+            case .visiting:
+                let start = path.firstIndex(of: job.id) ?? 0
+                return Array(path[start...]) + [job.id]
+            case nil: break
+            }
+            marks[job.id] = .visiting
+            path.append(job.id)
+            for dependency in job.dependencies {
+                if let member = batch[dependency], let cycle = visit(member) { return cycle }
+            }
+            path.removeLast()
+            marks[job.id] = .done
+            order.append(job)
+            return nil
+        }
+        for job in jobs { if let cycle = visit(job) { throw .dependencyCycle(cycle) } }
+        return order
+    }
+
+    private mutating func insert(_ job: Job, now: Date) {
+        let record = JobRecord(job)
+        records[job.id] = record
+        statusCounts[JobStatus.pending.index] += 1
+        totals.enqueued += 1
+        emit(.enqueued, record, now)
+        if let deadline = job.deadline { schedule(record, at: deadline, .deadline) }
+        var failedDependency: (JobID, JobStatus)?
+        for dependency in job.dependencies {
+            if let parent = records[dependency] {
+                parent.dependents.append(record)
+                record.waitingOn += 1
+            } else if let parent = finished[dependency], parent.status != .completed {
+                failedDependency = (dependency, parent.status)
+            }
+        }
+        if let (dependency, status) = failedDependency {
+            deadLetter(record, .dependencyFailed(dependency, status: status), now: now)
+        } else if record.waitingOn == 0 {
+            readyWhenDue(record, now: now)
+        }
+    }
+
+    // MARK: Serve
+
+    /// Takes the best ready job the filter admits (highest priority, then arrival) and marks it
+    /// running. Jobs whose deadline passed are dead-lettered on the way, never returned.
+    public mutating func dequeue(_ filter: DeliveryFilter = .any, now: Date) -> Job? {
+        guard !filter.rooms.isEmpty else { return nil }
+        while let record = ready.removeFirst(lowest: filter.lowestPriority, where: { record in
+            guard record.job.status == .queued else { return .drop }
+            if !filter.canEverServe(record.job) { return .take }
+            return filter.admits(record.job) ? .take : .skip
+        }) {
+            queuedByPriority[record.job.priority.rawValue] -= 1
+            if let deadline = record.job.deadline, deadline <= now {
+                deadLetter(record, .deadline(deadline), now: now)
+                continue
+            }
+            if !filter.canEverServe(record.job) {
+                deadLetter(record, .noCapableWorker(required: Array(record.job.requiredCapabilities)), now: now)
+                continue
+            }
+            move(record, to: .running)
+            record.job.startedAt = now
+            totals.started += 1
+            waitDurations.record(seconds: now.timeIntervalSince(record.queuedAt))
+            emit(.started(attempt: record.job.attempt), record, now)
+            return record.job
+        }
+        return nil
+    }
+
+    /// Whether a ready job exists that the filter admits (without taking it).
+    public func hasReady(_ filter: DeliveryFilter = .any) -> Bool {
+        guard !filter.rooms.isEmpty else { return false }
+        return (0...filter.lowestPriority.rawValue).contains { queuedByPriority[$0] > 0 }
+    }
+
+    // MARK: Settle
+
+    /// Ends the running attempt of `id`. Returns false when the job is not running (a stale report).
+    @discardableResult
+    public mutating func settle(_ id: JobID, attempt: Int? = nil, _ outcome: AttemptOutcome, now: Date) -> Bool {
+        guard let record = records[id], record.job.status == .running else { return false }
+        if let attempt, attempt != record.job.attempt { return false }
+        // A job asked to stop ends cancelled, whatever its handler returned (a rejection still says why).
+        if record.cancelling {
+            if case .rejected = outcome {} else {
+                finishCancelled(record, now: now)
+                return true
+            }
+        }
+        switch outcome {
+        case let .completed(result):
+            record.job.result = result
+            record.job.progress = 100
+            move(record, to: .completed)
+            record.job.finishedAt = now
+            totals.completed += 1
+            runDurations.record(seconds: now.timeIntervalSince(record.job.startedAt ?? now))
+            emit(.completed, record, now)
+            retire(record)
+            for dependent in record.dependents where dependent.job.status == .pending {
+                dependent.waitingOn -= 1
+                if dependent.waitingOn == 0 { readyWhenDue(dependent, now: now) }
+            }
+            record.dependents = []
+        case let .failed(message):
+            failAttempt(record, message: message, timedOut: false, now: now)
+        case .timedOut:
+            let message = "timed out after \(record.job.timeout.map { "\($0)" } ?? "its timeout")"
+            failAttempt(record, message: message, timedOut: true, now: now)
+        case .cancelled:
+            finishCancelled(record, now: now)
+        case let .rejected(reason):
+            deadLetter(record, reason, now: now)
+        }
+        return true
+    }
+
+    private mutating func failAttempt(_ record: JobRecord, message: String, timedOut: Bool, now: Date) {
+        let attempt = record.job.attempt
+        record.job.errors.append(AttemptError(attempt: attempt, message: message, at: now, timedOut: timedOut))
+        if timedOut {
+            move(record, to: .timedOut)
+            totals.timedOut += 1
+            emit(.timedOut(attempt: attempt), record, now)
+        } else {
+            move(record, to: .failed)
+            totals.failed += 1
+            emit(.failed(attempt: attempt, error: message), record, now)
+        }
+        guard attempt <= record.job.maxRetries else {
+            deadLetter(record, .retriesExhausted(attempts: attempt, lastError: message), now: now)
+            return
+        }
+        let delay = configuration.retryPolicy.delay(afterAttempt: attempt, using: &random)
+        let at = now.addingTimeInterval(delay.timeInterval)
+        move(record, to: .retrying)
+        totals.retried += 1
+        emit(.retrying(attempt: attempt + 1, at: at, error: message), record, now)
+        if at <= now { requeueForRetry(record, now: now) } else { schedule(record, at: at, .ready) }
+    }
+
+    private mutating func requeueForRetry(_ record: JobRecord, now: Date) {
+        record.job.attempt += 1
+        record.job.progress = 0
+        enqueueReady(record, now: now)
+    }
+
+    private mutating func finishCancelled(_ record: JobRecord, now: Date) {
+        if record.job.status == .queued { queuedByPriority[record.job.priority.rawValue] -= 1 }
+        move(record, to: .cancelled)
+        record.job.finishedAt = now
+        totals.cancelled += 1
+        emit(.cancelled, record, now)
+        retire(record)
+        failDependents(of: record, now: now)
+    }
+
+    private mutating func deadLetter(_ record: JobRecord, _ reason: DeadLetterReason, now: Date) {
+        if record.job.status == .queued { queuedByPriority[record.job.priority.rawValue] -= 1 }
+        move(record, to: .deadLettered)
+        record.job.deadLetterReason = reason
+        record.job.finishedAt = now
+        totals.deadLettered += 1
+        emit(.deadLettered(reason), record, now)
+        retire(record)
+        failDependents(of: record, now: now)
+    }
+
+    /// A job that ends without completing takes its waiting dependents with it, naming itself.
+    private mutating func failDependents(of record: JobRecord, now: Date) {
+        let dependents = record.dependents
+        record.dependents = []
+        for dependent in dependents where dependent.job.status == .pending {
+            deadLetter(dependent, .dependencyFailed(record.job.id, status: record.job.status), now: now)
+        }
+    }
+
+    // MARK: Cancel and progress
+
+    /// Cancels a job. A job that has not started never runs; a running one is marked, and the owner
+    /// must stop its handler and then settle it (any outcome of a marked job ends `cancelled`).
+    public mutating func cancel(_ id: JobID, now: Date) -> CancelResult {
+        guard let record = records[id] else {
+            if let job = finished[id] { return .alreadyFinished(job.status) }
+            return .unknown
+        }
+        switch record.job.status {
+        case .pending, .queued, .retrying:
+            finishCancelled(record, now: now)
+            return .cancelled
+        case .running:
+            record.cancelling = true
+            return .cancelling
+        case .failed, .timedOut, .completed, .cancelled, .deadLettered:
+            return .alreadyFinished(record.job.status)
+        }
+    }
+
+    /// Records a running job's progress (clamped to 0–100).
+    @discardableResult
+    public mutating func progress(_ id: JobID, _ percent: Double, now: Date) -> Bool {
+        guard let record = records[id], record.job.status == .running, percent.isFinite else { return false }
+        record.job.progress = min(100, max(0, percent))
+        emit(.progress(record.job.progress), record, now)
+        return true
+    }
+
+    // MARK: Time
+
+    /// Fires every timer due at `now` (delays, retry backoffs, deadlines) and returns when the next one
+    /// is due, if any.
+    @discardableResult
+    public mutating func advance(now: Date) -> Date? {
+        while let entry = timers.min, entry.at <= now {
+            _ = timers.removeMin()
+            let record = entry.record
+            record.timers -= 1
+            if record.job.status.isTerminal { staleTimers -= 1; continue }
+            switch (entry.kind, record.job.status) {
+            case (.ready, .pending) where record.waitingOn == 0 && (record.job.notBefore ?? now) <= now:
+                enqueueReady(record, now: now)
+            case (.ready, .retrying):
+                requeueForRetry(record, now: now)
+            case (.deadline, .pending), (.deadline, .queued), (.deadline, .retrying):
+                deadLetter(record, .deadline(entry.at), now: now)
+            default:
+                break
+            }
+        }
+        return timers.min?.at
+    }
+
+    /// When the next timer is due.
+    public var nextTimer: Date? { timers.min?.at }
+
+    private mutating func schedule(_ record: JobRecord, at date: Date, _ kind: TimerEntry.Kind) {
+        timerSequence &+= 1
+        record.timers += 1
+        timers.insert(TimerEntry(at: date, sequence: timerSequence, kind: kind, record: record))
+    }
+
+    private mutating func readyWhenDue(_ record: JobRecord, now: Date) {
+        if let notBefore = record.job.notBefore, notBefore > now {
+            schedule(record, at: notBefore, .ready)
+        } else {
+            enqueueReady(record, now: now)
+        }
+    }
+
+    private mutating func enqueueReady(_ record: JobRecord, now: Date) {
+        move(record, to: .queued)
+        record.queuedAt = now
+        queuedByPriority[record.job.priority.rawValue] += 1
+        ready.append(record, priority: record.job.priority)
+    }
+
+    // MARK: Bookkeeping
+
+    private mutating func move(_ record: JobRecord, to next: JobStatus) {
+        let previous = record.job.status
+        do {
+            try record.job.transition(to: next)
+        } catch {
+            preconditionFailure("\(error)")
+        }
+        statusCounts[previous.index] -= 1
+        statusCounts[next.index] += 1
+    }
+
+    private mutating func retire(_ record: JobRecord) {
+        records[record.job.id] = nil
+        if record.timers > 0 {
+            staleTimers += record.timers
+            if staleTimers > 1024, staleTimers > timers.count / 2 { compactTimers() }
+        }
+        guard configuration.finishedWindow > 0 else { return }
+        finished[record.job.id] = record.job
+        finishedOrder.append(record.job.id)
+        if finishedOrder.count > configuration.finishedWindow {
+            finished[finishedOrder.removeFirst()] = nil
+        }
+    }
+
+    /// Drops timers of finished jobs (deadlines of completed jobs) so the heap stays proportional to
+    /// the live jobs, whatever their deadlines.
+    private mutating func compactTimers() {
+        var live: [TimerEntry] = []
+        live.reserveCapacity(timers.count - staleTimers)
+        for entry in timers.unordered {
+            if entry.record.job.status.isTerminal { entry.record.timers -= 1 } else { live.append(entry) }
+        }
+        timers = Heap(live)
+        staleTimers = 0
+    }
+
+    private mutating func emit(_ kind: JobEvent.Kind, _ record: JobRecord, _ now: Date) {
+        guard recordsEvents else { return }
+        events.append(JobEvent(kind, id: record.job.id, name: record.job.name, priority: record.job.priority, at: now))
+    }
+
+    /// Returns the events collected since the last call (when `recordsEvents` is on).
+    public mutating func takeEvents() -> [JobEvent] {
+        guard !events.isEmpty else { return [] }
+        defer { events.removeAll(keepingCapacity: true) }
+        return events
+    }
+
+    // MARK: Queries
+
+    /// The job as it is now: unfinished, or finished within the window.
+    public func snapshot(_ id: JobID) -> Job? { records[id]?.job ?? finished[id] }
+
+    /// How the job ended, if it has (and is still within the finished window).
+    public func outcome(_ id: JobID) -> JobOutcome? {
+        guard let job = finished[id] else { return nil }
+        switch job.status {
+        case .completed: return .completed(job.result ?? Data())
+        case .cancelled: return .cancelled
+        case .deadLettered: return .deadLettered(job.deadLetterReason ?? .malformedMessage("unknown"), errors: job.errors)
+        default: return nil
+        }
+    }
+
+    /// Whether a running job has been asked to stop.
+    public func isCancelling(_ id: JobID) -> Bool { records[id]?.cancelling ?? false }
+
+    /// Unfinished jobs held.
+    public var unfinishedCount: Int { records.count }
+    public var inFlight: Int { statusCounts[JobStatus.running.index] }
+
+    /// Jobs that are ready (queued) now.
+    public var readyCount: Int { queuedByPriority.reduce(0, +) }
+
+    public func statistics() -> QueueStatistics {
+        var byStatus: [JobStatus: Int] = [:]
+        for status in JobStatus.allCases {
+            switch status {
+            case .completed: byStatus[status] = totals.completed
+            case .cancelled: byStatus[status] = totals.cancelled
+            case .deadLettered: byStatus[status] = totals.deadLettered
+            default: byStatus[status] = statusCounts[status.index]
+            }
+        }
+        var depth: [JobPriority: Int] = [:]
+        for priority in JobPriority.allCases { depth[priority] = queuedByPriority[priority.rawValue] }
+        return QueueStatistics(
+            byStatus: byStatus, depthByPriority: depth, inFlight: inFlight,
+            enqueued: totals.enqueued, started: totals.started, completed: totals.completed,
+            failedAttempts: totals.failed, timedOutAttempts: totals.timedOut, retried: totals.retried,
+            cancelled: totals.cancelled, deadLettered: totals.deadLettered,
+            runDuration: runDurations.summary, waitDuration: waitDurations.summary)
+    }
+}
+
+private struct Totals {
+    var enqueued = 0, started = 0, completed = 0, failed = 0, timedOut = 0, retried = 0, cancelled = 0, deadLettered = 0
+}
+
+/// One unfinished job and the bookkeeping around it (a class: lanes, timers and dependents share it).
+final class JobRecord {
+    var job: Job
+    /// Dependencies not yet completed.
+    var waitingOn = 0
+    var dependents: [JobRecord] = []
+    var queuedAt = Date.distantPast
+    var cancelling = false
+    /// Timer entries that still point here.
+    var timers = 0
+
+    init(_ job: Job) { self.job = job }
+}
+
+private struct TimerEntry: Comparable {
+    enum Kind { case ready, deadline }
+    let at: Date
+    let sequence: UInt64
+    let kind: Kind
+    let record: JobRecord
+
+    static func < (lhs: TimerEntry, rhs: TimerEntry) -> Bool {
+        (lhs.at, lhs.sequence) < (rhs.at, rhs.sequence)
+    }
+    static func == (lhs: TimerEntry, rhs: TimerEntry) -> Bool { lhs.sequence == rhs.sequence }
+}
+
+extension JobStatus {
+    var index: Int {
+        switch self {
+        case .pending: 0
+        case .queued: 1
+        case .running: 2
+        case .completed: 3
+        case .failed: 4
+        case .timedOut: 5
+        case .retrying: 6
+        case .cancelled: 7
+        case .deadLettered: 8
+        }
+    }
+}
+
+/// Lets the queue keep an injected generator of any type.
+struct AnyRandomNumberGenerator: RandomNumberGenerator {
+    private var base: any RandomNumberGenerator
+    init(_ base: any RandomNumberGenerator) { self.base = base }
+    mutating func next() -> UInt64 { base.next() }
+}

@@ -1,0 +1,302 @@
+import Foundation
+import Synchronization
+
+/// How a worker pool runs.
+public struct WorkerPoolConfiguration: Sendable {
+    public var groups: [WorkerGroup]
+    public var routing: RoutingStrategy
+    /// For jobs whose job and handler both name no timeout; nil runs them unbounded.
+    public var defaultTimeout: Duration?
+    /// How long shutdown waits for running jobs before stopping them (they are then retried).
+    public var shutdownGrace: Duration
+
+    /// One group of `concurrency` workers.
+    public init(
+        concurrency: Int = 16, reservedForCritical: Int = 0, capabilities: Set<String> = [],
+        defaultTimeout: Duration? = nil, shutdownGrace: Duration = .seconds(30)
+    ) {
+        self.init(
+            groups: [WorkerGroup(concurrency: concurrency, reservedForCritical: reservedForCritical, capabilities: capabilities)],
+            defaultTimeout: defaultTimeout, shutdownGrace: shutdownGrace)
+    }
+
+    public init(
+        groups: [WorkerGroup], routing: RoutingStrategy = .leastLoaded, defaultTimeout: Duration? = nil,
+        shutdownGrace: Duration = .seconds(30)
+    ) {
+        precondition(!groups.isEmpty, "a worker pool needs at least one group")
+        self.groups = groups
+        self.routing = routing
+        self.defaultTimeout = defaultTimeout
+        self.shutdownGrace = shutdownGrace
+    }
+}
+
+/// Runs handlers for the jobs of a broker: pulls a job only when a slot is free (back-pressure),
+/// routes it to a worker group, runs it in its own task with its timeout, and settles the attempt.
+///
+/// Cancellation and timeouts are cooperative: the handler's task is cancelled, and the attempt is
+/// settled at once (`cancelled` or `timed out`). A handler that ignores cancellation keeps running
+/// until it returns; its result is discarded and its slot stays taken until then, so the pool never
+/// runs more handlers than its concurrency.
+public final class WorkerPool: Sendable {
+    private let broker: any Broker
+    private let registry: HandlerRegistry
+    private let configuration: WorkerPoolConfiguration
+    private let clock: any WarrenClock
+    private let timeouts: Timeouts
+    private let state: Locked<PoolState>
+    private let servable: [Set<String>]
+
+    public init(
+        broker: any Broker, registry: HandlerRegistry, configuration: WorkerPoolConfiguration = WorkerPoolConfiguration(),
+        clock: any WarrenClock = SystemClock()
+    ) {
+        self.broker = broker
+        self.registry = registry
+        self.configuration = configuration
+        self.clock = clock
+        timeouts = Timeouts(clock: clock)
+        servable = configuration.groups.map(\.capabilities)
+        state = Locked(PoolState(
+            loads: configuration.groups.map { GroupLoad(group: $0) }, router: Router(strategy: configuration.routing)))
+    }
+
+    /// Handlers running now.
+    public var running: Int { state.withLock { $0.running } }
+
+    /// How busy each group is now.
+    public var loads: [GroupLoad] { state.withLock { $0.loads } }
+
+    /// Runs until `shutdown()` or until the calling task is cancelled; then stops taking jobs, waits
+    /// up to the grace period for running ones, stops the rest (they are retried) and returns.
+    public func run() async {
+        await withTaskCancellationHandler {
+            await dispatch()
+        } onCancel: {
+            shutdown()
+        }
+        await drain()
+        timeouts.stop()
+    }
+
+    /// Asks `run()` to stop taking jobs and return once running ones end.
+    public func shutdown() {
+        let (wake, pull) = state.withLock { state in
+            state.stopping = true
+            defer { state.roomWaiter = nil }
+            return (state.roomWaiter, state.pull)
+        }
+        wake?.resume()
+        pull?.task.cancel()
+    }
+
+    // MARK: Dispatch
+
+    private func dispatch() async {
+        while let filter = await waitForRoom() {
+            let delivery: Delivery?
+            if let ready = await broker.tryNext(filter) {
+                delivery = ready
+            } else {
+                delivery = await pullWaiting(filter)
+            }
+            guard let delivery else { continue }
+            start(delivery)
+        }
+    }
+
+    /// Waits until some slot is free; returns the filter of what the pool can take now.
+    private func waitForRoom() async -> DeliveryFilter? {
+        while true {
+            enum Step { case stop, filter(DeliveryFilter), wait }
+            let step = state.withLock { state -> Step in
+                if state.stopping { return .stop }
+                let filter = state.filter(servable: servable)
+                return filter.rooms.isEmpty ? .wait : .filter(filter)
+            }
+            switch step {
+            case .stop: return nil
+            case let .filter(filter): return filter
+            case .wait:
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let resume = state.withLock { state -> Bool in
+                        if state.stopping || !state.filter(servable: servable).rooms.isEmpty { return true }
+                        state.roomWaiter = continuation
+                        return false
+                    }
+                    if resume { continuation.resume() }
+                }
+            }
+        }
+    }
+
+    /// Waits for a job in a task that is cancelled if a freed slot widens what the pool can take.
+    private func pullWaiting(_ filter: DeliveryFilter) async -> Delivery? {
+        let broker = self.broker
+        let task = Task { await broker.next(filter) }
+        let cancelled = state.withLock { state -> Bool in
+            state.pull = (filter, task)
+            return state.stopping
+        }
+        if cancelled { task.cancel() }
+        let delivery = await task.value
+        state.withLock { $0.pull = nil }
+        return delivery
+    }
+
+    private func start(_ delivery: Delivery) {
+        let job = delivery.job
+        state.withLock { state in
+            // Only the dispatcher takes slots, so the room the filter promised is still there; if a
+            // job slipped through anyway it runs in the least busy capable group rather than being lost.
+            let choice = state.router.route(job, among: state.loads) ?? state.fallback(for: job)
+            state.occupy(choice.group, choice.slot)
+            state.handlers[job.id] = (choice.group, choice.slot, delivery.stop)
+        }
+        let pool = self
+        let task = Task { await pool.execute(delivery) }
+        delivery.stop.onFire { [broker] reason in
+            task.cancel()
+            guard delivery.stop.claimSettlement() else { return }
+            let outcome: AttemptOutcome = switch reason {
+            case .cancelled: .cancelled
+            case .timedOut: .timedOut
+            case .shutdown: .failed("the worker shut down before the job finished")
+            }
+            Task { await broker.settle(delivery, outcome) }
+        }
+    }
+
+    private func execute(_ delivery: Delivery) async {
+        let job = delivery.job
+        let outcome: AttemptOutcome
+        if let entry = registry.entry(job.name) {
+            if let timeout = job.timeout ?? entry.timeout ?? configuration.defaultTimeout {
+                timeouts.schedule(delivery.stop, at: clock.now().addingTimeInterval(timeout.timeInterval), inFlight: running)
+            }
+            do {
+                outcome = .completed(try await entry.run(job, JobContext(job: job, broker: broker)))
+            } catch let error as UndecodableInput {
+                outcome = .rejected(.undecodablePayload(error.detail))
+            } catch {
+                outcome = .failed(describeFailure(error))
+            }
+        } else {
+            outcome = .rejected(.unknownJobName(job.name))
+        }
+        if delivery.stop.claimSettlement() { await broker.settle(delivery, outcome) }
+        release(job.id)
+    }
+
+    private func release(_ id: JobID) {
+        let wake = state.withLock { state -> (CheckedContinuation<Void, Never>?, Task<Delivery?, Never>?, CheckedContinuation<Void, Never>?) in
+            guard let (group, slot, _) = state.handlers.removeValue(forKey: id) else { return (nil, nil, nil) }
+            state.free(group, slot)
+            let roomWaiter = state.roomWaiter
+            state.roomWaiter = nil
+            // A parked pull with a narrower filter than what is free now is restarted.
+            var pull: Task<Delivery?, Never>?
+            if let current = state.pull, current.filter != state.filter(servable: servable) { pull = current.task }
+            var drained: CheckedContinuation<Void, Never>?
+            if state.running == 0 { drained = state.drainWaiter; state.drainWaiter = nil }
+            return (roomWaiter, pull, drained)
+        }
+        wake.0?.resume()
+        wake.1?.cancel()
+        wake.2?.resume()
+    }
+
+    // MARK: Shutdown
+
+    private func drain() async {
+        let clock = self.clock
+        let grace = clock.now().addingTimeInterval(configuration.shutdownGrace.timeInterval)
+        let finished = await withTaskGroup(of: Bool.self) { group in
+            group.addTask { [state] in
+                await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                    let done = state.withLock { state -> Bool in
+                        if state.running == 0 { return true }
+                        state.drainWaiter = continuation
+                        return false
+                    }
+                    if done { continuation.resume() }
+                }
+                return true
+            }
+            group.addTask {
+                try? await clock.sleep(until: grace)
+                return false
+            }
+            let first = await group.next() ?? true
+            group.cancelAll()
+            if !first {
+                // Past the grace period: stop what still runs, then wait for their tasks to end.
+                let stops = state.withLock { state -> ([StopSignal], CheckedContinuation<Void, Never>?) in
+                    defer { state.drainWaiter = nil }
+                    return (state.handlers.values.map(\.2), state.drainWaiter)
+                }
+                for stop in stops.0 { stop.fire(.shutdown) }
+                stops.1?.resume()
+            }
+            return first
+        }
+        _ = finished
+    }
+}
+
+/// An error as the text stored with the failed attempt.
+func describeFailure(_ error: any Error) -> String {
+    if let error = error as? any LocalizedError, let text = error.errorDescription { return text }
+    return String(describing: error)
+}
+
+private struct PoolState {
+    var loads: [GroupLoad]
+    var router: Router
+    var running = 0
+    var handlers: [JobID: (Int, Slot, StopSignal)] = [:]
+    var roomWaiter: CheckedContinuation<Void, Never>?
+    var pull: (filter: DeliveryFilter, task: Task<Delivery?, Never>)?
+    var drainWaiter: CheckedContinuation<Void, Never>?
+    var stopping = false
+
+    init(loads: [GroupLoad], router: Router) {
+        self.loads = loads
+        self.router = router
+    }
+
+    func filter(servable: [Set<String>]) -> DeliveryFilter {
+        var rooms: [DeliveryFilter.Room] = []
+        for load in loads {
+            if load.busy < load.group.concurrency {
+                rooms.append(.init(lowest: .background, capabilities: load.group.capabilities))
+            } else if load.reservedBusy < load.group.reservedForCritical {
+                rooms.append(.init(lowest: .critical, capabilities: load.group.capabilities))
+            }
+        }
+        return DeliveryFilter(rooms: rooms, servable: servable)
+    }
+
+    func fallback(for job: Job) -> (group: Int, slot: Slot) {
+        let capable = loads.indices.filter { job.requiredCapabilities.isSubset(of: loads[$0].group.capabilities) }
+        let index = capable.min { loads[$0].load < loads[$1].load } ?? 0
+        return (index, .ordinary)
+    }
+
+    mutating func occupy(_ group: Int, _ slot: Slot) {
+        running += 1
+        switch slot {
+        case .ordinary: loads[group].busy += 1
+        case .reserved: loads[group].reservedBusy += 1
+        }
+    }
+
+    mutating func free(_ group: Int, _ slot: Slot) {
+        running -= 1
+        switch slot {
+        case .ordinary: loads[group].busy -= 1
+        case .reserved: loads[group].reservedBusy -= 1
+        }
+    }
+}
