@@ -68,9 +68,11 @@ public struct QueueConfiguration: Sendable {
 /// events and statistics. No locks, no I/O, no clock: the owner serialises calls and passes `now`.
 public struct JobQueueCore {
     public let configuration: QueueConfiguration
+    /// Every job known: unfinished ones, and finished ones within the window (oldest first in
+    /// `finishedOrder`). One dictionary of references: one lookup serves dedup, status and results.
     private var records: [JobID: JobRecord] = [:]
-    private var finished: [JobID: Job] = [:]
     private var finishedOrder = Deque<JobID>()
+    private var liveCount = 0
     private var ready = PriorityLanes<JobRecord>()
     private var timers = Heap<TimerEntry>()
     private var timerSequence: UInt64 = 0
@@ -97,9 +99,9 @@ public struct JobQueueCore {
     /// Enqueues one job (see `enqueue(_:now:)` for batches).
     public mutating func enqueue(_ job: Job, now: Date) throws(EnqueueRefusal) {
         try validate(job)
-        guard records[job.id] == nil, finished[job.id] == nil else { throw .duplicate(job.id) }
-        guard records.count < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
-        for dependency in job.dependencies where records[dependency] == nil && finished[dependency] == nil {
+        guard records[job.id] == nil else { throw .duplicate(job.id) }
+        guard liveCount < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
+        for dependency in job.dependencies where records[dependency] == nil {
             throw .unknownDependency(job: job.id, dependency: dependency)
         }
         if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
@@ -113,15 +115,15 @@ public struct JobQueueCore {
         var batch: [JobID: Job] = [:]
         for job in jobs {
             try validate(job)
-            guard records[job.id] == nil, finished[job.id] == nil, batch[job.id] == nil else { throw .duplicate(job.id) }
+            guard records[job.id] == nil, batch[job.id] == nil else { throw .duplicate(job.id) }
             batch[job.id] = job
         }
-        guard records.count + jobs.count <= configuration.capacity else {
+        guard liveCount + jobs.count <= configuration.capacity else {
             throw .queueFull(capacity: configuration.capacity)
         }
         for job in jobs {
             for dependency in job.dependencies
-            where batch[dependency] == nil && records[dependency] == nil && finished[dependency] == nil {
+            where batch[dependency] == nil && records[dependency] == nil {
                 throw .unknownDependency(job: job.id, dependency: dependency)
             }
         }
@@ -167,17 +169,19 @@ public struct JobQueueCore {
     private mutating func insert(_ job: Job, now: Date) {
         let record = JobRecord(job)
         records[job.id] = record
+        liveCount += 1
         statusCounts[JobStatus.pending.index] += 1
         totals.enqueued += 1
         emit(.enqueued, record, now)
         if let deadline = job.deadline { schedule(record, at: deadline, .deadline) }
         var failedDependency: (JobID, JobStatus)?
         for dependency in job.dependencies {
-            if let parent = records[dependency] {
+            guard let parent = records[dependency] else { continue }
+            if !parent.job.status.isTerminal {
                 parent.dependents.append(record)
                 record.waitingOn += 1
-            } else if let parent = finished[dependency], parent.status != .completed {
-                failedDependency = (dependency, parent.status)
+            } else if parent.job.status != .completed {
+                failedDependency = (dependency, parent.job.status)
             }
         }
         if let (dependency, status) = failedDependency {
@@ -330,10 +334,7 @@ public struct JobQueueCore {
     /// Cancels a job. A job that has not started never runs; a running one is marked, and the owner
     /// must stop its handler and then settle it (any outcome of a marked job ends `cancelled`).
     public mutating func cancel(_ id: JobID, now: Date) -> CancelResult {
-        guard let record = records[id] else {
-            if let job = finished[id] { return .alreadyFinished(job.status) }
-            return .unknown
-        }
+        guard let record = records[id] else { return .unknown }
         switch record.job.status {
         case .pending, .queued, .retrying:
             finishCancelled(record, now: now)
@@ -418,16 +419,18 @@ public struct JobQueueCore {
     }
 
     private mutating func retire(_ record: JobRecord) {
-        records[record.job.id] = nil
+        liveCount -= 1
         if record.timers > 0 {
             staleTimers += record.timers
             if staleTimers > 1024, staleTimers > timers.count / 2 { compactTimers() }
         }
-        guard configuration.finishedWindow > 0 else { return }
-        finished[record.job.id] = record.job
+        guard configuration.finishedWindow > 0 else {
+            records[record.job.id] = nil
+            return
+        }
         finishedOrder.append(record.job.id)
         if finishedOrder.count > configuration.finishedWindow {
-            finished[finishedOrder.removeFirst()] = nil
+            records[finishedOrder.removeFirst()] = nil
         }
     }
 
@@ -458,11 +461,11 @@ public struct JobQueueCore {
     // MARK: Queries
 
     /// The job as it is now: unfinished, or finished within the window.
-    public func snapshot(_ id: JobID) -> Job? { records[id]?.job ?? finished[id] }
+    public func snapshot(_ id: JobID) -> Job? { records[id]?.job }
 
     /// How the job ended, if it has (and is still within the finished window).
     public func outcome(_ id: JobID) -> JobOutcome? {
-        guard let job = finished[id] else { return nil }
+        guard let job = records[id]?.job else { return nil }
         switch job.status {
         case .completed: return .completed(job.result ?? Data())
         case .cancelled: return .cancelled
@@ -475,7 +478,7 @@ public struct JobQueueCore {
     public func isCancelling(_ id: JobID) -> Bool { records[id]?.cancelling ?? false }
 
     /// Unfinished jobs held.
-    public var unfinishedCount: Int { records.count }
+    public var unfinishedCount: Int { liveCount }
     public var inFlight: Int { statusCounts[JobStatus.running.index] }
 
     /// Jobs that are ready (queued) now.

@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import Synchronization
+import Warren
+
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the in-memory engine: queue operations, end-to-end jobs, critical-job start latency.")
+
+    @Option(help: "Jobs for the queue-operation run.") var operations = 1_000_000
+    @Option(help: "Jobs for the end-to-end run.") var jobs = 200_000
+    @Option(help: "Workers for the end-to-end run.") var concurrency = 16
+    @Option(help: "Critical jobs measured for start latency.") var criticalSamples = 200
+
+    func run() async throws {
+        print("warren bench — in-memory engine, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        let ops = queueOperations(count: operations)
+        print(String(format: "queue operations (enqueue+dequeue+ack, one thread): %10.0f jobs/s  (%.0f ops/s)", ops, ops * 3))
+        let e2e = try await endToEnd(count: jobs, concurrency: concurrency)
+        print(String(format: "end-to-end no-op jobs through the worker pool:      %10.0f jobs/s  (concurrency %d)", e2e, concurrency))
+        let latency = try await criticalLatency(samples: criticalSamples)
+        print(String(format: "critical start latency, 10,000 low jobs waiting:    p50 %.3f ms  p99 %.3f ms  max %.3f ms",
+                     latency.p50 * 1e3, latency.p99 * 1e3, latency.max * 1e3))
+    }
+
+    /// Enqueue, dequeue and ack every job on one thread, straight on the queue core. The jobs come
+    /// from a ring of 20,000 prepared ones: an id recurs only after it has left the 10,000-job
+    /// dedup window, so every enqueue is accepted and the producer's cost stays out of the figure.
+    func queueOperations(count: Int) -> Double {
+        let batch = 1_000
+        let ring = (0..<20 * batch).map { Job(id: JobID("j\($0)"), name: "noop", priority: JobPriority(rawValue: $0 % 5)!) }
+        var core = JobQueueCore(configuration: QueueConfiguration(capacity: batch * 2, finishedWindow: 10 * batch))
+        let empty = Data()
+        let clock = ContinuousClock()
+        let elapsed = clock.measure {
+            var done = 0
+            while done < count {
+                let now = Date()
+                let start = done % ring.count
+                for job in ring[start..<start + batch] { try! core.enqueue(job, now: now) }
+                while let job = core.dequeue(now: now) { core.settle(job.id, .completed(empty), now: now) }
+                done += batch
+            }
+        }
+        precondition(core.statistics().completed == count, "every job must complete")
+        return Double(count) / elapsed.timeInterval
+    }
+
+    /// Pre-fills the broker, then drains it through a worker pool with a no-op handler.
+    func endToEnd(count: Int, concurrency: Int) async throws -> Double {
+        let broker = InMemoryBroker(configuration: QueueConfiguration(capacity: count, finishedWindow: 10_000))
+        let done = Countdown(count)
+        var registry = HandlerRegistry()
+        try registry.registerRaw("noop") { _, _ in
+            done.tick()
+            return Data()
+        }
+        let jobs = (0..<count).map { Job(id: JobID("e\($0)"), name: "noop") }
+        for start in stride(from: 0, to: count, by: 10_000) {
+            try await broker.enqueue(Array(jobs[start..<min(count, start + 10_000)]))
+        }
+        let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: concurrency))
+        let started = ContinuousClock.now
+        let runner = Task { await pool.run() }
+        await done.wait()
+        let elapsed = ContinuousClock.now - started
+        pool.shutdown()
+        await runner.value
+        let stats = await broker.statistics()
+        precondition(stats.completed == count, "every job must complete, got \(stats.completed)")
+        return Double(count) / elapsed.timeInterval
+    }
+
+    /// Every ordinary slot runs a long low job and 10,000 more wait; a critical job is submitted and
+    /// the time to its handler's start is measured, through one reserved slot.
+    func criticalLatency(samples: Int) async throws -> (p50: Double, p99: Double, max: Double) {
+        let broker = InMemoryBroker()
+        let queue = JobQueue(broker: broker)
+        let release = Countdown(1)
+        let startedAt = Mutex<[JobID: ContinuousClock.Instant]>([:])
+        var registry = HandlerRegistry()
+        try registry.registerRaw("long") { _, _ in
+            await release.wait()
+            return Data()
+        }
+        try registry.registerRaw("urgent") { _, context in
+            let now = ContinuousClock.now
+            startedAt.withLock { $0[context.id] = now }
+            return Data()
+        }
+        let pool = WorkerPool(
+            broker: broker, registry: registry,
+            configuration: WorkerPoolConfiguration(concurrency: 4, reservedForCritical: 1))
+        let runner = Task { await pool.run() }
+        try await queue.submit(batch: (0..<10_004).map { _ in Job(name: "long", priority: .low) })
+        while pool.running < 4 { await Task.yield() }
+        var latencies: [Double] = []
+        for _ in 0..<samples {
+            let job = Job(name: "urgent", priority: .critical)
+            let submitted = ContinuousClock.now
+            let handle = try await queue.submit(job)
+            _ = try await handle.result()
+            let began = startedAt.withLock { $0[job.id]! }
+            latencies.append((began - submitted).timeInterval)
+        }
+        let stats = await broker.statistics()
+        precondition(stats.depthByPriority[.low] == 10_000, "the low jobs must still wait")
+        release.tick()
+        pool.shutdown()
+        await queue.broker.close()
+        await runner.value
+        latencies.sort()
+        return (latencies[latencies.count / 2], latencies[Int(Double(latencies.count) * 0.99)], latencies.last!)
+    }
+}
+
+/// Releases every waiter once it has been ticked `count` times.
+final class Countdown: Sendable {
+    private let state: Mutex<(remaining: Int, waiters: [CheckedContinuation<Void, Never>])>
+    init(_ count: Int) { state = Mutex((count, [])) }
+    func tick() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.remaining -= 1
+            guard state.remaining <= 0 else { return [] }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if state.remaining <= 0 { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+}
+
+extension Duration {
+    var timeInterval: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

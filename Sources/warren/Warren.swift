@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct WarrenCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "warren",
+        abstract: "A job worker for RabbitMQ, with an embedded in-memory broker by default.",
+        subcommands: [Demo.self, Bench.self])
+}
