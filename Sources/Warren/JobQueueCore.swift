@@ -101,10 +101,10 @@ public struct JobQueueCore {
         try validate(job)
         guard records[job.id] == nil else { throw .duplicate(job.id) }
         guard liveCount < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
+        if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
         for dependency in job.dependencies where records[dependency] == nil {
             throw .unknownDependency(job: job.id, dependency: dependency)
         }
-        if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
         insert(job, now: now)
     }
 

@@ -1,0 +1,209 @@
+import Foundation
+import Warren
+
+struct Greeting: Codable, Sendable, Equatable {
+    var name: String
+    var times: Int
+}
+
+struct Flaky: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Runs a worker pool over the broker while `body` runs, then shuts it down.
+func withPool(
+    _ broker: any Broker, _ registry: HandlerRegistry,
+    _ configuration: WorkerPoolConfiguration = WorkerPoolConfiguration(concurrency: 4),
+    _ body: (JobQueue, WorkerPool) async throws -> Void
+) async throws {
+    let pool = WorkerPool(broker: broker, registry: registry, configuration: configuration)
+    let runner = Task { await pool.run() }
+    do {
+        try await body(JobQueue(broker: broker), pool)
+    } catch {
+        pool.shutdown()
+        await runner.value
+        throw error
+    }
+    pool.shutdown()
+    await runner.value
+}
+
+extension ConformanceSuite {
+    static let greet = JobKind<Greeting, String>("conformance.greet")
+    static let sleepy = JobKind<Nothing, Nothing>("conformance.sleepy")
+
+    static let workerCases: [ConformanceCase] = [
+        test("typed handlers: the handle returns the output, a throwing handler fails only its job") { broker in
+            var registry = HandlerRegistry()
+            try registry.register(greet) { input, _ in
+                if input.name == "boom" { throw Flaky(description: "cannot greet boom") }
+                return String(repeating: "hello \(input.name) ", count: input.times)
+            }
+            try await withPool(broker, registry) { queue, _ in
+                let good = try await queue.submit(greet, Greeting(name: "ada", times: 2))
+                let bad = try await queue.submit(greet, Greeting(name: "boom", times: 1), JobOptions(maxRetries: 1))
+                try expectEqual(try await within(10, "result") { try await good.result() }, "hello ada hello ada ", "output")
+                do {
+                    _ = try await within(10, "failure") { try await bad.result() }
+                    throw ConformanceFailure("the failing job reported success")
+                } catch let failure as JobFailure {
+                    guard case let .deadLettered(_, reason, errors) = failure else { throw ConformanceFailure("\(failure)") }
+                    try expectEqual(reason, .retriesExhausted(attempts: 2, lastError: "cannot greet boom"), "reason")
+                    try expectEqual(errors.count, 2, "errors kept")
+                }
+            }
+        },
+        test("unknown names and undecodable payloads are dead-lettered with a reason, never retried") { broker in
+            var registry = HandlerRegistry()
+            try registry.register(greet) { input, _ in input.name }
+            try await withPool(broker, registry) { queue, _ in
+                let stranger = Job(name: "conformance.no-such-job", maxRetries: 5)
+                let wrongType = Job(name: greet.name, payload: Data(#"{"name":"x","times":"two"}"#.utf8), maxRetries: 5)
+                let notJSON = Job(name: greet.name, payload: Data("not json".utf8), maxRetries: 5)
+                let fine = try queue.makeJob(greet, Greeting(name: "still works", times: 1))
+                try await queue.submit(batch: [stranger, wrongType, notJSON, fine])
+                try expectEqual(try await outcome(broker, stranger.id),
+                                .deadLettered(.unknownJobName("conformance.no-such-job"), errors: []), "unknown name")
+                guard case let .deadLettered(.undecodablePayload(detail), errors) = try await outcome(broker, wrongType.id) else {
+                    throw ConformanceFailure("wrong type not dead-lettered as undecodable")
+                }
+                try expect(detail.contains("times"), "the reason names the field: \(detail)")
+                try expectEqual(errors.count, 0, "no retries for bad input")
+                guard case .deadLettered(.undecodablePayload, _) = try await outcome(broker, notJSON.id) else {
+                    throw ConformanceFailure("non-JSON payload not dead-lettered as undecodable")
+                }
+                try expectEqual(try await outcome(broker, fine.id), .completed(Data(#""still works""#.utf8)), "good job")
+            }
+        },
+        test("a handler past its timeout is cancelled and the job times out") { broker in
+            var registry = HandlerRegistry()
+            let sawCancellation = Counter()
+            try registry.register(sleepy) { _, _ in
+                do { try await Task.sleep(for: .seconds(30)) } catch { _ = sawCancellation.increment(); throw error }
+                return Nothing()
+            }
+            try await withPool(broker, registry) { queue, _ in
+                let log = EventLog(broker)
+                let started = Date()
+                let handle = try await queue.submit(sleepy, Nothing(), JobOptions(timeout: .milliseconds(200), maxRetries: 0))
+                try await log.wait("timed out") { $0.id == handle.id && $0.label == "timed_out" }
+                guard case let .deadLettered(reason, errors) = try await outcome(broker, handle.id) else {
+                    throw ConformanceFailure("a timed-out job with no retries left must be dead-lettered")
+                }
+                try expectEqual(reason.code, "retries_exhausted", "reason")
+                try expect(errors.first?.timedOut == true, "the attempt is recorded as timed out")
+                let elapsed = Date().timeIntervalSince(started)
+                try expect(elapsed >= 0.19 && elapsed < 5, "timed out after \(elapsed) s")
+                try await within(5, "the handler to see cancellation") { while sawCancellation.current == 0 { await Task.yield() } }
+            }
+        },
+        test("cancelling a running job cancels its handler cooperatively") { broker in
+            var registry = HandlerRegistry()
+            try registry.register(sleepy) { _, context in
+                await context.progress(10)
+                try await Task.sleep(for: .seconds(30))
+                return Nothing()
+            }
+            try await withPool(broker, registry) { queue, pool in
+                let log = EventLog(broker)
+                let handle = try await queue.submit(sleepy, Nothing(), JobOptions(maxRetries: 3))
+                try await log.wait("progress") { $0.id == handle.id && $0.kind == .progress(10) }
+                try expectEqual(await handle.cancel(), .cancelling, "cancel result")
+                try expectEqual(try await outcome(broker, handle.id), .cancelled, "outcome")
+                try await within(5, "the slot to free") { while pool.running > 0 { await Task.yield() } }
+            }
+        },
+        test("never more handlers at once than the concurrency limit") { broker in
+            var registry = HandlerRegistry()
+            let now = Counter(), peak = Locked(0)
+            try registry.register(sleepy) { _, _ in
+                let running = now.increment()
+                peak.withLock { $0 = max($0, running) }
+                try await Task.sleep(for: .milliseconds(5))
+                _ = now.decrementAndGet()
+                return Nothing()
+            }
+            try await withPool(broker, registry, WorkerPoolConfiguration(concurrency: 3)) { queue, _ in
+                var handles: [JobHandle<Nothing>] = []
+                for _ in 0..<30 { handles.append(try await queue.submit(sleepy, Nothing())) }
+                for handle in handles { _ = try await within(10, "job") { try await handle.result() } }
+                try expectEqual(peak.withLock { $0 }, 3, "peak concurrency")
+            }
+        },
+        test("a critical job starts at once in a reserved slot while low jobs fill the pool") { broker in
+            var registry = HandlerRegistry()
+            let gate = Gate()
+            try registry.register(sleepy) { _, _ in
+                await gate.wait()
+                return Nothing()
+            }
+            try registry.register(greet) { input, _ in input.name }
+            try await withPool(broker, registry, WorkerPoolConfiguration(concurrency: 2, reservedForCritical: 1)) { queue, pool in
+                let log = EventLog(broker)
+                var lows: [Job] = []
+                for _ in 0..<20 { lows.append(try queue.makeJob(sleepy, Nothing(), JobOptions(priority: .low))) }
+                try await queue.submit(batch: lows)
+                try await within(5, "the pool to fill") { while pool.running < 2 { await Task.yield() } }
+                try await within(5, "two low jobs to start") {
+                    while await log.all().filter({ $0.label == "started" }).count < 2 { await Task.yield() }
+                }
+                let urgent = try await queue.submit(greet, Greeting(name: "now", times: 1), JobOptions(priority: .critical))
+                try expectEqual(try await within(5, "the critical job") { try await urgent.result() }, "now", "critical output")
+                let starts = await log.all().filter { $0.label == "started" }.dropFirst(2)
+                try expect(starts.map(\.id) == [urgent.id], "only the critical job started meanwhile: \(starts)")
+                try expectEqual(await broker.statistics().depthByPriority[.low], 18, "low jobs still waiting")
+                gate.open()
+                for low in lows { _ = try await outcome(broker, low.id) }
+            }
+        },
+        test("worker groups: jobs run where their capabilities are; impossible ones are dead-lettered") { broker in
+            var registry = HandlerRegistry()
+            let ranOn = Locked<[String: String]>([:])
+            try registry.registerRaw("conformance.where") { payload, context in
+                ranOn.withLock { $0[context.id.rawValue] = context.metadata["expect"] }
+                return payload
+            }
+            let groups = [
+                WorkerGroup(name: "cpu", concurrency: 2, capabilities: ["cpu"]),
+                WorkerGroup(name: "gpu", concurrency: 1, capabilities: ["cpu", "gpu"]),
+            ]
+            try await withPool(broker, registry, WorkerPoolConfiguration(groups: groups, routing: .roundRobin)) { queue, _ in
+                let gpu = Job(name: "conformance.where", requiredCapabilities: ["gpu"], metadata: ["expect": "gpu"])
+                let any = Job(name: "conformance.where", metadata: ["expect": "any"])
+                let tpu = Job(name: "conformance.where", requiredCapabilities: ["tpu"])
+                try await queue.submit(batch: [gpu, any, tpu])
+                try expectEqual(try await outcome(broker, gpu.id), .completed(gpu.payload), "gpu job")
+                try expectEqual(try await outcome(broker, any.id), .completed(any.payload), "plain job")
+                try expectEqual(try await outcome(broker, tpu.id), .deadLettered(.noCapableWorker(required: ["tpu"]), errors: []), "tpu job")
+            }
+        },
+    ]
+}
+
+/// Holds handlers until opened.
+final class Gate: Sendable {
+    private let state = Locked<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    func open() {
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.open = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let open = state.withLock { state -> Bool in
+                if state.open { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if open { continuation.resume() }
+        }
+    }
+}
+
+extension Counter {
+    func decrementAndGet() -> Int { add(-1) }
+}

@@ -1,0 +1,178 @@
+import Foundation
+import Testing
+@testable import Warren
+
+/// The queue contract on the bare state machine, with time moved by hand.
+@Suite("Queue core")
+struct JobQueueCoreTests {
+    let t0 = Date(timeIntervalSince1970: 1_800_000_000)
+
+    func core(_ configuration: QueueConfiguration = QueueConfiguration(), seed: UInt64 = 7) -> JobQueueCore {
+        JobQueueCore(configuration: configuration, random: SplitMix64(seed: seed))
+    }
+
+    @Test func statusMachineAllowsOnlyItsTransitions() {
+        let legal: Set<String> = [
+            "pending>queued", "pending>cancelled", "pending>dead_lettered",
+            "queued>running", "queued>cancelled", "queued>dead_lettered",
+            "running>completed", "running>failed", "running>timed_out", "running>cancelled", "running>dead_lettered",
+            "failed>retrying", "failed>dead_lettered", "timed_out>retrying", "timed_out>dead_lettered",
+            "retrying>queued", "retrying>cancelled", "retrying>dead_lettered",
+        ]
+        for from in JobStatus.allCases {
+            for to in JobStatus.allCases {
+                #expect(from.canMove(to: to) == legal.contains("\(from)>\(to)"), "\(from) → \(to)")
+            }
+        }
+        for terminal in JobStatus.allCases where terminal.isTerminal {
+            #expect(JobStatus.allCases.allSatisfy { !terminal.canMove(to: $0) })
+        }
+    }
+
+    @Test func illegalTransitionThrows() {
+        var job = Job(name: "x")
+        #expect(throws: IllegalTransition(job: job.id, from: .pending, to: .completed)) { try job.transition(to: .completed) }
+        #expect(job.status == .pending)
+        #expect(throws: Never.self) { try job.transition(to: .queued) }
+        #expect(job.status == .queued)
+    }
+
+    @Test func retryBackoffIsExponentialWithSeededJitter() {
+        let policy = RetryPolicy(baseDelay: .seconds(1), multiplier: 2, maxDelay: .seconds(10), jitter: 0.5)
+        var random = SplitMix64(seed: 1)
+        let delays = (1...6).map { policy.delay(afterAttempt: $0, using: &random).timeInterval }
+        let nominal = [1.0, 2, 4, 8, 10, 10]
+        for (delay, nominal) in zip(delays, nominal) {
+            #expect(delay >= nominal * 0.5 && delay <= min(nominal * 1.5, 10), "\(delay) around \(nominal)")
+        }
+        var again = SplitMix64(seed: 1)
+        #expect((1...6).map { policy.delay(afterAttempt: $0, using: &again).timeInterval } == delays, "same seed, same delays")
+        var noJitter = SplitMix64(seed: 1)
+        let exact = RetryPolicy(baseDelay: .milliseconds(100), multiplier: 3, maxDelay: .seconds(1), jitter: 0)
+        let exactDelays = (1...4).map { exact.delay(afterAttempt: $0, using: &noJitter).timeInterval }
+        for (delay, expected) in zip(exactDelays, [0.1, 0.3, 0.9, 1.0]) { #expect(abs(delay - expected) < 1e-9) }
+    }
+
+    @Test func retriesWaitOutTheirBackoffThenDeadLetter() throws {
+        let policy = RetryPolicy(baseDelay: .seconds(10), multiplier: 2, maxDelay: .seconds(100), jitter: 0)
+        var queue = core(QueueConfiguration(retryPolicy: policy))
+        let job = Job(id: "r", name: "x", maxRetries: 2)
+        try queue.enqueue(job, now: t0)
+        #expect(queue.dequeue(now: t0)?.attempt == 1)
+        queue.settle("r", .failed("e1"), now: t0)
+        #expect(queue.snapshot("r")?.status == .retrying)
+        #expect(queue.nextTimer == t0.addingTimeInterval(10))
+        queue.advance(now: t0.addingTimeInterval(9.999))
+        #expect(queue.dequeue(now: t0.addingTimeInterval(9.999)) == nil, "not before its backoff")
+        queue.advance(now: t0.addingTimeInterval(10))
+        let dequeued = queue.dequeue(now: t0.addingTimeInterval(10))
+        let second = try #require(dequeued)
+        #expect(second.attempt == 2)
+        queue.settle("r", .timedOut, now: t0.addingTimeInterval(11))
+        #expect(queue.nextTimer == t0.addingTimeInterval(31), "second backoff is 20 s")
+        queue.advance(now: t0.addingTimeInterval(31))
+        #expect(queue.dequeue(now: t0.addingTimeInterval(31))?.attempt == 3)
+        queue.settle("r", .failed("e3"), now: t0.addingTimeInterval(32))
+        let final = try #require(queue.snapshot("r"))
+        #expect(final.status == .deadLettered)
+        #expect(final.deadLetterReason == .retriesExhausted(attempts: 3, lastError: "e3"))
+        #expect(final.errors.count == 3)
+        #expect(final.errors.first?.message == "e1" && final.errors.last?.message == "e3")
+        #expect(final.errors[1].message.hasPrefix("timed out"))
+        #expect(final.errors.map(\.timedOut) == [false, true, false])
+        #expect(queue.statistics().retried == 2)
+    }
+
+    @Test func deadlineDeadLettersAQueuedJobWithoutRunningIt() throws {
+        var queue = core()
+        var job = Job(id: "d", name: "x")
+        job.deadline = t0.addingTimeInterval(5)
+        try queue.enqueue(job, now: t0)
+        queue.recordsEvents = true
+        queue.advance(now: t0.addingTimeInterval(5))
+        #expect(queue.snapshot("d")?.status == .deadLettered)
+        #expect(queue.snapshot("d")?.deadLetterReason == .deadline(t0.addingTimeInterval(5)))
+        #expect(queue.dequeue(now: t0.addingTimeInterval(6)) == nil)
+        #expect(queue.takeEvents().map(\.label) == ["dead_lettered"])
+        #expect(queue.statistics().depth == 0, "depth does not count the expired job")
+    }
+
+    @Test func delayedJobsBecomeReadyAtTheirTimeInOrder() throws {
+        var queue = core()
+        for (id, seconds) in [("c", 30.0), ("a", 10), ("b", 20)] {
+            try queue.enqueue(Job(id: JobID(id), name: "x", notBefore: t0.addingTimeInterval(seconds)), now: t0)
+        }
+        #expect(queue.dequeue(now: t0) == nil)
+        #expect(queue.advance(now: t0.addingTimeInterval(15)) == t0.addingTimeInterval(20))
+        #expect(queue.dequeue(now: t0.addingTimeInterval(15))?.id == "a")
+        #expect(queue.dequeue(now: t0.addingTimeInterval(15)) == nil)
+        queue.advance(now: t0.addingTimeInterval(40))
+        #expect(queue.dequeue(now: t0.addingTimeInterval(40))?.id == "b")
+        #expect(queue.dequeue(now: t0.addingTimeInterval(40))?.id == "c")
+        #expect(queue.nextTimer == nil)
+    }
+
+    @Test func finishedJobsAreRememberedWithinTheWindowOnly() throws {
+        var queue = core(QueueConfiguration(finishedWindow: 2))
+        for id in ["1", "2", "3"] {
+            try queue.enqueue(Job(id: JobID(id), name: "x"), now: t0)
+            _ = queue.dequeue(now: t0)
+            queue.settle(JobID(id), .completed(Data(id.utf8)), now: t0)
+        }
+        #expect(queue.outcome("1") == nil, "left the window")
+        #expect(queue.outcome("3") == .completed(Data("3".utf8)))
+        #expect(throws: EnqueueRefusal.duplicate("2")) { try queue.enqueue(Job(id: "2", name: "x"), now: t0) }
+        #expect(throws: Never.self) { try queue.enqueue(Job(id: "1", name: "x"), now: t0) }
+    }
+
+    @Test func staleDeadlineTimersAreCompacted() throws {
+        var queue = core(QueueConfiguration(capacity: 10, finishedWindow: 0))
+        for index in 0..<5_000 {
+            let id = JobID("j\(index)")
+            try queue.enqueue(Job(id: id, name: "x", deadline: t0.addingTimeInterval(3_600)), now: t0)
+            _ = queue.dequeue(now: t0)
+            queue.settle(id, .completed(Data()), now: t0)
+        }
+        #expect(queue.statistics().completed == 5_000)
+        #expect(queue.nextTimer != nil)
+        queue.advance(now: t0.addingTimeInterval(3_601))
+        #expect(queue.nextTimer == nil)
+    }
+
+    @Test(arguments: [
+        (Job(id: "e", name: ""), "empty job name"),
+        (Job(id: "r", name: "x", maxRetries: -1), "maxRetries"),
+        (Job(id: "t", name: "x", timeout: .zero), "timeout"),
+        (Job(id: "a", name: "x", attempt: 0), "attempt"),
+    ])
+    func invalidJobsAreRefused(job: Job, mentions: String) {
+        var queue = core()
+        #expect {
+            try queue.enqueue(job, now: t0)
+        } throws: { error in
+            guard case let .invalid(_, why) = error as? EnqueueRefusal else { return false }
+            return why.contains(mentions)
+        }
+    }
+
+    @Test func selfDependencyIsACycle() {
+        var queue = core()
+        #expect(throws: EnqueueRefusal.dependencyCycle(["s", "s"])) {
+            try queue.enqueue(Job(id: "s", name: "x", dependencies: ["s"]), now: t0)
+        }
+    }
+
+    @Test func statisticsCountStatusesDepthAndDurations() throws {
+        var queue = core()
+        try queue.enqueue([Job(id: "1", name: "x", priority: .high), Job(id: "2", name: "x", priority: .low), Job(id: "3", name: "x", priority: .low)], now: t0)
+        _ = queue.dequeue(now: t0.addingTimeInterval(1))
+        queue.settle("1", .completed(Data()), now: t0.addingTimeInterval(3))
+        _ = queue.dequeue(now: t0.addingTimeInterval(3))
+        let stats = queue.statistics()
+        #expect(stats.byStatus[.completed] == 1 && stats.byStatus[.running] == 1 && stats.byStatus[.queued] == 1)
+        #expect(stats.depthByPriority[.low] == 1 && stats.depth == 1)
+        #expect(stats.inFlight == 1)
+        #expect(abs(stats.runDuration.p50 - 2) < 0.01)
+        #expect(abs(stats.waitDuration.max - 3) < 0.01)
+    }
+}
