@@ -165,6 +165,9 @@ public final class InMemoryBroker: Broker {
         }
     }
 
+    /// Consumers parked in `next` (for tests).
+    var waitingConsumers: Int { state.withLock { $0.waiters.count } }
+
     public func statistics() async -> QueueStatistics {
         state.withLock { $0.core.statistics() }
     }
