@@ -154,3 +154,7 @@ public enum DeadLetterReason: Sendable, Equatable, CustomStringConvertible {
         }
     }
 }
+
+extension Job: CustomStringConvertible {
+    public var description: String { "\(name) \(id) [\(priority), \(status), attempt \(attempt)]" }
+}
