@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .library(name: "Warren", targets: ["Warren"]),
         .library(name: "WarrenConformance", targets: ["WarrenConformance"]),
+        .library(name: "WarrenAMQP", targets: ["WarrenAMQP"]),
         .executable(name: "warren", targets: ["warren"]),
     ],
     dependencies: [
@@ -28,6 +29,23 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: strict
+        ),
+        // rabbitmq-c, from Debian's librabbitmq-dev.
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        // What Swift cannot call in rabbitmq-c (its variadic login).
+        .target(name: "CWarrenAMQP", dependencies: ["CRabbitMQ"]),
+        // RabbitMQ as a Warren broker.
+        .target(
+            name: "WarrenAMQP",
+            dependencies: [
+                "Warren", "CRabbitMQ", "CWarrenAMQP",
+                .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: strict
         ),
@@ -48,6 +66,11 @@ let package = Package(
         .testTarget(
             name: "WarrenTests",
             dependencies: ["Warren", "WarrenConformance"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "WarrenAMQPTests",
+            dependencies: ["Warren", "WarrenAMQP", "WarrenConformance"],
             swiftSettings: strict
         ),
     ]

@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test. Idempotent: safe to run again and again.
+# Runs every test: installs what is missing (rabbitmq-server, librabbitmq-dev), starts a private
+# RabbitMQ on 127.0.0.1 for the integration tests, runs `swift test`, and stops that broker again,
+# even when tests fail. Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null || { echo "Swift 6.1 or newer is needed: https://www.swift.org/install/linux/" >&2; exit 1; }
-swift build --build-tests
+
+scripts/rabbitmq.sh install
+scripts/rabbitmq.sh reap
+dir=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)
+trap 'scripts/rabbitmq.sh remove "$dir"' EXIT
+swift build --build-tests &
+build=$!
+echo "starting a private RabbitMQ in $dir …"
+env_lines=$(WARREN_TEST_OWNER=$$ scripts/rabbitmq.sh start "$dir")
+wait $build
+export $env_lines
+export WARREN_TEST_RABBITMQ_DIR="$dir"
+echo "RabbitMQ is up at ${WARREN_TEST_AMQP_URL}"
 swift test --skip-build "$@"

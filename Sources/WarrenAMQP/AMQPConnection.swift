@@ -1,0 +1,402 @@
+import DequeModule
+import Foundation
+import Synchronization
+
+/// A RabbitMQ connection served by one dedicated thread, the only one that touches rabbitmq-c.
+///
+/// The thread blocks only in `poll` on the socket and an eventfd (so commands wake it at once, and
+/// heartbeats keep flowing while handlers run for minutes), drains the command inbox, sends acks
+/// (coalesced with `multiple`), hands deliveries to `onMessage`, and reads publisher confirms.
+/// A lost connection or channel is re-established with capped exponential backoff; `onConnect`
+/// runs again (topology, consumers) and the generation goes up: acks of an older generation are
+/// dropped, never sent on the new channel, and the broker redelivers those messages.
+final class AMQPConnection: Sendable {
+    struct Configuration: Sendable {
+        var url: AMQPURL
+        var name: String = "warren"
+        var initialBackoff: Double = 0.1
+        var maxBackoff: Double = 10
+    }
+
+    enum Status: Sendable, Equatable {
+        case connecting
+        case connected(generation: UInt64)
+        case disconnected(String)
+        case closed
+    }
+
+    /// Runs on the I/O thread after every (re)connection, before anything else.
+    typealias Setup = @Sendable (ConnectionSession) throws(AMQPError) -> Void
+    /// Receives every delivery on the I/O thread; must return quickly.
+    typealias MessageHandler = @Sendable (IncomingMessage, UInt64) -> Void
+
+    let configuration: Configuration
+    private let inbox = Locked(Inbox())
+    private let wake = EventFD()
+    private let statusStream: AsyncStream<Status>
+    private let statusContinuation: AsyncStream<Status>.Continuation
+    private let currentStatus = Locked(Status.connecting)
+
+    init(_ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler) {
+        self.configuration = configuration
+        (statusStream, statusContinuation) = AsyncStream.makeStream(of: Status.self, bufferingPolicy: .bufferingNewest(64))
+        let loop = IOLoop(
+            configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage,
+            report: { [statusContinuation, currentStatus] status in
+                currentStatus.withLock { $0 = status }
+                statusContinuation.yield(status)
+            })
+        let thread = Thread { loop.run() }
+        thread.name = "warren-amqp-\(configuration.name)"
+        thread.start()
+    }
+
+    var status: Status { currentStatus.withLock { $0 } }
+
+    /// Status changes from now on (connected, disconnected with the reason, closed).
+    var statusUpdates: AsyncStream<Status> { statusStream }
+
+    /// Publishes and waits for the broker's confirm. On connection loss the message is published
+    /// again after reconnecting (at least once), until `deadline`.
+    func publish(_ message: OutgoingMessage, deadline: Duration = .seconds(30)) async throws(AMQPError) {
+        let until = ContinuousClock.now + deadline
+        while true {
+            let result: Result<Void, AMQPError> = await withCheckedContinuation { continuation in
+                send(.publish(message, continuation))
+            }
+            switch result {
+            case .success: return
+            case let .failure(error) where error.isConnectionLoss || error.isChannelLoss:
+                guard ContinuousClock.now < until, !isClosed else { throw error }
+                try? await Task.sleep(for: .milliseconds(50))
+            case let .failure(error):
+                throw error
+            }
+        }
+    }
+
+    /// Acks a delivery of `generation` (dropped if the channel has changed since).
+    func ack(_ tag: UInt64, generation: UInt64) { send(.ack(tag, generation)) }
+
+    /// Rejects a delivery of `generation`, back to its queue when `requeue`.
+    func reject(_ tag: UInt64, generation: UInt64, requeue: Bool) { send(.reject(tag, generation, requeue)) }
+
+    /// Runs `body` on the I/O thread with the live connection (declarations, purges, inspection).
+    func perform<T: Sendable>(_ body: @escaping @Sendable (ConnectionSession) throws(AMQPError) -> T) async throws(AMQPError) -> T {
+        let result: Result<T, AMQPError> = await withCheckedContinuation { continuation in
+            send(.perform { session in
+                do throws(AMQPError) { continuation.resume(returning: .success(try body(session))) } catch {
+                    continuation.resume(returning: .failure(error))
+                }
+            } failed: { error in continuation.resume(returning: .failure(error)) })
+        }
+        return try result.get()
+    }
+
+    /// Stops consuming, flushes acks, closes the connection and ends the thread.
+    func close() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            send(.close(continuation))
+        }
+    }
+
+    private var isClosed: Bool { currentStatus.withLock { $0 == .closed } }
+
+    private func send(_ command: Command) {
+        let rejected = inbox.withLock { inbox -> Command? in
+            if inbox.closed { return command }
+            inbox.commands.append(command)
+            return nil
+        }
+        if let rejected { rejected.fail(.closed) } else { wake.signal() }
+    }
+}
+
+/// What the I/O thread offers `setup` and `perform`: the live connection, nothing else.
+struct ConnectionSession {
+    let raw: RawConnection
+    let generation: UInt64
+}
+
+extension AMQPError {
+    var isChannelLoss: Bool {
+        if case .channelClosed = self { return true }
+        return false
+    }
+}
+
+private struct Inbox {
+    var commands = Deque<Command>()
+    var closed = false
+}
+
+private enum Command: Sendable {
+    case publish(OutgoingMessage, CheckedContinuation<Result<Void, AMQPError>, Never>)
+    case ack(UInt64, UInt64)
+    case reject(UInt64, UInt64, Bool)
+    case perform(@Sendable (ConnectionSession) -> Void, failed: @Sendable (AMQPError) -> Void)
+    case close(CheckedContinuation<Void, Never>)
+
+    func fail(_ error: AMQPError) {
+        switch self {
+        case let .publish(_, continuation): continuation.resume(returning: .failure(error))
+        case let .perform(_, failed): failed(error)
+        case let .close(continuation): continuation.resume()
+        case .ack, .reject: break
+        }
+    }
+}
+
+/// Everything the I/O thread owns. Used from that thread only.
+private final class IOLoop: @unchecked Sendable {
+    let configuration: AMQPConnection.Configuration
+    let inbox: Locked<Inbox>
+    let wake: EventFD
+    let setup: AMQPConnection.Setup
+    let onMessage: AMQPConnection.MessageHandler
+    let report: @Sendable (AMQPConnection.Status) -> Void
+
+    var raw: RawConnection?
+    var generation: UInt64 = 0
+    var acks = AckTracker()
+    /// Publishes waiting for their confirm, by publish sequence number.
+    var unconfirmed: [UInt64: (continuation: CheckedContinuation<Result<Void, AMQPError>, Never>, messageID: String?)] = [:]
+    var publishSequence: UInt64 = 0
+    var returned: [String: AMQPError] = [:]
+    var closing: CheckedContinuation<Void, Never>?
+    var backoff: Double
+    /// The channel `start` set up; any other means the channel was reopened since.
+    var startedSerial = -1
+
+    init(
+        configuration: AMQPConnection.Configuration, inbox: Locked<Inbox>, wake: EventFD, setup: @escaping AMQPConnection.Setup,
+        onMessage: @escaping AMQPConnection.MessageHandler, report: @escaping @Sendable (AMQPConnection.Status) -> Void
+    ) {
+        self.configuration = configuration
+        self.inbox = inbox
+        self.wake = wake
+        self.setup = setup
+        self.onMessage = onMessage
+        self.report = report
+        backoff = configuration.initialBackoff
+    }
+
+    func run() {
+        while closing == nil {
+            guard let raw, raw.isOpen, raw.channelOpen, raw.channelSerial == startedSerial else {
+                connect()
+                continue
+            }
+            do throws(AMQPError) {
+                try serveCommands(raw)
+                try flushAcks(raw)
+                try receive(raw)
+                if closing != nil { break }
+                if !raw.hasBufferedInput {
+                    let heartbeat = raw.heartbeat
+                    let idle: Int32 = acks.hasDeferred ? 1 : (heartbeat > 0 ? Int32(heartbeat * 250) : 1_000)
+                    wake.wait(socket: raw.socketDescriptor, milliseconds: idle)
+                }
+            } catch {
+                lost(error)
+            }
+        }
+        finishClosing()
+    }
+
+    // MARK: Connecting
+
+    /// (Re)establishes the connection or just the channel, and sets it up; backs off on failure.
+    private func connect() {
+        report(.connecting)
+        do throws(AMQPError) {
+            if let raw, raw.isOpen {
+                // A channel error: the connection lives, reopen the channel.
+                if !raw.channelOpen { try raw.openChannel() }
+                try start(raw)
+            } else {
+                raw = nil
+                let connection = try RawConnection(url: configuration.url)
+                raw = connection
+                try start(connection)
+            }
+            backoff = configuration.initialBackoff
+        } catch {
+            lost(error)
+            pause(seconds: backoff)
+            backoff = min(configuration.maxBackoff, backoff * 2)
+        }
+    }
+
+    /// Sets up a new channel: the owner's topology and consumers first (which may reopen the channel
+    /// after a declaration error), then publisher confirms on the channel that remains.
+    private func start(_ raw: RawConnection) throws(AMQPError) {
+        generation += 1
+        acks.reset()
+        publishSequence = 0
+        returned.removeAll()
+        try setup(ConnectionSession(raw: raw, generation: generation))
+        try raw.selectConfirms()
+        startedSerial = raw.channelSerial
+        report(.connected(generation: generation))
+    }
+
+    private func lost(_ error: AMQPError) {
+        report(.disconnected(error.description))
+        failUnconfirmed(error)
+        acks.reset()
+        if error.isConnectionLoss { raw?.close(); raw = nil }
+    }
+
+    private func failUnconfirmed(_ error: AMQPError) {
+        let waiting = unconfirmed.values.map(\.continuation)
+        unconfirmed.removeAll()
+        for continuation in waiting { continuation.resume(returning: .failure(error)) }
+    }
+
+    /// Sleeps between connection attempts, but wakes for commands (close, and those that must fail now).
+    private func pause(seconds: Double) {
+        let until = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < until, closing == nil {
+            let commands = takeCommands()
+            for command in commands {
+                switch command {
+                case let .close(continuation): closing = continuation
+                case .publish, .perform:
+                    // Kept for after the reconnection: the caller waits, publish retries on its own deadline.
+                    inbox.withLock { $0.commands.append(command) }
+                case .ack, .reject: break  // deliveries of a lost connection: the broker redelivers them
+                }
+            }
+            if closing != nil { return }
+            let left = until - ContinuousClock.now
+            let millis = Int32(max(1, min(1_000, left.components.seconds * 1_000 + left.components.attoseconds / 1_000_000_000_000_000)))
+            wake.wait(socket: nil, milliseconds: millis)
+            if !commands.isEmpty, inbox.withLock({ !$0.commands.isEmpty }) {
+                // Only commands we put back are waiting: sleep instead of spinning on them.
+                wake.wait(socket: nil, milliseconds: millis)
+            }
+        }
+    }
+
+    // MARK: Serving
+
+    private func takeCommands() -> Deque<Command> {
+        inbox.withLock { inbox in
+            defer { inbox.commands.removeAll(keepingCapacity: true) }
+            return inbox.commands
+        }
+    }
+
+    private func serveCommands(_ raw: RawConnection) throws(AMQPError) {
+        for command in takeCommands() {
+            switch command {
+            case let .publish(message, continuation):
+                do throws(AMQPError) {
+                    try raw.publish(message)
+                } catch {
+                    continuation.resume(returning: .failure(error))
+                    throw error
+                }
+                publishSequence += 1
+                unconfirmed[publishSequence] = (continuation, message.mandatory ? message.properties.messageID : nil)
+            case let .ack(tag, generation):
+                if generation == self.generation { acks.finish(tag) }
+            case let .reject(tag, generation, requeue):
+                guard generation == self.generation else { continue }
+                try raw.reject(tag, requeue: requeue)
+                acks.settledElsewhere(tag)
+            case let .perform(body, _):
+                body(ConnectionSession(raw: raw, generation: generation))
+                if !raw.isOpen { throw .closed }
+                if !raw.channelOpen || raw.channelSerial != startedSerial {
+                    throw .channelClosed(code: 0, text: "the channel was closed or reopened", during: "running a command")
+                }
+            case let .close(continuation):
+                closing = continuation
+                return
+            }
+        }
+    }
+
+    private func flushAcks(_ raw: RawConnection) throws(AMQPError) {
+        for ack in acks.flush() { try raw.ack(ack.tag, multiple: ack.multiple) }
+    }
+
+    private func receive(_ raw: RawConnection) throws(AMQPError) {
+        // Bounded, so commands and acks are served between bursts.
+        for _ in 0..<512 {
+            switch try raw.poll() {
+            case let .message(message):
+                acks.delivered(message.deliveryTag)
+                onMessage(message, generation)
+            case .frameWaiting:
+                try handle(raw.readFrame())
+            case .nothing:
+                return
+            }
+        }
+    }
+
+    private func handle(_ frame: ControlFrame) throws(AMQPError) {
+        switch frame {
+        case let .confirmAck(tag, multiple):
+            settleConfirms(upTo: tag, multiple: multiple, nack: false)
+        case let .confirmNack(tag, multiple):
+            settleConfirms(upTo: tag, multiple: multiple, nack: true)
+        case let .returned(code, text, exchange, key, messageID):
+            if let messageID { returned[messageID] = .unroutable(exchange: exchange, routingKey: key, text: "\(code) \(text)") }
+        case let .consumerCancelled(tag):
+            // The broker cancelled a consumer (its queue was deleted): set everything up again.
+            throw .channelClosed(code: 0, text: "consumer \(tag) was cancelled by the broker", during: "consuming")
+        case .blocked, .unblocked, .other, .none:
+            break
+        }
+    }
+
+    private func settleConfirms(upTo tag: UInt64, multiple: Bool, nack: Bool) {
+        let tags = multiple ? unconfirmed.keys.filter { $0 <= tag } : [tag]
+        for sequence in tags {
+            guard let (continuation, messageID) = unconfirmed.removeValue(forKey: sequence) else { continue }
+            if nack {
+                continuation.resume(returning: .failure(.publishRefused("the broker nacked the message (queue full or an internal error)")))
+            } else if let messageID, let error = returned.removeValue(forKey: messageID) {
+                continuation.resume(returning: .failure(error))
+            } else {
+                continuation.resume(returning: .success(()))
+            }
+        }
+    }
+
+    private func finishClosing() {
+        if let raw, raw.isOpen {
+            try? flushAcks(raw)
+            // Wait briefly for outstanding confirms so callers learn their fate.
+            let until = ContinuousClock.now + .seconds(2)
+            while !unconfirmed.isEmpty, ContinuousClock.now < until, raw.isOpen {
+                do throws(AMQPError) { try receive(raw) } catch { break }
+                if !raw.hasBufferedInput { wake.wait(socket: raw.socketDescriptor, milliseconds: 50) }
+            }
+            raw.close()
+        }
+        failUnconfirmed(.closed)
+        let rest = inbox.withLock { inbox -> Deque<Command> in
+            inbox.closed = true
+            defer { inbox.commands.removeAll() }
+            return inbox.commands
+        }
+        for command in rest { command.fail(.closed) }
+        raw = nil
+        report(.closed)
+        closing?.resume()
+    }
+}
+
+/// A mutex that closures can share.
+final class Locked<Value>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: sending Value) { mutex = Mutex(value) }
+    func withLock<Result, Failure: Error>(_ body: (inout sending Value) throws(Failure) -> sending Result) throws(Failure) -> sending Result {
+        try mutex.withLock(body)
+    }
+}

@@ -1,0 +1,118 @@
+public import Foundation
+
+/// A value in an AMQP field table (message headers, queue arguments).
+public enum AMQPValue: Sendable, Equatable, CustomStringConvertible {
+    case bool(Bool)
+    case int(Int64)
+    case double(Double)
+    case string(String)
+    case bytes([UInt8])
+    case timestamp(Date)
+    case array([AMQPValue])
+    case table([String: AMQPValue])
+    case decimal(scale: UInt8, value: UInt32)
+    case void
+
+    public var description: String {
+        switch self {
+        case let .bool(value): "\(value)"
+        case let .int(value): "\(value)"
+        case let .double(value): "\(value)"
+        case let .string(value): value
+        case let .bytes(value): "<\(value.count) bytes>"
+        case let .timestamp(value): "\(value)"
+        case let .array(value): "\(value)"
+        case let .table(value): "\(value)"
+        case let .decimal(scale, value): "\(Double(value) / pow(10, Double(scale)))"
+        case .void: "void"
+        }
+    }
+
+    /// The value as text, for headers written as strings by some clients and as numbers by others.
+    public var stringValue: String? {
+        switch self {
+        case let .string(value): value
+        case let .bytes(value): String(validating: value, as: UTF8.self)
+        case let .int(value): String(value)
+        default: nil
+        }
+    }
+
+    /// The value as an integer, accepting integral doubles and decimal strings.
+    public var intValue: Int64? {
+        switch self {
+        case let .int(value): value
+        case let .double(value) where value.rounded() == value && abs(value) < 9e18: Int64(value)
+        case let .string(value): Int64(value.trimmingCharacters(in: .whitespaces))
+        case let .bytes(value): String(validating: value, as: UTF8.self).flatMap { Int64($0) }
+        default: nil
+        }
+    }
+}
+
+/// The properties of a message (AMQP 0-9-1 basic class).
+public struct MessageProperties: Sendable, Equatable {
+    public var contentType: String?
+    public var contentEncoding: String?
+    public var headers: [String: AMQPValue]
+    public var deliveryMode: UInt8?
+    public var priority: UInt8?
+    public var correlationID: String?
+    public var replyTo: String?
+    public var expiration: String?
+    public var messageID: String?
+    public var timestamp: Date?
+    public var type: String?
+    public var userID: String?
+    public var appID: String?
+
+    public init(
+        contentType: String? = nil, contentEncoding: String? = nil, headers: [String: AMQPValue] = [:],
+        deliveryMode: UInt8? = nil, priority: UInt8? = nil, correlationID: String? = nil, replyTo: String? = nil,
+        expiration: String? = nil, messageID: String? = nil, timestamp: Date? = nil, type: String? = nil,
+        userID: String? = nil, appID: String? = nil
+    ) {
+        self.contentType = contentType
+        self.contentEncoding = contentEncoding
+        self.headers = headers
+        self.deliveryMode = deliveryMode
+        self.priority = priority
+        self.correlationID = correlationID
+        self.replyTo = replyTo
+        self.expiration = expiration
+        self.messageID = messageID
+        self.timestamp = timestamp
+        self.type = type
+        self.userID = userID
+        self.appID = appID
+    }
+}
+
+/// A message as it came off the wire, copied out of rabbitmq-c's buffers.
+public struct IncomingMessage: Sendable {
+    public let deliveryTag: UInt64
+    public let redelivered: Bool
+    public let exchange: String
+    public let routingKey: String
+    public let consumerTag: String
+    public let properties: MessageProperties
+    public let body: [UInt8]
+}
+
+/// A message to publish.
+public struct OutgoingMessage: Sendable {
+    public var exchange: String
+    public var routingKey: String
+    public var properties: MessageProperties
+    public var body: [UInt8]
+    /// Ask the broker to return the message when no queue takes it.
+    public var mandatory: Bool
+
+    public init(exchange: String, routingKey: String, properties: MessageProperties = MessageProperties(), body: [UInt8], mandatory: Bool = false) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.properties = properties
+        self.body = body
+        self.mandatory = mandatory
+    }
+}

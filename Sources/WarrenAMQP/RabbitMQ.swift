@@ -1,0 +1,532 @@
+// The one layer that touches rabbitmq-c: unsafe pointers, C status codes and RPC replies stay in
+// this file; everything leaves it as Swift values and typed `AMQPError`s.
+import CRabbitMQ
+import CWarrenAMQP
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Method ids (the C macros carry casts, which Swift does not import).
+enum Method {
+    static let connectionClose: UInt32 = 0x000A_0032
+    static let connectionBlocked: UInt32 = 0x000A_003C
+    static let connectionUnblocked: UInt32 = 0x000A_003D
+    static let channelClose: UInt32 = 0x0014_0028
+    static let basicCancel: UInt32 = 0x003C_001E
+    static let basicReturn: UInt32 = 0x003C_0032
+    static let basicAck: UInt32 = 0x003C_0050
+    static let basicNack: UInt32 = 0x003C_0078
+}
+
+/// What a non-blocking look at the connection found.
+enum Incoming {
+    case message(IncomingMessage)
+    /// Nothing is waiting.
+    case nothing
+    /// A frame other than a delivery is next: read it with `readFrame()`.
+    case frameWaiting
+}
+
+/// A non-delivery frame.
+enum ControlFrame: Equatable {
+    case confirmAck(tag: UInt64, multiple: Bool)
+    case confirmNack(tag: UInt64, multiple: Bool)
+    case returned(code: UInt16, text: String, exchange: String, routingKey: String, messageID: String?)
+    case consumerCancelled(String)
+    case blocked(String)
+    case unblocked
+    case other(UInt32)
+    case none
+}
+
+/// One rabbitmq-c connection with one channel. Not thread-safe: exactly one thread owns it.
+final class RawConnection {
+    private let state: amqp_connection_state_t
+    let channel: amqp_channel_t = 1
+    let url: AMQPURL
+    private(set) var isOpen = false
+    private(set) var channelOpen = false
+    /// Goes up each time the channel is opened: whoever set the channel up can tell it is new.
+    private(set) var channelSerial = 0
+
+    init(url: AMQPURL) throws(AMQPError) {
+        self.url = url
+        guard let state = amqp_new_connection() else {
+            throw .library(status: -1, text: "out of memory", during: "creating a connection")
+        }
+        self.state = state
+        let socket: OpaquePointer?
+        if url.tls {
+            socket = amqp_ssl_socket_new(state)
+            if let socket {
+                amqp_ssl_socket_set_verify_peer(socket, url.verifyPeer ? 1 : 0)
+                amqp_ssl_socket_set_verify_hostname(socket, url.verifyPeer ? 1 : 0)
+                if let ca = url.caCertificate, amqp_ssl_socket_set_cacert(socket, ca) != 0 {
+                    throw .unreachable(host: url.host, port: url.port, reason: "cannot read CA certificate file '\(ca)'")
+                }
+            }
+        } else {
+            socket = amqp_tcp_socket_new(state)
+        }
+        // From here on a throw runs deinit, which destroys the connection state.
+        guard let socket else {
+            throw .library(status: -1, text: "cannot create a socket", during: "connecting to \(url.host):\(url.port)")
+        }
+        var timeout = timeval(tv_sec: Int(url.connectTimeout), tv_usec: Int((url.connectTimeout.truncatingRemainder(dividingBy: 1)) * 1e6))
+        let status = amqp_socket_open_noblock(socket, url.host, Int32(url.port), &timeout)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            // rabbitmq-c loses errno on a refused connection: say where we tried to go.
+            throw .unreachable(host: url.host, port: url.port, reason: Self.text(status))
+        }
+        let login = CWarrenAMQP_login_plain(state, url.vhost, 0, 131_072, Int32(url.heartbeat), url.user, url.password)
+        do {
+            try check(login, "logging in to \(url.host):\(url.port) as '\(url.user)' on vhost '\(url.vhost)'")
+        } catch {
+            if case let .library(status, text, _) = error, status == AMQP_STATUS_SOCKET_CLOSED.rawValue || status == AMQP_STATUS_CONNECTION_CLOSED.rawValue {
+                throw .accessRefused("the server closed the connection during login (\(text)); check the user, password and vhost")
+            }
+            if case let .connectionClosed(code, text, _) = error, code == 403 || code == 530 {
+                throw .accessRefused(text)
+            }
+            throw error
+        }
+        isOpen = true
+        try openChannel()
+    }
+
+    deinit {
+        if isOpen {
+            _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+        }
+        amqp_destroy_connection(state)
+    }
+
+    func openChannel() throws(AMQPError) {
+        amqp_channel_open(state, channel)
+        try check(amqp_get_rpc_reply(state), "opening channel \(channel)")
+        channelOpen = true
+        channelSerial += 1
+    }
+
+    /// The socket, for `poll`.
+    var socketDescriptor: Int32 { amqp_socket_get_sockfd(amqp_get_socket(state)) }
+
+    /// Whether rabbitmq-c already holds data or frames that a poll on the socket would not see.
+    var hasBufferedInput: Bool { amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0 }
+
+    var heartbeat: Int { Int(amqp_get_heartbeat(state)) }
+
+    func close() {
+        guard isOpen else { return }
+        if channelOpen { _ = amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS) }
+        _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
+        isOpen = false
+        channelOpen = false
+    }
+
+    // MARK: Topology
+
+    func declareExchange(_ name: String, type: String, durable: Bool = true) throws(AMQPError) {
+        let arena = Arena()
+        amqp_exchange_declare(state, channel, arena.bytes(name), arena.bytes(type), 0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+        try check(amqp_get_rpc_reply(state), "declaring exchange '\(name)'")
+    }
+
+    /// Declares a durable queue; `passive` only checks that it exists. Returns its message and consumer counts.
+    @discardableResult
+    func declareQueue(_ name: String, arguments: [String: AMQPValue] = [:], passive: Bool = false) throws(AMQPError) -> (messages: Int, consumers: Int) {
+        let arena = Arena()
+        let ok = amqp_queue_declare(state, channel, arena.bytes(name), passive ? 1 : 0, 1, 0, 0, arena.table(arguments))
+        try check(amqp_get_rpc_reply(state), "\(passive ? "checking" : "declaring") queue '\(name)'")
+        guard let ok else { return (0, 0) }
+        return (Int(ok.pointee.message_count), Int(ok.pointee.consumer_count))
+    }
+
+    func bindQueue(_ queue: String, exchange: String, routingKey: String) throws(AMQPError) {
+        let arena = Arena()
+        amqp_queue_bind(state, channel, arena.bytes(queue), arena.bytes(exchange), arena.bytes(routingKey), amqp_empty_table)
+        try check(amqp_get_rpc_reply(state), "binding queue '\(queue)' to '\(exchange)' with key '\(routingKey)'")
+    }
+
+    /// Routes messages from exchange `source` on to exchange `destination` (a RabbitMQ extension).
+    func bindExchange(_ destination: String, to source: String, routingKey: String) throws(AMQPError) {
+        let arena = Arena()
+        amqp_exchange_bind(state, channel, arena.bytes(destination), arena.bytes(source), arena.bytes(routingKey), amqp_empty_table)
+        try check(amqp_get_rpc_reply(state), "binding exchange '\(destination)' to '\(source)' with key '\(routingKey)'")
+    }
+
+    func deleteExchange(_ name: String) throws(AMQPError) {
+        let arena = Arena()
+        amqp_exchange_delete(state, channel, arena.bytes(name), 0)
+        try check(amqp_get_rpc_reply(state), "deleting exchange '\(name)'")
+    }
+
+    func deleteQueue(_ name: String) throws(AMQPError) {
+        let arena = Arena()
+        amqp_queue_delete(state, channel, arena.bytes(name), 0, 0)
+        try check(amqp_get_rpc_reply(state), "deleting queue '\(name)'")
+    }
+
+    func purgeQueue(_ name: String) throws(AMQPError) -> Int {
+        let arena = Arena()
+        let ok = amqp_queue_purge(state, channel, arena.bytes(name))
+        try check(amqp_get_rpc_reply(state), "purging queue '\(name)'")
+        return Int(ok?.pointee.message_count ?? 0)
+    }
+
+    // MARK: Consuming
+
+    /// Per-consumer prefetch (`global = false`): each consumer may hold `count` unacked messages.
+    func setPrefetch(_ count: UInt16) throws(AMQPError) {
+        amqp_basic_qos(state, channel, 0, count, 0)
+        try check(amqp_get_rpc_reply(state), "setting prefetch to \(count)")
+    }
+
+    @discardableResult
+    func consume(_ queue: String, consumerTag: String) throws(AMQPError) -> String {
+        let arena = Arena()
+        let ok = amqp_basic_consume(state, channel, arena.bytes(queue), arena.bytes(consumerTag), 0, 0, 0, amqp_empty_table)
+        try check(amqp_get_rpc_reply(state), "consuming from queue '\(queue)'")
+        return ok.map { Self.string($0.pointee.consumer_tag) } ?? consumerTag
+    }
+
+    func cancelConsumer(_ consumerTag: String) throws(AMQPError) {
+        let arena = Arena()
+        amqp_basic_cancel(state, channel, arena.bytes(consumerTag))
+        try check(amqp_get_rpc_reply(state), "cancelling consumer '\(consumerTag)'")
+    }
+
+    /// Takes the next delivery if one is already here, without blocking.
+    func poll() throws(AMQPError) -> Incoming {
+        amqp_maybe_release_buffers(state)
+        var envelope = amqp_envelope_t()
+        var zero = timeval(tv_sec: 0, tv_usec: 0)
+        let reply = amqp_consume_message(state, &envelope, &zero, 0)
+        if reply.reply_type == AMQP_RESPONSE_NORMAL {
+            defer { amqp_destroy_envelope(&envelope) }
+            return .message(Self.copy(envelope))
+        }
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
+            if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return .nothing }
+            if reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue { return .frameWaiting }
+        }
+        try check(reply, "receiving")
+        return .nothing
+    }
+
+    /// Reads one waiting non-delivery frame (confirms, returns, closes). `.none` if nothing is waiting.
+    func readFrame() throws(AMQPError) -> ControlFrame {
+        var frame = amqp_frame_t()
+        var zero = timeval(tv_sec: 0, tv_usec: 0)
+        let status = amqp_simple_wait_frame_noblock(state, &frame, &zero)
+        if status == AMQP_STATUS_TIMEOUT.rawValue { return .none }
+        guard status == AMQP_STATUS_OK.rawValue else {
+            isOpen = false
+            throw .library(status: status, text: Self.text(status), during: "reading a frame")
+        }
+        guard frame.frame_type == AMQP_FRAME_METHOD else { return .other(0) }
+        let method = frame.payload.method
+        switch method.id {
+        case Method.basicAck:
+            let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+            return .confirmAck(tag: ack.delivery_tag, multiple: ack.multiple != 0)
+        case Method.basicNack:
+            let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+            return .confirmNack(tag: nack.delivery_tag, multiple: nack.multiple != 0)
+        case Method.basicReturn:
+            let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            let code = returned.reply_code, text = Self.string(returned.reply_text)
+            let exchange = Self.string(returned.exchange), key = Self.string(returned.routing_key)
+            // The returned message's content follows: read it so the stream stays in step.
+            var message = amqp_message_t()
+            let reply = amqp_read_message(state, channel, &message, 0)
+            var messageID: String?
+            if reply.reply_type == AMQP_RESPONSE_NORMAL {
+                if message.properties._flags & amqp_flags_t(AMQP_BASIC_MESSAGE_ID_FLAG) != 0 {
+                    messageID = Self.string(message.properties.message_id)
+                }
+                amqp_destroy_message(&message)
+            } else {
+                try check(reply, "reading a returned message")
+            }
+            return .returned(code: code, text: text, exchange: exchange, routingKey: key, messageID: messageID)
+        case Method.basicCancel:
+            let cancel = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
+            return .consumerCancelled(Self.string(cancel.consumer_tag))
+        case Method.channelClose:
+            let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            // Answer close-ok before anything else, or the broker closes the whole connection (504).
+            var ok = amqp_channel_close_ok_t(dummy: 0)
+            amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+            channelOpen = false
+            throw .channelClosed(code: close.reply_code, text: Self.string(close.reply_text), during: "consuming")
+        case Method.connectionClose:
+            let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            var ok = amqp_connection_close_ok_t(dummy: 0)
+            amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+            isOpen = false
+            throw .connectionClosed(code: close.reply_code, text: Self.string(close.reply_text), during: "consuming")
+        case Method.connectionBlocked:
+            let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+            return .blocked(Self.string(blocked.reason))
+        case Method.connectionUnblocked:
+            return .unblocked
+        default:
+            return .other(method.id)
+        }
+    }
+
+    // MARK: Acks and publishing
+
+    func ack(_ tag: UInt64, multiple: Bool) throws(AMQPError) {
+        try status(amqp_basic_ack(state, channel, tag, multiple ? 1 : 0), "acking delivery \(tag)")
+    }
+
+    func reject(_ tag: UInt64, requeue: Bool) throws(AMQPError) {
+        try status(amqp_basic_reject(state, channel, tag, requeue ? 1 : 0), "rejecting delivery \(tag)")
+    }
+
+    func nack(_ tag: UInt64, multiple: Bool, requeue: Bool) throws(AMQPError) {
+        try status(amqp_basic_nack(state, channel, tag, multiple ? 1 : 0, requeue ? 1 : 0), "nacking delivery \(tag)")
+    }
+
+    /// Turns on publisher confirms: the broker then acks (or nacks) every publish by sequence number.
+    func selectConfirms() throws(AMQPError) {
+        amqp_confirm_select(state, channel)
+        try check(amqp_get_rpc_reply(state), "turning on publisher confirms")
+    }
+
+    func publish(_ message: OutgoingMessage) throws(AMQPError) {
+        let arena = Arena()
+        var properties = arena.properties(message.properties)
+        let result = message.body.withUnsafeBytes { body in
+            amqp_basic_publish(
+                state, channel, arena.bytes(message.exchange), arena.bytes(message.routingKey),
+                message.mandatory ? 1 : 0, 0, &properties,
+                amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
+        }
+        try status(result, "publishing to '\(message.exchange)' with key '\(message.routingKey)'")
+    }
+
+    // MARK: Errors
+
+    private func status(_ code: Int32, _ during: String) throws(AMQPError) {
+        guard code != AMQP_STATUS_OK.rawValue else { return }
+        isOpen = false
+        throw .library(status: code, text: Self.text(code), during: during)
+    }
+
+    private func check(_ reply: amqp_rpc_reply_t, _ during: String) throws(AMQPError) {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            isOpen = false
+            throw .library(status: reply.library_error, text: Self.text(reply.library_error), during: during)
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            switch reply.reply.id {
+            case Method.channelClose:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                var ok = amqp_channel_close_ok_t(dummy: 0)
+                amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+                channelOpen = false
+                throw .channelClosed(code: close.reply_code, text: Self.string(close.reply_text), during: during)
+            case Method.connectionClose:
+                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                var ok = amqp_connection_close_ok_t(dummy: 0)
+                amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+                isOpen = false
+                throw .connectionClosed(code: close.reply_code, text: Self.string(close.reply_text), during: during)
+            default:
+                throw .library(status: -1, text: "unexpected server method 0x\(String(reply.reply.id, radix: 16))", during: during)
+            }
+        default:
+            throw .library(status: -1, text: "no RPC reply", during: during)
+        }
+    }
+
+    static func text(_ status: Int32) -> String { String(cString: amqp_error_string2(status)) }
+
+    // MARK: Copying out of rabbitmq-c
+
+    static func string(_ bytes: amqp_bytes_t) -> String {
+        guard bytes.len > 0, let base = bytes.bytes else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: base, count: bytes.len), as: UTF8.self)
+    }
+
+    static func array(_ bytes: amqp_bytes_t) -> [UInt8] {
+        guard bytes.len > 0, let base = bytes.bytes else { return [] }
+        return Array(UnsafeRawBufferPointer(start: base, count: bytes.len))
+    }
+
+    static func copy(_ envelope: amqp_envelope_t) -> IncomingMessage {
+        IncomingMessage(
+            deliveryTag: envelope.delivery_tag, redelivered: envelope.redelivered != 0,
+            exchange: string(envelope.exchange), routingKey: string(envelope.routing_key),
+            consumerTag: string(envelope.consumer_tag), properties: properties(envelope.message.properties),
+            body: array(envelope.message.body))
+    }
+
+    static func properties(_ p: amqp_basic_properties_t) -> MessageProperties {
+        func has(_ flag: Int32) -> Bool { p._flags & amqp_flags_t(flag) != 0 }
+        var properties = MessageProperties()
+        if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { properties.contentType = string(p.content_type) }
+        if has(AMQP_BASIC_CONTENT_ENCODING_FLAG) { properties.contentEncoding = string(p.content_encoding) }
+        if has(AMQP_BASIC_HEADERS_FLAG) { properties.headers = table(p.headers) }
+        if has(AMQP_BASIC_DELIVERY_MODE_FLAG) { properties.deliveryMode = p.delivery_mode }
+        if has(AMQP_BASIC_PRIORITY_FLAG) { properties.priority = p.priority }
+        if has(AMQP_BASIC_CORRELATION_ID_FLAG) { properties.correlationID = string(p.correlation_id) }
+        if has(AMQP_BASIC_REPLY_TO_FLAG) { properties.replyTo = string(p.reply_to) }
+        if has(AMQP_BASIC_EXPIRATION_FLAG) { properties.expiration = string(p.expiration) }
+        if has(AMQP_BASIC_MESSAGE_ID_FLAG) { properties.messageID = string(p.message_id) }
+        if has(AMQP_BASIC_TIMESTAMP_FLAG) { properties.timestamp = Date(timeIntervalSince1970: Double(p.timestamp)) }
+        if has(AMQP_BASIC_TYPE_FLAG) { properties.type = string(p.type) }
+        if has(AMQP_BASIC_USER_ID_FLAG) { properties.userID = string(p.user_id) }
+        if has(AMQP_BASIC_APP_ID_FLAG) { properties.appID = string(p.app_id) }
+        return properties
+    }
+
+    static func table(_ table: amqp_table_t) -> [String: AMQPValue] {
+        var result: [String: AMQPValue] = [:]
+        guard table.num_entries > 0, let entries = table.entries else { return result }
+        for index in 0..<Int(table.num_entries) {
+            result[string(entries[index].key)] = value(entries[index].value)
+        }
+        return result
+    }
+
+    static func value(_ field: amqp_field_value_t) -> AMQPValue {
+        let v = field.value
+        switch Int32(field.kind) {
+        case Int32(AMQP_FIELD_KIND_BOOLEAN.rawValue): return .bool(v.boolean != 0)
+        case Int32(AMQP_FIELD_KIND_I8.rawValue): return .int(Int64(v.i8))
+        case Int32(AMQP_FIELD_KIND_U8.rawValue): return .int(Int64(v.u8))
+        case Int32(AMQP_FIELD_KIND_I16.rawValue): return .int(Int64(v.i16))
+        case Int32(AMQP_FIELD_KIND_U16.rawValue): return .int(Int64(v.u16))
+        case Int32(AMQP_FIELD_KIND_I32.rawValue): return .int(Int64(v.i32))
+        case Int32(AMQP_FIELD_KIND_U32.rawValue): return .int(Int64(v.u32))
+        case Int32(AMQP_FIELD_KIND_I64.rawValue): return .int(v.i64)
+        case Int32(AMQP_FIELD_KIND_U64.rawValue): return .int(Int64(bitPattern: v.u64))
+        case Int32(AMQP_FIELD_KIND_F32.rawValue): return .double(Double(v.f32))
+        case Int32(AMQP_FIELD_KIND_F64.rawValue): return .double(v.f64)
+        case Int32(AMQP_FIELD_KIND_UTF8.rawValue): return .string(string(v.bytes))
+        case Int32(AMQP_FIELD_KIND_BYTES.rawValue): return .bytes(array(v.bytes))
+        case Int32(AMQP_FIELD_KIND_TIMESTAMP.rawValue): return .timestamp(Date(timeIntervalSince1970: Double(v.u64)))
+        case Int32(AMQP_FIELD_KIND_TABLE.rawValue): return .table(table(v.table))
+        case Int32(AMQP_FIELD_KIND_DECIMAL.rawValue): return .decimal(scale: v.decimal.decimals, value: v.decimal.value)
+        case Int32(AMQP_FIELD_KIND_ARRAY.rawValue):
+            guard v.array.num_entries > 0, let entries = v.array.entries else { return .array([]) }
+            return .array((0..<Int(v.array.num_entries)).map { value(entries[$0]) })
+        default: return .void
+        }
+    }
+}
+
+/// Memory for one call into rabbitmq-c: C copies of strings and tables, freed together.
+private final class Arena {
+    private var allocations: [UnsafeMutableRawPointer] = []
+
+    deinit { for pointer in allocations { free(pointer) } }
+
+    private func allocate(_ size: Int) -> UnsafeMutableRawPointer {
+        let pointer = malloc(max(size, 1))!
+        allocations.append(pointer)
+        return pointer
+    }
+
+    func bytes(_ string: String) -> amqp_bytes_t { bytes(Array(string.utf8)) }
+
+    func bytes(_ array: [UInt8]) -> amqp_bytes_t {
+        let pointer = allocate(array.count)
+        array.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: array.count) }
+        return amqp_bytes_t(len: array.count, bytes: pointer)
+    }
+
+    func table(_ values: [String: AMQPValue]) -> amqp_table_t {
+        guard !values.isEmpty else { return amqp_empty_table }
+        let entries = allocate(MemoryLayout<amqp_table_entry_t>.stride * values.count)
+            .bindMemory(to: amqp_table_entry_t.self, capacity: values.count)
+        for (index, (key, value)) in values.sorted(by: { $0.key < $1.key }).enumerated() {
+            entries[index] = amqp_table_entry_t(key: bytes(key), value: field(value))
+        }
+        return amqp_table_t(num_entries: Int32(values.count), entries: entries)
+    }
+
+    func field(_ value: AMQPValue) -> amqp_field_value_t {
+        var result = amqp_field_value_t()
+        switch value {
+        case let .bool(flag):
+            result.kind = UInt8(AMQP_FIELD_KIND_BOOLEAN.rawValue)
+            result.value.boolean = flag ? 1 : 0
+        case let .int(number):
+            result.kind = UInt8(AMQP_FIELD_KIND_I64.rawValue)
+            result.value.i64 = number
+        case let .double(number):
+            result.kind = UInt8(AMQP_FIELD_KIND_F64.rawValue)
+            result.value.f64 = number
+        case let .string(text):
+            result.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
+            result.value.bytes = bytes(text)
+        case let .bytes(data):
+            result.kind = UInt8(AMQP_FIELD_KIND_BYTES.rawValue)
+            result.value.bytes = bytes(data)
+        case let .timestamp(date):
+            result.kind = UInt8(AMQP_FIELD_KIND_TIMESTAMP.rawValue)
+            result.value.u64 = UInt64(max(0, date.timeIntervalSince1970))
+        case let .table(values):
+            result.kind = UInt8(AMQP_FIELD_KIND_TABLE.rawValue)
+            result.value.table = table(values)
+        case let .array(values):
+            result.kind = UInt8(AMQP_FIELD_KIND_ARRAY.rawValue)
+            let entries = allocate(MemoryLayout<amqp_field_value_t>.stride * max(values.count, 1))
+                .bindMemory(to: amqp_field_value_t.self, capacity: max(values.count, 1))
+            for (index, element) in values.enumerated() { entries[index] = self.field(element) }
+            result.value.array = amqp_array_t(num_entries: Int32(values.count), entries: entries)
+        case let .decimal(scale, number):
+            result.kind = UInt8(AMQP_FIELD_KIND_DECIMAL.rawValue)
+            result.value.decimal = amqp_decimal_t(decimals: scale, value: number)
+        case .void:
+            result.kind = UInt8(AMQP_FIELD_KIND_VOID.rawValue)
+        }
+        return result
+    }
+
+    func properties(_ p: MessageProperties) -> amqp_basic_properties_t {
+        var c = amqp_basic_properties_t()
+        var flags: Int32 = 0
+        func set(_ value: String?, _ flag: Int32, _ assign: (amqp_bytes_t) -> Void) {
+            guard let value else { return }
+            flags |= flag
+            assign(bytes(value))
+        }
+        set(p.contentType, AMQP_BASIC_CONTENT_TYPE_FLAG) { c.content_type = $0 }
+        set(p.contentEncoding, AMQP_BASIC_CONTENT_ENCODING_FLAG) { c.content_encoding = $0 }
+        set(p.correlationID, AMQP_BASIC_CORRELATION_ID_FLAG) { c.correlation_id = $0 }
+        set(p.replyTo, AMQP_BASIC_REPLY_TO_FLAG) { c.reply_to = $0 }
+        set(p.expiration, AMQP_BASIC_EXPIRATION_FLAG) { c.expiration = $0 }
+        set(p.messageID, AMQP_BASIC_MESSAGE_ID_FLAG) { c.message_id = $0 }
+        set(p.type, AMQP_BASIC_TYPE_FLAG) { c.type = $0 }
+        set(p.userID, AMQP_BASIC_USER_ID_FLAG) { c.user_id = $0 }
+        set(p.appID, AMQP_BASIC_APP_ID_FLAG) { c.app_id = $0 }
+        if !p.headers.isEmpty {
+            flags |= AMQP_BASIC_HEADERS_FLAG
+            c.headers = table(p.headers)
+        }
+        if let mode = p.deliveryMode {
+            flags |= AMQP_BASIC_DELIVERY_MODE_FLAG
+            c.delivery_mode = mode
+        }
+        if let priority = p.priority {
+            flags |= AMQP_BASIC_PRIORITY_FLAG
+            c.priority = priority
+        }
+        if let timestamp = p.timestamp {
+            flags |= AMQP_BASIC_TIMESTAMP_FLAG
+            c.timestamp = UInt64(max(0, timestamp.timeIntervalSince1970))
+        }
+        c._flags = amqp_flags_t(flags)
+        return c
+    }
+}

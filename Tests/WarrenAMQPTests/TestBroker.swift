@@ -1,0 +1,91 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+@testable import WarrenAMQP
+
+/// The private RabbitMQ that `make test` starts (scripts/test.sh).
+enum TestBroker {
+    struct NotConfigured: Error, CustomStringConvertible {
+        var description: String {
+            "WARREN_TEST_AMQP_URL is not set: run the tests with `make test`, which starts a private RabbitMQ"
+        }
+    }
+
+    static func url(heartbeat: Int? = nil) throws -> AMQPURL {
+        guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_AMQP_URL"] else { throw NotConfigured() }
+        var url = try AMQPURL(text)
+        if let heartbeat { url.heartbeat = heartbeat }
+        return url
+    }
+
+    /// A name no other test uses.
+    static func unique(_ base: String = #function) -> String {
+        let stem = base.prefix { $0 != "(" }.lowercased()
+        return "t-\(stem)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+    }
+
+    /// Restarts the broker (stop, then start with the same data): for recovery tests.
+    static func restart() throws {
+        guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_DIR"] else { throw NotConfigured() }
+        let status = run(["/bin/bash", "scripts/rabbitmq.sh", "restart", dir])
+        guard status == 0 else {
+            throw AMQPError.library(status: status, text: "scripts/rabbitmq.sh restart exited with \(status)", during: "restarting the test broker")
+        }
+    }
+
+    /// Runs a command and waits for it with waitpid. (Foundation's `Process.waitUntilExit` did not
+    /// return here once the script had left the restarted broker running in the background.)
+    static func run(_ arguments: [String]) -> Int32 {
+        var pid: pid_t = 0
+        let argv = arguments.map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        guard posix_spawn(&pid, arguments[0], nil, nil, argv, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status >> 8) & 0xFF
+    }
+}
+
+/// Collects what a connection delivers, and lets a test wait for it with a time limit.
+final class Received: Sendable {
+    private let messages = Locked<[(IncomingMessage, UInt64)]>([])
+
+    func add(_ message: IncomingMessage, _ generation: UInt64) { messages.withLock { $0.append((message, generation)) } }
+    var all: [(IncomingMessage, UInt64)] { messages.withLock { $0 } }
+
+    func wait(count: Int, within seconds: Double = 10) async throws -> [(IncomingMessage, UInt64)] {
+        try await waitUntil("\(count) messages", within: seconds) { self.all.count >= count }
+        return all
+    }
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Waits (with a deadline) until `condition` holds, checking every few milliseconds.
+func waitUntil(_ what: String, within seconds: Double = 10, _ condition: @Sendable () async -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while await !condition() {
+        guard ContinuousClock.now < deadline else { throw TimedOut(description: "timed out after \(seconds) s waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(5))
+    }
+}
+
+/// A connection that declares `queues` (classic, durable) and consumes them into `received`.
+func consumingConnection(
+    _ queues: [String], url: AMQPURL, prefetch: UInt16 = 100, received: Received
+) -> AMQPConnection {
+    AMQPConnection(
+        .init(url: url, name: "test"),
+        setup: { session throws(AMQPError) in
+            try session.raw.setPrefetch(prefetch)
+            for queue in queues {
+                try session.raw.declareQueue(queue)
+                try session.raw.consume(queue, consumerTag: "\(queue)-\(session.generation)")
+            }
+        },
+        onMessage: { message, generation in received.add(message, generation) })
+}
