@@ -155,20 +155,27 @@ public final class WorkerPool: Sendable {
             state.handlers[job.id] = (choice.group, choice.slot, delivery.stop)
         }
         let pool = self
-        let task = Task { await pool.execute(delivery) }
+        // A stop (cancel, timeout, shutdown) settles the attempt at once, in its own task; the job's
+        // task waits for that settlement before it frees the slot, so nothing outlives the pool.
+        let stopSettlement = Locked<Task<Void, Never>?>(nil)
+        let task = Task { await pool.execute(delivery, stopSettlement: stopSettlement) }
         delivery.stop.onFire { [broker] reason in
             task.cancel()
-            guard delivery.stop.claimSettlement() else { return }
             let outcome: AttemptOutcome = switch reason {
             case .cancelled: .cancelled
             case .timedOut: .timedOut
             case .shutdown: .failed("the worker shut down before the job finished")
             }
-            Task { await broker.settle(delivery, outcome) }
+            // Claimed under the same lock the job's task claims under: whoever loses finds the
+            // winner's settlement already recorded.
+            stopSettlement.withLock { settlement in
+                guard delivery.stop.claimSettlement() else { return }
+                settlement = Task { await broker.settle(delivery, outcome) }
+            }
         }
     }
 
-    private func execute(_ delivery: Delivery) async {
+    private func execute(_ delivery: Delivery, stopSettlement: Locked<Task<Void, Never>?>) async {
         let job = delivery.job
         let outcome: AttemptOutcome
         if let entry = registry.entry(job.name) {
@@ -185,7 +192,14 @@ public final class WorkerPool: Sendable {
         } else {
             outcome = .rejected(.unknownJobName(job.name))
         }
-        if delivery.stop.claimSettlement() { await broker.settle(delivery, outcome) }
+        let stopped = stopSettlement.withLock { settlement -> Task<Void, Never>?? in
+            delivery.stop.claimSettlement() ? .none : .some(settlement)
+        }
+        if let stopped {
+            await stopped?.value
+        } else {
+            await broker.settle(delivery, outcome)
+        }
         release(job.id)
     }
 
