@@ -34,8 +34,8 @@ public struct Job: Sendable, Identifiable {
     public internal(set) var progress: Double
     /// The successful result, as JSON.
     public internal(set) var result: Data?
-    /// Every failed attempt, oldest first.
-    public internal(set) var errors: [AttemptError]
+    /// Every failed attempt, oldest first (carried in the message from attempt to attempt).
+    public var errors: [AttemptError]
     public internal(set) var deadLetterReason: DeadLetterReason?
     public internal(set) var startedAt: Date?
     public internal(set) var finishedAt: Date?

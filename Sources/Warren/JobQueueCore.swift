@@ -55,11 +55,39 @@ public struct QueueConfiguration: Sendable {
     /// How many finished jobs are remembered (for dedup, dependencies, status and results).
     public var finishedWindow: Int
     public var retryPolicy: RetryPolicy
+    /// Where a retry waits out its backoff: in this queue's own timers, or handed to the transport
+    /// (a broker's delay queues), which brings the job back as a new attempt.
+    public var retries: RetryScheduling
 
-    public init(capacity: Int = 100_000, finishedWindow: Int = 100_000, retryPolicy: RetryPolicy = .default) {
+    public init(
+        capacity: Int = 100_000, finishedWindow: Int = 100_000, retryPolicy: RetryPolicy = .default,
+        retries: RetryScheduling = .local
+    ) {
         self.capacity = capacity
         self.finishedWindow = finishedWindow
         self.retryPolicy = retryPolicy
+        self.retries = retries
+    }
+}
+
+public enum RetryScheduling: Sendable, Equatable {
+    case local
+    case handOff
+}
+
+/// A job leaving the queue, for a transport to settle its message: ack, publish a retry, or
+/// publish a dead letter.
+public enum Departure: Sendable {
+    case completed(Job)
+    /// The next attempt (its `attempt` already counted up), due at `notBefore`.
+    case retry(Job)
+    case deadLettered(Job)
+    case cancelled(Job)
+
+    public var job: Job {
+        switch self {
+        case let .completed(job), let .retry(job), let .deadLettered(job), let .cancelled(job): job
+        }
     }
 }
 
@@ -71,7 +99,7 @@ public struct JobQueueCore {
     /// Every job known: unfinished ones, and finished ones within the window (oldest first in
     /// `finishedOrder`). One dictionary of references: one lookup serves dedup, status and results.
     private var records: [JobID: JobRecord] = [:]
-    private var finishedOrder = Deque<JobID>()
+    private var finishedOrder = Deque<JobRecord>()
     private var liveCount = 0
     private var ready = PriorityLanes<JobRecord>()
     private var timers = Heap<TimerEntry>()
@@ -88,6 +116,9 @@ public struct JobQueueCore {
     /// Set to collect lifecycle events for `takeEvents()`; off, the queue allocates none.
     public var recordsEvents = false
     private var events: [JobEvent] = []
+    /// Set to collect departures for `takeDepartures()`.
+    public var recordsDepartures = false
+    private var departures: [Departure] = []
 
     public init(configuration: QueueConfiguration = QueueConfiguration(), random: any RandomNumberGenerator = SystemRandomNumberGenerator()) {
         self.configuration = configuration
@@ -99,7 +130,7 @@ public struct JobQueueCore {
     /// Enqueues one job (see `enqueue(_:now:)` for batches).
     public mutating func enqueue(_ job: Job, now: Date) throws(EnqueueRefusal) {
         try validate(job)
-        guard records[job.id] == nil else { throw .duplicate(job.id) }
+        guard isNew(job) else { throw .duplicate(job.id) }
         guard liveCount < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
         if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
         for dependency in job.dependencies where records[dependency] == nil {
@@ -115,7 +146,7 @@ public struct JobQueueCore {
         var batch: [JobID: Job] = [:]
         for job in jobs {
             try validate(job)
-            guard records[job.id] == nil, batch[job.id] == nil else { throw .duplicate(job.id) }
+            guard isNew(job), batch[job.id] == nil else { throw .duplicate(job.id) }
             batch[job.id] = job
         }
         guard liveCount + jobs.count <= configuration.capacity else {
@@ -128,6 +159,13 @@ public struct JobQueueCore {
             }
         }
         for job in try Self.topologicalOrder(jobs, batch: batch) { insert(job, now: now) }
+    }
+
+    /// A job is new when its id is unknown, or when it is the next attempt of a job this queue
+    /// handed off for a retry.
+    private func isNew(_ job: Job) -> Bool {
+        guard let known = records[job.id] else { return true }
+        return known.handedOff && job.attempt > known.job.attempt
     }
 
     private func validate(_ job: Job) throws(EnqueueRefusal) {
@@ -168,6 +206,10 @@ public struct JobQueueCore {
 
     private mutating func insert(_ job: Job, now: Date) {
         let record = JobRecord(job)
+        if let previous = records[job.id], record.job.errors.isEmpty {
+            // The next attempt of a job handed off for a retry keeps the earlier attempts' errors.
+            record.job.errors = previous.job.errors
+        }
         records[job.id] = record
         liveCount += 1
         statusCounts[JobStatus.pending.index] += 1
@@ -290,7 +332,28 @@ public struct JobQueueCore {
         move(record, to: .retrying)
         totals.retried += 1
         emit(.retrying(attempt: attempt + 1, at: at, error: message), record, now)
-        if at <= now { requeueForRetry(record, now: now) } else { schedule(record, at: at, .ready) }
+        if configuration.retries == .handOff {
+            handOff(record, retryAt: at)
+        } else if at <= now {
+            requeueForRetry(record, now: now)
+        } else {
+            schedule(record, at: at, .ready)
+        }
+    }
+
+    /// The transport takes the next attempt; this queue forgets the job but for its id (dedup and
+    /// status), until the attempt comes back.
+    private mutating func handOff(_ record: JobRecord, retryAt: Date) {
+        statusCounts[JobStatus.retrying.index] -= 1
+        record.handedOff = true
+        var next = record.job
+        next.attempt += 1
+        next.progress = 0
+        next.notBefore = retryAt
+        next.status = .pending
+        next.startedAt = nil
+        if recordsDepartures { departures.append(.retry(next)) }
+        retire(record)
     }
 
     private mutating func requeueForRetry(_ record: JobRecord, now: Date) {
@@ -334,7 +397,7 @@ public struct JobQueueCore {
     /// Cancels a job. A job that has not started never runs; a running one is marked, and the owner
     /// must stop its handler and then settle it (any outcome of a marked job ends `cancelled`).
     public mutating func cancel(_ id: JobID, now: Date) -> CancelResult {
-        guard let record = records[id] else { return .unknown }
+        guard let record = records[id], !record.handedOff else { return .unknown }
         switch record.job.status {
         case .pending, .queued, .retrying:
             finishCancelled(record, now: now)
@@ -366,7 +429,7 @@ public struct JobQueueCore {
             _ = timers.removeMin()
             let record = entry.record
             record.timers -= 1
-            if record.job.status.isTerminal { staleTimers -= 1; continue }
+            if record.isGone { staleTimers -= 1; continue }
             switch (entry.kind, record.job.status) {
             case (.ready, .pending) where record.waitingOn == 0 && (record.job.notBefore ?? now) <= now:
                 enqueueReady(record, now: now)
@@ -420,17 +483,27 @@ public struct JobQueueCore {
 
     private mutating func retire(_ record: JobRecord) {
         liveCount -= 1
+        if recordsDepartures, !record.handedOff {
+            switch record.job.status {
+            case .completed: departures.append(.completed(record.job))
+            case .cancelled: departures.append(.cancelled(record.job))
+            case .deadLettered: departures.append(.deadLettered(record.job))
+            default: break
+            }
+        }
         if record.timers > 0 {
             staleTimers += record.timers
             if staleTimers > 1024, staleTimers > timers.count / 2 { compactTimers() }
         }
         guard configuration.finishedWindow > 0 else {
-            records[record.job.id] = nil
+            if records[record.job.id] === record { records[record.job.id] = nil }
             return
         }
-        finishedOrder.append(record.job.id)
+        finishedOrder.append(record)
         if finishedOrder.count > configuration.finishedWindow {
-            records[finishedOrder.removeFirst()] = nil
+            let oldest = finishedOrder.removeFirst()
+            // A returning retry may have taken the id over since: remove only this record.
+            if records[oldest.job.id] === oldest { records[oldest.job.id] = nil }
         }
     }
 
@@ -440,7 +513,7 @@ public struct JobQueueCore {
         var live: [TimerEntry] = []
         live.reserveCapacity(timers.count - staleTimers)
         for entry in timers.unordered {
-            if entry.record.job.status.isTerminal { entry.record.timers -= 1 } else { live.append(entry) }
+            if entry.record.isGone { entry.record.timers -= 1 } else { live.append(entry) }
         }
         timers = Heap(live)
         staleTimers = 0
@@ -449,6 +522,13 @@ public struct JobQueueCore {
     private mutating func emit(_ kind: JobEvent.Kind, _ record: JobRecord, _ now: Date) {
         guard recordsEvents else { return }
         events.append(JobEvent(kind, id: record.job.id, name: record.job.name, priority: record.job.priority, at: now))
+    }
+
+    /// Returns the departures collected since the last call (when `recordsDepartures` is on).
+    public mutating func takeDepartures() -> [Departure] {
+        guard !departures.isEmpty else { return [] }
+        defer { departures.removeAll(keepingCapacity: true) }
+        return departures
     }
 
     /// Returns the events collected since the last call (when `recordsEvents` is on).
@@ -519,6 +599,11 @@ final class JobRecord {
     var cancelling = false
     /// Timer entries that still point here.
     var timers = 0
+    /// Handed to the transport for a retry: no longer held here.
+    var handedOff = false
+
+    /// Finished, or handed off: timers pointing here are stale.
+    var isGone: Bool { handedOff || job.status.isTerminal }
 
     init(_ job: Job) { self.job = job }
 }

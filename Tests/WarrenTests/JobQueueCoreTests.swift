@@ -83,6 +83,32 @@ struct JobQueueCoreTests {
         #expect(queue.statistics().retried == 2)
     }
 
+    @Test func handOffModeGivesRetriesAndEndingsToTheTransport() throws {
+        var queue = core(QueueConfiguration(retryPolicy: RetryPolicy(baseDelay: .seconds(5), jitter: 0), retries: .handOff))
+        queue.recordsDepartures = true
+        var job = Job(id: "h", name: "x", maxRetries: 1)
+        job.deadline = t0.addingTimeInterval(3_600)
+        try queue.enqueue(job, now: t0)
+        _ = queue.dequeue(now: t0)
+        queue.settle("h", .failed("first"), now: t0)
+        let departures = queue.takeDepartures()
+        guard case let .retry(next)? = departures.first, departures.count == 1 else { Issue.record("\(departures)"); return }
+        #expect(next.attempt == 2 && next.notBefore == t0.addingTimeInterval(5) && next.errors.map(\.message) == ["first"])
+        #expect(queue.nextTimer == t0.addingTimeInterval(3_600), "the deadline timer is stale now")
+        queue.advance(now: t0.addingTimeInterval(3_600))
+        #expect(queue.snapshot("h")?.status == .retrying, "a handed-off job is not dead-lettered here")
+        #expect(queue.unfinishedCount == 0 && queue.inFlight == 0)
+        #expect(throws: EnqueueRefusal.duplicate("h")) { try queue.enqueue(Job(id: "h", name: "x", attempt: 1), now: t0) }
+        var back = next
+        back.notBefore = nil
+        try queue.enqueue(back, now: t0.addingTimeInterval(5))
+        #expect(queue.dequeue(now: t0.addingTimeInterval(5))?.attempt == 2)
+        queue.settle("h", .failed("second"), now: t0.addingTimeInterval(6))
+        guard case let .deadLettered(dead)? = queue.takeDepartures().first else { Issue.record("no dead letter"); return }
+        #expect(dead.errors.map(\.message) == ["first", "second"])
+        #expect(dead.deadLetterReason == .retriesExhausted(attempts: 2, lastError: "second"))
+    }
+
     @Test func deadlineDeadLettersAQueuedJobWithoutRunningIt() throws {
         var queue = core()
         var job = Job(id: "d", name: "x")

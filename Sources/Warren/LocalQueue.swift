@@ -1,0 +1,298 @@
+import Foundation
+import DequeModule
+import Synchronization
+
+/// The queue contract in this process, behind one lock: `JobQueueCore` plus consumers parked in
+/// `next`, event subscribers, callers waiting for outcomes, and one alarm for every timer. The
+/// in-memory broker is exactly this; the AMQP broker feeds it deliveries and settles what departs.
+package final class LocalQueue: Sendable {
+    private let state: Locked<State>
+    private let clock: any WarrenClock
+    private let alarm: Alarm
+
+    /// - Parameter departures: when set, receives every job leaving the queue (in order, outside
+    ///   the lock), for a transport to settle its message.
+    package init(
+        configuration: QueueConfiguration, clock: any WarrenClock, random: any RandomNumberGenerator & Sendable,
+        departures: (@Sendable ([Departure]) -> Void)? = nil
+    ) {
+        self.clock = clock
+        var core = JobQueueCore(configuration: configuration, random: random)
+        core.recordsDepartures = departures != nil
+        let state = Locked(State(core: core, departures: departures))
+        self.state = state
+        // The alarm fires the core's timers (delays, backoffs, deadlines) and hands freed jobs on.
+        alarm = Alarm(clock: clock) { now in
+            let (next, effects) = state.withLock { state in
+                state.core.advance(now: now)
+                return (state.core.nextTimer, state.settle(now: now))
+            }
+            effects.run()
+            return next
+        }
+    }
+
+    package func enqueue(_ jobs: [Job]) throws(EnqueueRefusal) {
+        let now = clock.now()
+        let effects = try state.withLock { state throws(EnqueueRefusal) -> Effects in
+            guard !state.closed else { throw .closed }
+            try state.core.enqueue(jobs, now: now)
+            return state.settle(now: now)
+        }
+        apply(effects)
+    }
+
+    package func next(_ filter: DeliveryFilter) async -> Delivery? {
+        let now = clock.now()
+        let (fast, effects) = state.withLock { state -> (Delivery??, Effects) in
+            if state.closed { return (.some(nil), Effects()) }
+            guard let job = state.core.dequeue(filter, now: now) else { return (nil, state.settle(now: now)) }
+            return (.some(state.deliver(job)), state.settle(now: now))
+        }
+        apply(effects)
+        if let fast { return fast }
+        return await park(filter)
+    }
+
+    package func tryNext(_ filter: DeliveryFilter) -> Delivery? {
+        let now = clock.now()
+        let (delivery, effects) = state.withLock { state -> (Delivery?, Effects) in
+            guard !state.closed, let job = state.core.dequeue(filter, now: now) else { return (nil, Effects()) }
+            return (state.deliver(job), state.settle(now: now))
+        }
+        apply(effects)
+        return delivery
+    }
+
+    private func park(_ filter: DeliveryFilter) async -> Delivery? {
+        let id = state.withLock { state -> UInt64 in
+            state.nextWaiter &+= 1
+            return state.nextWaiter
+        }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Delivery?, Never>) in
+                let now = clock.now()
+                let (immediate, effects) = state.withLock { state -> (Delivery??, Effects) in
+                    if state.closed || Task.isCancelled { return (.some(nil), Effects()) }
+                    if let job = state.core.dequeue(filter, now: now) {
+                        return (.some(state.deliver(job)), state.settle(now: now))
+                    }
+                    state.waiters.append(Waiter(id: id, filter: filter, continuation: continuation))
+                    return (nil, state.settle(now: now))
+                }
+                apply(effects)
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(returning: nil)
+        }
+    }
+
+    package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) {
+        let now = clock.now()
+        let effects = state.withLock { state -> Effects in
+            state.stops[delivery.job.id] = nil
+            state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
+            return state.settle(now: now)
+        }
+        apply(effects)
+    }
+
+    package func cancel(_ id: JobID) -> CancelResult {
+        let now = clock.now()
+        let (result, stop, effects) = state.withLock { state -> (CancelResult, StopSignal?, Effects) in
+            let result = state.core.cancel(id, now: now)
+            let stop = result == .cancelling ? state.stops[id] : nil
+            return (result, stop, state.settle(now: now))
+        }
+        apply(effects)
+        stop?.fire(.cancelled)
+        return result
+    }
+
+    package func reportProgress(_ id: JobID, _ percent: Double) {
+        let now = clock.now()
+        let effects = state.withLock { state -> Effects in
+            state.core.progress(id, percent, now: now)
+            return state.settle(now: now)
+        }
+        apply(effects)
+    }
+
+    package func events() -> AsyncStream<JobEvent> {
+        let (stream, continuation) = AsyncStream.makeStream(of: JobEvent.self, bufferingPolicy: .unbounded)
+        let id = state.withLock { state -> UInt64? in
+            guard !state.closed else { return nil }
+            state.nextSubscriber &+= 1
+            state.subscribers[state.nextSubscriber] = continuation
+            state.updateEventRecording()
+            return state.nextSubscriber
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [state] _ in
+            state.withLock { state in
+                state.subscribers[id] = nil
+                state.updateEventRecording()
+            }
+        }
+        return stream
+    }
+
+    package func snapshot(_ id: JobID) -> Job? {
+        state.withLock { $0.core.snapshot(id) }
+    }
+
+    /// Waits until the job ends. An unknown job gives nil at once, unless `waitIfUnknown` (a job
+    /// published to a broker that this queue has not received yet).
+    package func outcome(of id: JobID, waitIfUnknown: Bool = false) async -> JobOutcome? {
+        enum Now { case done(JobOutcome?), wait }
+        let now = state.withLock { state -> Now in
+            if let outcome = state.core.outcome(id) { return .done(outcome) }
+            if state.closed || (!waitIfUnknown && state.core.snapshot(id) == nil) { return .done(nil) }
+            return .wait
+        }
+        if case let .done(outcome) = now { return outcome }
+        return await withCheckedContinuation { (continuation: CheckedContinuation<JobOutcome?, Never>) in
+            let immediate = state.withLock { state -> JobOutcome?? in
+                if let outcome = state.core.outcome(id) { return .some(outcome) }
+                if state.closed || (!waitIfUnknown && state.core.snapshot(id) == nil) { return .some(nil) }
+                state.outcomeWaiters[id, default: []].append(continuation)
+                state.updateEventRecording()
+                return nil
+            }
+            if let immediate { continuation.resume(returning: immediate) }
+        }
+    }
+
+    /// Consumers parked in `next`.
+    package var waitingConsumers: Int { state.withLock { $0.waiters.count } }
+
+    package func statistics() -> QueueStatistics {
+        state.withLock { $0.core.statistics() }
+    }
+
+    package func close() {
+        let effects = state.withLock { state -> Effects in
+            state.closed = true
+            var effects = Effects()
+            effects.deliveries = state.waiters.map { ($0.continuation, nil) }
+            state.waiters.removeAll()
+            effects.outcomes = state.outcomeWaiters.values.flatMap { $0.map { ($0, nil) } }
+            state.outcomeWaiters.removeAll()
+            effects.finishedStreams = Array(state.subscribers.values)
+            state.subscribers.removeAll()
+            return effects
+        }
+        alarm.stop()
+        effects.run()
+        for stream in effects.finishedStreams { stream.finish() }
+    }
+
+    private func apply(_ effects: Effects) {
+        effects.run()
+        if let date = effects.nextTimer { alarm.arm(at: date) }
+    }
+}
+
+// MARK: - State
+
+private struct Waiter {
+    let id: UInt64
+    let filter: DeliveryFilter
+    let continuation: CheckedContinuation<Delivery?, Never>
+}
+
+/// What an operation leaves to do once the lock is released.
+private struct Effects {
+    var deliveries: [(CheckedContinuation<Delivery?, Never>, Delivery?)] = []
+    var outcomes: [(CheckedContinuation<JobOutcome?, Never>, JobOutcome?)] = []
+    var events: [JobEvent] = []
+    var subscribers: [AsyncStream<JobEvent>.Continuation] = []
+    var finishedStreams: [AsyncStream<JobEvent>.Continuation] = []
+    var nextTimer: Date?
+    var departures: [Departure] = []
+    var settleDepartures: (@Sendable ([Departure]) -> Void)?
+
+    func run() {
+        if let settleDepartures, !departures.isEmpty { settleDepartures(departures) }
+        for event in events { for subscriber in subscribers { subscriber.yield(event) } }
+        for (continuation, delivery) in deliveries { continuation.resume(returning: delivery) }
+        for (continuation, outcome) in outcomes { continuation.resume(returning: outcome) }
+    }
+}
+
+private struct State {
+    var core: JobQueueCore
+    var waiters = Deque<Waiter>()
+    var nextWaiter: UInt64 = 0
+    var stops: [JobID: StopSignal] = [:]
+    var subscribers: [UInt64: AsyncStream<JobEvent>.Continuation] = [:]
+    var nextSubscriber: UInt64 = 0
+    var outcomeWaiters: [JobID: [CheckedContinuation<JobOutcome?, Never>]] = [:]
+    var closed = false
+    let departures: (@Sendable ([Departure]) -> Void)?
+
+    init(core: JobQueueCore, departures: (@Sendable ([Departure]) -> Void)?) {
+        self.core = core
+        self.departures = departures
+    }
+
+    mutating func deliver(_ job: Job) -> Delivery {
+        let delivery = Delivery(job: job)
+        stops[job.id] = delivery.stop
+        return delivery
+    }
+
+    mutating func updateEventRecording() {
+        core.recordsEvents = !subscribers.isEmpty || !outcomeWaiters.isEmpty
+    }
+
+    /// Hands ready jobs to parked consumers, gathers events and finished jobs' waiters.
+    mutating func settle(now: Date) -> Effects {
+        var effects = Effects()
+        var index = waiters.startIndex
+        while index < waiters.endIndex, core.readyCount > 0 {
+            if let job = core.dequeue(waiters[index].filter, now: now) {
+                effects.deliveries.append((waiters.remove(at: index).continuation, deliver(job)))
+            } else {
+                index += 1
+            }
+        }
+        if core.recordsEvents {
+            effects.events = core.takeEvents()
+            if !effects.events.isEmpty {
+                effects.subscribers = Array(subscribers.values)
+                if !outcomeWaiters.isEmpty {
+                    for event in effects.events where event.isTerminal {
+                        guard let waiting = outcomeWaiters.removeValue(forKey: event.id) else { continue }
+                        let outcome = core.outcome(event.id)
+                        effects.outcomes += waiting.map { ($0, outcome) }
+                    }
+                    updateEventRecording()
+                }
+            }
+        }
+        effects.nextTimer = core.nextTimer
+        if departures != nil {
+            effects.departures = core.takeDepartures()
+            effects.settleDepartures = departures
+        }
+        return effects
+    }
+}
+
+/// A mutex that closures can share.
+final class Locked<Value>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: sending Value) { mutex = Mutex(value) }
+    func withLock<Result, Failure: Error>(_ body: (inout sending Value) throws(Failure) -> sending Result) throws(Failure) -> sending Result {
+        try mutex.withLock(body)
+    }
+}
