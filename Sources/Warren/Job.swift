@@ -29,7 +29,7 @@ public struct Job: Sendable, Identifiable {
     public var affinity: String?
     public var metadata: [String: String]
 
-    public internal(set) var status: JobStatus
+    public package(set) var status: JobStatus
     /// 0 to 100.
     public internal(set) var progress: Double
     /// The successful result, as JSON.
@@ -106,7 +106,7 @@ public struct AttemptError: Sendable, Codable, Equatable, CustomStringConvertibl
 }
 
 /// Why a job was dead-lettered. Each reason says what a person can do about it.
-public enum DeadLetterReason: Sendable, Equatable, CustomStringConvertible {
+public enum DeadLetterReason: Error, Sendable, Equatable, CustomStringConvertible {
     /// Every allowed attempt failed.
     case retriesExhausted(attempts: Int, lastError: String)
     /// The deadline passed before the job started.

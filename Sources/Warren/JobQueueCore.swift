@@ -177,6 +177,12 @@ public struct JobQueueCore {
     }
 
     /// Orders a batch so every job comes after the batch members it depends on; refuses cycles.
+    package static func dependencyOrder(_ jobs: [Job]) throws(EnqueueRefusal) -> [Job] {
+        var batch: [JobID: Job] = [:]
+        for job in jobs { batch[job.id] = job }
+        return try topologicalOrder(jobs, batch: batch)
+    }
+
     private static func topologicalOrder(_ jobs: [Job], batch: [JobID: Job]) throws(EnqueueRefusal) -> [Job] {
         enum Mark { case visiting, done }
         var marks: [JobID: Mark] = [:]
@@ -206,15 +212,18 @@ public struct JobQueueCore {
 
     private mutating func insert(_ job: Job, now: Date) {
         let record = JobRecord(job)
-        if let previous = records[job.id], record.job.errors.isEmpty {
+        let returning = records[job.id]
+        if let returning, record.job.errors.isEmpty {
             // The next attempt of a job handed off for a retry keeps the earlier attempts' errors.
-            record.job.errors = previous.job.errors
+            record.job.errors = returning.job.errors
         }
         records[job.id] = record
         liveCount += 1
         statusCounts[JobStatus.pending.index] += 1
-        totals.enqueued += 1
-        emit(.enqueued, record, now)
+        if returning == nil {
+            totals.enqueued += 1
+            emit(.enqueued, record, now)
+        }
         if let deadline = job.deadline { schedule(record, at: deadline, .deadline) }
         var failedDependency: (JobID, JobStatus)?
         for dependency in job.dependencies {
@@ -231,6 +240,20 @@ public struct JobQueueCore {
         } else if record.waitingOn == 0 {
             readyWhenDue(record, now: now)
         }
+    }
+
+    /// Records a job that was dead-lettered on arrival (unreadable): known from now on, never run.
+    /// A job already held here under the same id is left alone.
+    package mutating func recordRejected(_ job: Job, _ reason: DeadLetterReason, now: Date) {
+        guard records[job.id] == nil else { return }
+        let record = JobRecord(job)
+        record.handedOff = true  // the transport settles its message itself: no departure
+        records[job.id] = record
+        liveCount += 1
+        statusCounts[JobStatus.pending.index] += 1
+        totals.enqueued += 1
+        emit(.enqueued, record, now)
+        deadLetter(record, reason, now: now)
     }
 
     // MARK: Serve

@@ -32,11 +32,14 @@ package final class LocalQueue: Sendable {
         }
     }
 
-    package func enqueue(_ jobs: [Job]) throws(EnqueueRefusal) {
+    /// Enqueues jobs atomically. `cancelling` ones are cancelled in the same step: they arrive
+    /// (so their departure settles their message) but no consumer ever sees them.
+    package func enqueue(_ jobs: [Job], cancelling: Set<JobID> = []) throws(EnqueueRefusal) {
         let now = clock.now()
         let effects = try state.withLock { state throws(EnqueueRefusal) -> Effects in
             guard !state.closed else { throw .closed }
             try state.core.enqueue(jobs, now: now)
+            for id in cancelling { _ = state.core.cancel(id, now: now) }
             return state.settle(now: now)
         }
         apply(effects)
@@ -159,16 +162,42 @@ package final class LocalQueue: Sendable {
             return .wait
         }
         if case let .done(outcome) = now { return outcome }
-        return await withCheckedContinuation { (continuation: CheckedContinuation<JobOutcome?, Never>) in
-            let immediate = state.withLock { state -> JobOutcome?? in
-                if let outcome = state.core.outcome(id) { return .some(outcome) }
-                if state.closed || (!waitIfUnknown && state.core.snapshot(id) == nil) { return .some(nil) }
-                state.outcomeWaiters[id, default: []].append(continuation)
-                state.updateEventRecording()
-                return nil
-            }
-            if let immediate { continuation.resume(returning: immediate) }
+        let waiter = state.withLock { state -> UInt64 in
+            state.nextWaiter &+= 1
+            return state.nextWaiter
         }
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<JobOutcome?, Never>) in
+                let immediate = state.withLock { state -> JobOutcome?? in
+                    if let outcome = state.core.outcome(id) { return .some(outcome) }
+                    if state.closed || Task.isCancelled || (!waitIfUnknown && state.core.snapshot(id) == nil) { return .some(nil) }
+                    state.outcomeWaiters[id, default: []].append((waiter, continuation))
+                    state.updateEventRecording()
+                    return nil
+                }
+                if let immediate { continuation.resume(returning: immediate) }
+            }
+        } onCancel: {
+            let continuation = state.withLock { state -> CheckedContinuation<JobOutcome?, Never>? in
+                guard let index = state.outcomeWaiters[id]?.firstIndex(where: { $0.0 == waiter }) else { return nil }
+                let continuation = state.outcomeWaiters[id]!.remove(at: index).1
+                if state.outcomeWaiters[id]!.isEmpty { state.outcomeWaiters[id] = nil }
+                state.updateEventRecording()
+                return continuation
+            }
+            continuation?.resume(returning: nil)
+        }
+    }
+
+    /// Records a job that arrived unreadable (dead-lettered by the transport itself), so its
+    /// outcome, status, events and statistics are known here like any other job's.
+    package func recordRejected(_ job: Job, _ reason: DeadLetterReason) {
+        let now = clock.now()
+        let effects = state.withLock { state -> Effects in
+            state.core.recordRejected(job, reason, now: now)
+            return state.settle(now: now)
+        }
+        apply(effects)
     }
 
     /// Consumers parked in `next`.
@@ -184,7 +213,7 @@ package final class LocalQueue: Sendable {
             var effects = Effects()
             effects.deliveries = state.waiters.map { ($0.continuation, nil) }
             state.waiters.removeAll()
-            effects.outcomes = state.outcomeWaiters.values.flatMap { $0.map { ($0, nil) } }
+            effects.outcomes = state.outcomeWaiters.values.flatMap { $0.map { ($0.1, nil) } }
             state.outcomeWaiters.removeAll()
             effects.finishedStreams = Array(state.subscribers.values)
             state.subscribers.removeAll()
@@ -235,7 +264,7 @@ private struct State {
     var stops: [JobID: StopSignal] = [:]
     var subscribers: [UInt64: AsyncStream<JobEvent>.Continuation] = [:]
     var nextSubscriber: UInt64 = 0
-    var outcomeWaiters: [JobID: [CheckedContinuation<JobOutcome?, Never>]] = [:]
+    var outcomeWaiters: [JobID: [(UInt64, CheckedContinuation<JobOutcome?, Never>)]] = [:]
     var closed = false
     let departures: (@Sendable ([Departure]) -> Void)?
 
@@ -273,7 +302,7 @@ private struct State {
                     for event in effects.events where event.isTerminal {
                         guard let waiting = outcomeWaiters.removeValue(forKey: event.id) else { continue }
                         let outcome = core.outcome(event.id)
-                        effects.outcomes += waiting.map { ($0, outcome) }
+                        effects.outcomes += waiting.map { ($0.1, outcome) }
                     }
                     updateEventRecording()
                 }

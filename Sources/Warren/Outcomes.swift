@@ -14,6 +14,8 @@ public enum EnqueueRefusal: Error, Sendable, Equatable, CustomStringConvertible 
     case invalid(JobID, String)
     /// The broker is closed.
     case closed
+    /// The broker could not take the job (unreachable, or it refused the message).
+    case unavailable(String)
 
     public var description: String {
         switch self {
@@ -23,6 +25,7 @@ public enum EnqueueRefusal: Error, Sendable, Equatable, CustomStringConvertible 
         case let .dependencyCycle(cycle): "dependency cycle: \(cycle.map(\.rawValue).joined(separator: " → "))"
         case let .invalid(id, why): "job \(id) is invalid: \(why)"
         case .closed: "the broker is closed"
+        case let .unavailable(why): "the broker could not take the job: \(why)"
         }
     }
 }

@@ -137,7 +137,8 @@ public final class WorkerPool: Sendable {
         let task = Task { await broker.next(filter) }
         let cancelled = state.withLock { state -> Bool in
             state.pull = (filter, task)
-            return state.stopping
+            // A slot freed since the filter was made: pull again with what is free now.
+            return state.stopping || state.filter(servable: servable) != filter
         }
         if cancelled { task.cancel() }
         let delivery = await task.value

@@ -26,10 +26,13 @@ public struct Topology: Sendable, Equatable {
     /// The Warren queue's name (the prefix of its five broker queues).
     public let queue: String
     public let queueType: QueueType
+    /// `x-max-length` of the priority queues, with `reject-publish` overflow.
+    public let maxLength: Int?
 
-    public init(queue: String, queueType: QueueType = .classic) {
+    public init(queue: String, queueType: QueueType = .classic, maxLength: Int? = nil) {
         self.queue = queue
         self.queueType = queueType
+        self.maxLength = maxLength
     }
 
     public func brokerQueue(_ priority: JobPriority) -> String { "\(queue).\(priority.name)" }
@@ -69,7 +72,12 @@ public struct Topology: Sendable, Equatable {
         try declareCascade(raw)
         for priority in JobPriority.allCases {
             let name = brokerQueue(priority)
-            try declareQueue(raw, name, arguments: queueArguments)
+            var arguments = queueArguments
+            if let maxLength {
+                arguments["x-max-length"] = .int(Int64(maxLength))
+                arguments["x-overflow"] = .string("reject-publish")
+            }
+            try declareQueue(raw, name, arguments: arguments)
             try raw.bindQueue(name, exchange: Self.exchange, routingKey: routingKey(priority))
             try raw.bindQueue(name, exchange: Self.deliverExchange, routingKey: "#." + routingKey(priority))
         }

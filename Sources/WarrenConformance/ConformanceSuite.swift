@@ -113,12 +113,12 @@ public enum ConformanceSuite {
             late.deadline = Date().addingTimeInterval(0.1)
             let onTime = job()
             try await broker.enqueue([late, onTime])
+            let delivery = try await take(broker)
+            try expectEqual(delivery.job.id, onTime.id, "the on-time job is served")
+            await broker.settle(delivery, .completed(Data()))
             let result = try await outcome(broker, late.id, within: 5)
             guard case .deadLettered(.deadline, _) = result else { throw ConformanceFailure("expected deadline dead letter, got \(result)") }
-            let delivery = try await take(broker)
-            try expectEqual(delivery.job.id, onTime.id, "only the on-time job is served")
-            await broker.settle(delivery, .completed(Data()))
-            try expect(await broker.tryNext(.any) == nil, "nothing else is served")
+            try expect(await broker.tryNext(.any) == nil, "the late job is never served")
         },
         test("a delayed job becomes ready at its time") { broker in
             var delayed = job()
@@ -138,10 +138,10 @@ public enum ConformanceSuite {
             let other = job()
             try await broker.enqueue([doomed, other])
             try expectEqual(await broker.cancel(doomed.id), .cancelled, "cancel result")
-            try expectEqual(try await outcome(broker, doomed.id), .cancelled, "outcome")
             let delivery = try await take(broker)
             try expectEqual(delivery.job.id, other.id, "the cancelled job is skipped")
             await broker.settle(delivery, .completed(Data()))
+            try expectEqual(try await outcome(broker, doomed.id), .cancelled, "outcome")
             try expectEqual(await broker.cancel(doomed.id), .alreadyFinished(.cancelled), "second cancel")
             try expectEqual(await broker.cancel(JobID("never-submitted-\(UUID())")), .unknown, "unknown cancel")
         },

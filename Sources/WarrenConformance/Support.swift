@@ -33,17 +33,28 @@ struct TimedOut: Error, CustomStringConvertible {
     var description: String { "timed out after \(seconds) s waiting for \(what)" }
 }
 
-/// Runs `body`, failing if it takes longer than `seconds`.
+/// Runs `body`, failing if it takes longer than `seconds`. It does not wait for a body that
+/// ignores cancellation: a stuck wait fails the test instead of hanging the run.
 func within<T: Sendable>(_ seconds: Double, _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
+    let decided = Locked(false)
+    let work = Locked<Task<Void, Never>?>(nil)
+    return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+        func finish(_ result: Result<T, any Error>) {
+            guard decided.withLock({ decided in defer { decided = true }; return !decided }) else { return }
+            continuation.resume(with: result)
         }
-        defer { group.cancelAll() }
-        guard let first = try await group.next(), let value = first else { throw TimedOut(what: what, seconds: seconds) }
-        return value
+        work.withLock { $0 = Task { finish(await Result(catching: body)) } }
+        Task {
+            try? await Task.sleep(for: .seconds(seconds))
+            work.withLock { $0 }?.cancel()
+            finish(.failure(TimedOut(what: what, seconds: seconds)))
+        }
+    }
+}
+
+extension Result where Failure == any Error {
+    init(catching body: () async throws -> Success) async {
+        do { self = .success(try await body()) } catch { self = .failure(error) }
     }
 }
 

@@ -60,170 +60,184 @@ struct AMQPBasicsTests {
 struct AMQPConnectionTests {
     @Test(.timeLimit(.minutes(1)))
     func publishesWithConfirmsConsumesAndAcks() async throws {
-        let queue = TestBroker.unique()
-        let received = Received()
-        let connection = consumingConnection([queue], url: try TestBroker.url(), prefetch: 500, received: received)
-        try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
-        for index in 0..<200 {
-            var properties = MessageProperties(contentType: "application/json", headers: ["x-attempt": .int(Int64(index)), "nested": .table(["a": .array([.bool(true), .string("x")])])])
-            properties.messageID = "m\(index)"
-            try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: properties, body: Array(#"{"n":\#(index)}"#.utf8)))
+        try await usingBroker {
+            let queue = TestBroker.unique()
+            let received = Received()
+            let connection = consumingConnection([queue], url: try TestBroker.url(), prefetch: 500, received: received)
+            try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
+            for index in 0..<200 {
+                var properties = MessageProperties(contentType: "application/json", headers: ["x-attempt": .int(Int64(index)), "nested": .table(["a": .array([.bool(true), .string("x")])])])
+                properties.messageID = "m\(index)"
+                try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: properties, body: Array(#"{"n":\#(index)}"#.utf8)))
+            }
+            let messages = try await received.wait(count: 200)
+            #expect(messages.map { $0.0.properties.messageID } == (0..<200).map { "m\($0)" }, "in order, none lost")
+            #expect(messages[7].0.properties.headers["x-attempt"] == .int(7))
+            #expect(messages[0].0.properties.headers["nested"] == .table(["a": .array([.bool(true), .string("x")])]))
+            #expect(String(decoding: messages[199].0.body, as: UTF8.self) == #"{"n":199}"#)
+            for (message, generation) in messages.reversed() { connection.ack(message.deliveryTag, generation: generation) }
+            try await waitUntil("every ack to land") {
+                let counts = try? await connection.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
+                return counts?.messages == 0
+            }
+            let unacked = try await connection.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
+            #expect(unacked.messages == 0)
+            try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
+            await connection.close()
+            #expect(connection.status == .closed)
         }
-        let messages = try await received.wait(count: 200)
-        #expect(messages.map { $0.0.properties.messageID } == (0..<200).map { "m\($0)" }, "in order, none lost")
-        #expect(messages[7].0.properties.headers["x-attempt"] == .int(7))
-        #expect(messages[0].0.properties.headers["nested"] == .table(["a": .array([.bool(true), .string("x")])]))
-        #expect(String(decoding: messages[199].0.body, as: UTF8.self) == #"{"n":199}"#)
-        for (message, generation) in messages.reversed() { connection.ack(message.deliveryTag, generation: generation) }
-        try await waitUntil("every ack to land") {
-            let counts = try? await connection.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
-            return counts?.messages == 0
-        }
-        let unacked = try await connection.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
-        #expect(unacked.messages == 0)
-        try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
-        await connection.close()
-        #expect(connection.status == .closed)
     }
 
     @Test(.timeLimit(.minutes(1)))
     func topologyIsIdempotentAndConflictsSayWhatToDo() async throws {
-        let name = TestBroker.unique()
-        let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
-        let topology = Topology(queue: name, queueType: .classic)
-        try await connection.perform { session throws(AMQPError) in try topology.declare(session.raw) }
-        try await connection.perform { session throws(AMQPError) in try topology.declare(session.raw) }
-        for priority in JobPriority.allCases {
-            try await connection.perform { session throws(AMQPError) in _ = try session.raw.declareQueue(topology.brokerQueue(priority), passive: true) }
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
+            let topology = Topology(queue: name, queueType: .classic)
+            try await connection.perform { session throws(AMQPError) in try topology.declare(session.raw) }
+            try await connection.perform { session throws(AMQPError) in try topology.declare(session.raw) }
+            for priority in JobPriority.allCases {
+                try await connection.perform { session throws(AMQPError) in _ = try session.raw.declareQueue(topology.brokerQueue(priority), passive: true) }
+            }
+            let quorum = Topology(queue: name, queueType: .quorum)
+            do {
+                try await connection.perform { session throws(AMQPError) in try quorum.declare(session.raw) }
+                Issue.record("a conflicting declaration was accepted")
+            } catch {
+                guard case let .conflictingQueue(queue, detail)? = error as? AMQPError else { Issue.record("expected conflictingQueue, got \(error)"); return }
+                #expect(queue.hasPrefix(name))
+                #expect(detail.contains("x-queue-type"), "names the argument: \(detail)")
+                #expect(detail.contains("delete it"), "says how to fix it: \(detail)")
+            }
+            // The channel error is behind us: the connection carries on.
+            try await connection.perform { session throws(AMQPError) in
+                for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
+                try session.raw.deleteQueue(topology.deadQueue)
+            }
+            await connection.close()
         }
-        let quorum = Topology(queue: name, queueType: .quorum)
-        do {
-            try await connection.perform { session throws(AMQPError) in try quorum.declare(session.raw) }
-            Issue.record("a conflicting declaration was accepted")
-        } catch {
-            guard case let .conflictingQueue(queue, detail) = error else { Issue.record("expected conflictingQueue, got \(error)"); return }
-            #expect(queue.hasPrefix(name))
-            #expect(detail.contains("x-queue-type"), "names the argument: \(detail)")
-            #expect(detail.contains("delete it"), "says how to fix it: \(detail)")
-        }
-        // The channel error is behind us: the connection carries on.
-        try await connection.perform { session throws(AMQPError) in
-            for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
-            try session.raw.deleteQueue(topology.deadQueue)
-        }
-        await connection.close()
     }
 
     @Test(.timeLimit(.minutes(1)))
     func aDelayedMessageWaitsItsTimeInTheCascade() async throws {
-        let name = TestBroker.unique()
-        let topology = Topology(queue: name)
-        let received = Received()
-        let connection = AMQPConnection(
-            .init(url: try TestBroker.url()),
-            setup: { session throws(AMQPError) in
-                try topology.declare(session.raw)
-                try session.raw.consume(topology.brokerQueue(.high), consumerTag: "c\(session.generation)")
-            },
-            onMessage: { message, generation in received.add(message, generation) })
-        try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
-        let sent = Date()
-        let key = Topology.delayRoutingKey(seconds: 2, destination: topology.routingKey(.high))
-        try await connection.publish(OutgoingMessage(exchange: Topology.delayEntry(seconds: 2), routingKey: key, body: Array("later".utf8)))
-        let message = try await received.wait(count: 1, within: 10)[0]
-        let waited = Date().timeIntervalSince(sent)
-        #expect(waited >= 2.0 && waited < 3.5, "arrived after \(waited) s")
-        #expect(message.0.body == Array("later".utf8))
-        #expect(message.0.properties.headers["x-death"] != nil, "it travelled through the cascade")
-        connection.ack(message.0.deliveryTag, generation: message.1)
-        try await connection.perform { session throws(AMQPError) in
-            for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
-            try session.raw.deleteQueue(topology.deadQueue)
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let topology = Topology(queue: name)
+            let received = Received()
+            let connection = AMQPConnection(
+                .init(url: try TestBroker.url()),
+                setup: { session throws(AMQPError) in
+                    try topology.declare(session.raw)
+                    try session.raw.consume(topology.brokerQueue(.high), consumerTag: "c\(session.generation)")
+                },
+                onMessage: { message, generation in received.add(message, generation) })
+            try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
+            let sent = Date()
+            let key = Topology.delayRoutingKey(seconds: 2, destination: topology.routingKey(.high))
+            try await connection.publish(OutgoingMessage(exchange: Topology.delayEntry(seconds: 2), routingKey: key, body: Array("later".utf8)))
+            let message = try await received.wait(count: 1, within: 10)[0]
+            let waited = Date().timeIntervalSince(sent)
+            #expect(waited >= 2.0 && waited < 3.5, "arrived after \(waited) s")
+            #expect(message.0.body == Array("later".utf8))
+            #expect(message.0.properties.headers["x-death"] != nil, "it travelled through the cascade")
+            connection.ack(message.0.deliveryTag, generation: message.1)
+            try await connection.perform { session throws(AMQPError) in
+                for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
+                try session.raw.deleteQueue(topology.deadQueue)
+            }
+            await connection.close()
         }
-        await connection.close()
     }
 
     @Test(.timeLimit(.minutes(1)))
     func unreachableBrokersAndBadLoginsAreNamed() async throws {
-        var nowhere = try TestBroker.url()
-        nowhere.port = 1
-        nowhere.connectTimeout = 2
-        #expect {
-            _ = try RawConnection(url: nowhere)
-        } throws: { error in
-            guard case let .unreachable(host, port, _) = error as? AMQPError else { return false }
-            return host == "127.0.0.1" && port == 1 && "\(error)".contains("127.0.0.1:1")
-        }
-        var wrong = try TestBroker.url()
-        wrong.password = "not-the-password"
-        #expect {
-            _ = try RawConnection(url: wrong)
-        } throws: { error in
-            if case .accessRefused = error as? AMQPError { return true }
-            return false
+        try await usingBroker {
+            var nowhere = try TestBroker.url()
+            nowhere.port = 1
+            nowhere.connectTimeout = 2
+            #expect {
+                _ = try RawConnection(url: nowhere)
+            } throws: { error in
+                guard case let .unreachable(host, port, _) = error as? AMQPError else { return false }
+                return host == "127.0.0.1" && port == 1 && "\(error)".contains("127.0.0.1:1")
+            }
+            var wrong = try TestBroker.url()
+            wrong.password = "not-the-password"
+            #expect {
+                _ = try RawConnection(url: wrong)
+            } throws: { error in
+                if case .accessRefused = error as? AMQPError { return true }
+                return false
+            }
         }
     }
 
     @Test(.timeLimit(.minutes(1)))
     func anUnroutableMandatoryMessageIsReported() async throws {
-        let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
-        var properties = MessageProperties()
-        properties.messageID = "lost"
-        await #expect(throws: AMQPError.self) {
-            try await connection.publish(OutgoingMessage(exchange: "", routingKey: TestBroker.unique(), properties: properties, body: [1], mandatory: true))
+        try await usingBroker {
+            let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
+            var properties = MessageProperties()
+            properties.messageID = "lost"
+            await #expect(throws: AMQPError.self) {
+                try await connection.publish(OutgoingMessage(exchange: "", routingKey: TestBroker.unique(), properties: properties, body: [1], mandatory: true))
+            }
+            await connection.close()
         }
-        await connection.close()
     }
 
     @Test(.timeLimit(.minutes(1)))
     func heartbeatsKeepAnIdleConnection() async throws {
-        let queue = TestBroker.unique()
-        let received = Received()
-        let connection = consumingConnection([queue], url: try TestBroker.url(heartbeat: 1), received: received)
-        try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
-        let changes = Locked<[AMQPConnection.Status]>([])
-        let watcher = Task { for await status in connection.statusUpdates { changes.withLock { $0.append(status) } } }
-        // Six heartbeat intervals with nothing to do: idling is what this test is about, so it
-        // sleeps; the I/O thread must keep answering the broker meanwhile.
-        try await Task.sleep(for: .seconds(6))
-        let lost = changes.withLock { $0 }.filter { if case .connected = $0 { false } else { $0 != .connecting } }
-        #expect(lost.isEmpty, "the connection dropped while idle: \(lost)")
-        #expect(connection.status == .connected(generation: 1))
-        try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, body: [42]))
-        let message = try await received.wait(count: 1)[0]
-        connection.ack(message.0.deliveryTag, generation: message.1)
-        try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
-        await connection.close()
-        watcher.cancel()
+        try await usingBroker {
+            let queue = TestBroker.unique()
+            let received = Received()
+            let connection = consumingConnection([queue], url: try TestBroker.url(heartbeat: 1), received: received)
+            try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
+            let changes = Locked<[AMQPConnection.Status]>([])
+            let watcher = Task { for await status in connection.statusUpdates { changes.withLock { $0.append(status) } } }
+            // Six heartbeat intervals with nothing to do: idling is what this test is about, so it
+            // sleeps; the I/O thread must keep answering the broker meanwhile.
+            try await Task.sleep(for: .seconds(6))
+            let lost = changes.withLock { $0 }.filter { if case .connected = $0 { false } else { $0 != .connecting } }
+            #expect(lost.isEmpty, "the connection dropped while idle: \(lost)")
+            #expect(connection.status == .connected(generation: 1))
+            try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, body: [42]))
+            let message = try await received.wait(count: 1)[0]
+            connection.ack(message.0.deliveryTag, generation: message.1)
+            try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
+            await connection.close()
+            watcher.cancel()
+        }
     }
 
     @Test(.timeLimit(.minutes(2)))
     func recoversFromABrokerRestart() async throws {
-        let queue = TestBroker.unique()
-        let received = Received()
-        let connection = consumingConnection([queue], url: try TestBroker.url(heartbeat: 2), received: received)
-        try await waitUntil("connected") { connection.status == .connected(generation: 1) }
-        try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: MessageProperties(deliveryMode: 2), body: [1]))
-        _ = try await received.wait(count: 1)
-        // Not acked: the broker must redeliver it after the restart, on the new connection.
-        try TestBroker.restart()
-        try await waitUntil("reconnected", within: 60) {
-            if case let .connected(generation) = connection.status { return generation > 1 } else { return false }
+        try await usingBroker(exclusive: true) {
+            let queue = TestBroker.unique()
+            let received = Received()
+            let connection = consumingConnection([queue], url: try TestBroker.url(heartbeat: 2), received: received)
+            try await waitUntil("connected") { connection.status == .connected(generation: 1) }
+            try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: MessageProperties(deliveryMode: 2), body: [1]))
+            _ = try await received.wait(count: 1)
+            // Not acked: the broker must redeliver it after the restart, on the new connection.
+            try TestBroker.restart()
+            try await waitUntil("reconnected", within: 60) {
+                if case let .connected(generation) = connection.status { return generation > 1 } else { return false }
+            }
+            let again = try await received.wait(count: 2, within: 20)
+            #expect(again[1].0.redelivered && again[1].0.body == [1], "redelivered after the restart")
+            #expect(again[1].1 > again[0].1, "on a newer generation")
+            connection.ack(again[0].0.deliveryTag, generation: again[0].1)  // stale: must be dropped, not sent
+            connection.ack(again[1].0.deliveryTag, generation: again[1].1)
+            try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: MessageProperties(deliveryMode: 2), body: [2]))
+            let third = try await received.wait(count: 3)[2]
+            connection.ack(third.0.deliveryTag, generation: third.1)
+            try await waitUntil("the queue to drain") {
+                let counts = try? await connection.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
+                return counts?.messages == 0
+            }
+            #expect(connection.status == .connected(generation: again[1].1), "the stale ack did not break the channel")
+            try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
+            await connection.close()
         }
-        let again = try await received.wait(count: 2, within: 20)
-        #expect(again[1].0.redelivered && again[1].0.body == [1], "redelivered after the restart")
-        #expect(again[1].1 > again[0].1, "on a newer generation")
-        connection.ack(again[0].0.deliveryTag, generation: again[0].1)  // stale: must be dropped, not sent
-        connection.ack(again[1].0.deliveryTag, generation: again[1].1)
-        try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: MessageProperties(deliveryMode: 2), body: [2]))
-        let third = try await received.wait(count: 3)[2]
-        connection.ack(third.0.deliveryTag, generation: third.1)
-        try await waitUntil("the queue to drain") {
-            let counts = try? await connection.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
-            return counts?.messages == 0
-        }
-        #expect(connection.status == .connected(generation: again[1].1), "the stale ack did not break the channel")
-        try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
-        await connection.close()
     }
 }

@@ -1,0 +1,521 @@
+import Foundation
+public import Warren
+
+/// RabbitMQ as a Warren broker.
+///
+/// Consumes the five priority queues of one Warren queue with per-consumer prefetch into a local
+/// `LocalQueue` (highest priority first, deadlines, dependencies, cancellation), and settles every
+/// job that leaves it: completed → ack (after publishing the result to `reply_to`, confirmed);
+/// retry → publish the next attempt to the delay cascade, confirmed, then ack; dead letter →
+/// publish to `warren.dead` with the reason, confirmed, then ack. No path acks a message before
+/// its successor is confirmed. Messages that are not valid jobs are dead-lettered the same way.
+public final class AMQPBroker: Broker {
+    public struct Configuration: Sendable {
+        public var url: AMQPURL
+        /// The Warren queue: broker queues `<queue>.<priority>` and `<queue>.dead`.
+        public var queue: String
+        public var queueType: QueueType
+        /// Unacked messages each priority queue's consumer may hold.
+        public var prefetch: UInt16
+        public var retryPolicy: RetryPolicy
+        /// For messages that carry no `x-warren-max-retries`.
+        public var defaultMaxRetries: Int
+        public var limits: WireFormat.Limits
+        /// Job ids remembered (published here, or finished here) to refuse or drop duplicates.
+        public var dedupWindow: Int
+        /// Most ready messages in each priority queue; past it RabbitMQ refuses publishes and
+        /// `enqueue` throws `queueFull` (back-pressure). nil: unbounded. Changing it on an existing
+        /// queue is a conflicting declaration.
+        public var maxQueueLength: Int?
+        /// How long a publish keeps trying through connection loss before `enqueue` gives up.
+        public var publishDeadline: Duration
+
+        public init(
+            url: AMQPURL, queue: String = "default", queueType: QueueType = .classic, prefetch: UInt16 = 200,
+            retryPolicy: RetryPolicy = .default, defaultMaxRetries: Int = 3, limits: WireFormat.Limits = WireFormat.Limits(),
+            dedupWindow: Int = 100_000, maxQueueLength: Int? = nil, publishDeadline: Duration = .seconds(30)
+        ) {
+            self.url = url
+            self.queue = queue
+            self.queueType = queueType
+            self.prefetch = prefetch
+            self.retryPolicy = retryPolicy
+            self.defaultMaxRetries = defaultMaxRetries
+            self.limits = limits
+            self.dedupWindow = dedupWindow
+            self.maxQueueLength = maxQueueLength
+            self.publishDeadline = publishDeadline
+        }
+    }
+
+    public let configuration: Configuration
+    public let topology: Topology
+    private let local: LocalQueue
+    private let connection: AMQPConnection
+    private let messages: Messages
+
+    public init(_ configuration: Configuration, clock: any WarrenClock = SystemClock()) {
+        self.configuration = configuration
+        let topology = Topology(queue: configuration.queue, queueType: configuration.queueType, maxLength: configuration.maxQueueLength)
+        self.topology = topology
+        let messages = Messages(configuration: configuration, topology: topology)
+        self.messages = messages
+        // Everything prefetched from the five queues fits, with room for jobs waiting on dependencies.
+        let capacity = Int(configuration.prefetch) * JobPriority.allCases.count * 2 + 1_000
+        let local = LocalQueue(
+            configuration: QueueConfiguration(
+                capacity: capacity, finishedWindow: configuration.dedupWindow, retryPolicy: configuration.retryPolicy,
+                retries: .handOff),
+            clock: clock, random: SystemRandomNumberGenerator(),
+            departures: { departures in messages.settle(departures) })
+        self.local = local
+        let consuming = messages.consuming
+        let prefetch = configuration.prefetch
+        connection = AMQPConnection(
+            .init(url: configuration.url, name: configuration.queue),
+            setup: { session throws(AMQPError) in
+                try topology.declare(session.raw)
+                if consuming.withLock({ $0 }) { try Self.consume(session, topology: topology, prefetch: prefetch) }
+            },
+            onMessage: { message, generation in messages.receive(message, generation: generation, into: local) })
+        messages.connection.withLock { $0 = connection }
+    }
+
+    /// Consumers for the five priority queues, highest first: a backlog waiting when consumption
+    /// starts then arrives highest priority first.
+    private static func consume(_ session: ConnectionSession, topology: Topology, prefetch: UInt16) throws(AMQPError) {
+        try session.raw.setPrefetch(prefetch)
+        for priority in JobPriority.allCases {
+            try session.raw.consume(topology.brokerQueue(priority), consumerTag: "warren.\(session.generation).\(priority.name)")
+        }
+    }
+
+    /// Starts consuming, once: a broker consumes only when asked for work, so a process that only
+    /// publishes never takes jobs by accident.
+    private func startConsuming() {
+        guard messages.consuming.withLock({ consuming in
+            defer { consuming = true }
+            return !consuming
+        }) else { return }
+        let topology = self.topology, prefetch = configuration.prefetch, connection = self.connection
+        Task {
+            // If the connection is down, its setup starts the consumers when it comes back.
+            try? await connection.perform { session throws(AMQPError) in try Self.consume(session, topology: topology, prefetch: prefetch) }
+        }
+    }
+
+    /// Whether the connection is up.
+    public var isReady: Bool {
+        if case .connected = connection.status { return true }
+        return false
+    }
+
+    /// Waits until the connection is up (or `timeout` passes); throws the last connection error.
+    public func waitUntilReady(timeout: Duration = .seconds(30)) async throws(AMQPError) {
+        let deadline = ContinuousClock.now + timeout
+        while !isReady {
+            if case .closed = connection.status { throw .closed }
+            guard ContinuousClock.now < deadline else {
+                if case let .disconnected(reason) = connection.status {
+                    throw .unreachable(host: configuration.url.host, port: configuration.url.port, reason: reason)
+                }
+                throw .unreachable(host: configuration.url.host, port: configuration.url.port, reason: "not connected after \(timeout)")
+            }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    /// Connection changes: connected (with its generation), disconnected with the reason, closed.
+    var connectionUpdates: AsyncStream<AMQPConnection.Status> { connection.statusUpdates }
+
+    // MARK: Broker
+
+    public func enqueue(_ jobs: [Job]) async throws(EnqueueRefusal) {
+        var ids = Set<JobID>()
+        for job in jobs {
+            guard ids.insert(job.id).inserted, !messages.isKnown(job.id), local.snapshot(job.id) == nil else {
+                throw .duplicate(job.id)
+            }
+        }
+        for job in jobs {
+            for dependency in job.dependencies
+            where !ids.contains(dependency) && !messages.isKnown(dependency) && local.snapshot(dependency) == nil {
+                throw .unknownDependency(job: job.id, dependency: dependency)
+            }
+        }
+        let ordered = try JobQueueCore.dependencyOrder(jobs)
+        messages.remember(ordered)
+        var failure: EnqueueRefusal?
+        await withTaskGroup(of: (JobID, AMQPError?).self) { group in
+            for job in ordered {
+                group.addTask { [messages] in
+                    do throws(AMQPError) { try await messages.publish(job, deadline: self.configuration.publishDeadline) } catch {
+                        return (job.id, error)
+                    }
+                    return (job.id, nil)
+                }
+            }
+            for await (id, error) in group {
+                guard let error else { continue }
+                messages.forget(id)
+                if failure == nil {
+                    if case .publishRefused = error, let limit = configuration.maxQueueLength {
+                        failure = .queueFull(capacity: limit)
+                    } else {
+                        failure = .unavailable(error.description)
+                    }
+                }
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    public func next(_ filter: DeliveryFilter) async -> Delivery? {
+        startConsuming()
+        return await local.next(filter)
+    }
+
+    public func tryNext(_ filter: DeliveryFilter) async -> Delivery? {
+        startConsuming()
+        return local.tryNext(filter)
+    }
+    public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) async { local.settle(delivery, outcome) }
+
+    public func cancel(_ id: JobID) async -> CancelResult {
+        let result = local.cancel(id)
+        guard result == .unknown, messages.isKnown(id) else { return result }
+        // Published, not received yet: it is cancelled when it arrives here.
+        messages.tombstone(id)
+        return .cancelled
+    }
+
+    public func reportProgress(_ id: JobID, _ percent: Double) async { local.reportProgress(id, percent) }
+    public func events() -> AsyncStream<JobEvent> { local.events() }
+    /// The job as this process knows it: held here, or published here and not received yet
+    /// (`queued`, or `pending` while delayed or waiting on dependencies).
+    public func snapshot(_ id: JobID) async -> Job? { local.snapshot(id) ?? messages.published(id) }
+
+    public func outcome(of id: JobID) async -> JobOutcome? {
+        await local.outcome(of: id, waitIfUnknown: messages.isKnown(id))
+    }
+
+    public func statistics() async -> QueueStatistics { local.statistics() }
+
+    /// Messages that were not valid jobs, dead-lettered on arrival.
+    public var malformedCount: Int { messages.malformedCount }
+
+    /// Stops serving and closes the connection. Unacked messages (prefetched, not finished) go back
+    /// to their queues: the broker requeues them when the channel closes.
+    public func close() async {
+        local.close()
+        await messages.drainSettlements()
+        await connection.close()
+    }
+
+    /// Runs `body` on the connection's I/O thread (inspection and tooling).
+    func perform<T: Sendable>(_ body: @escaping @Sendable (ConnectionSession) throws(AMQPError) -> T) async throws(AMQPError) -> T {
+        try await connection.perform(body)
+    }
+}
+
+/// Where each job held here came from, and how its message is settled.
+private final class Messages: Sendable {
+    struct Origin: Sendable {
+        let tag: UInt64
+        let generation: UInt64
+        let exchange: String
+        let routingKey: String
+        let properties: MessageProperties
+    }
+
+    struct State {
+        /// The delivery of each job held in the local queue, and copies that arrived meanwhile.
+        var origins: [JobID: (origin: Origin, duplicates: [Origin])] = [:]
+        var known = RecentIDs(capacity: 100_000)
+        /// Jobs published here, without their payloads, for status until they arrive.
+        var published: [JobID: Job] = [:]
+        /// Jobs that arrived before one of their dependencies (the five queues deliver in any
+        /// order), by the dependency they wait for. Their messages stay unacked meanwhile.
+        var waitingForDependency: [JobID: [(job: Job, message: IncomingMessage)]] = [:]
+        var tombstones = RecentIDs(capacity: 10_000)
+        var malformed = 0
+        var settling = 0
+        var settled: [CheckedContinuation<Void, Never>] = []
+    }
+
+    let configuration: AMQPBroker.Configuration
+    let topology: Topology
+    let state: Locked<State>
+    let connection = Locked<AMQPConnection?>(nil)
+    let consuming = Locked(false)
+
+    init(configuration: AMQPBroker.Configuration, topology: Topology) {
+        self.configuration = configuration
+        self.topology = topology
+        var state = State()
+        state.known = RecentIDs(capacity: max(1, configuration.dedupWindow))
+        self.state = Locked(state)
+    }
+
+    private var link: AMQPConnection {
+        guard let connection = connection.withLock({ $0 }) else { preconditionFailure("the broker's connection is not set") }
+        return connection
+    }
+
+    var malformedCount: Int { state.withLock { $0.malformed } }
+    func isKnown(_ id: JobID) -> Bool { state.withLock { $0.known.contains(id) } }
+    func remember(_ jobs: [Job]) {
+        let now = Date()
+        state.withLock { state in
+            for var job in jobs {
+                state.known.insert(job.id)
+                job.payload = Data()
+                if (job.notBefore ?? now) > now || !job.dependencies.isEmpty { job.status = .pending } else { job.status = .queued }
+                state.published[job.id] = job
+            }
+            // Bounded like the dedup window: the oldest entries go when it overflows.
+            if state.published.count > state.known.capacity {
+                state.published = state.published.filter { state.known.contains($0.key) }
+            }
+        }
+    }
+
+    func forget(_ id: JobID) {
+        state.withLock { state in
+            _ = state.known.remove(id)
+            state.published[id] = nil
+        }
+    }
+
+    func published(_ id: JobID) -> Job? { state.withLock { $0.published[id] } }
+    func tombstone(_ id: JobID) { state.withLock { $0.tombstones.insert(id) } }
+
+    // MARK: Receiving (on the I/O thread)
+
+    func receive(_ message: IncomingMessage, generation: UInt64, into local: LocalQueue) {
+        let priority = message.consumerTag.split(separator: ".").last.flatMap { JobPriority(name: String($0)) } ?? .normal
+        let origin = Origin(
+            tag: message.deliveryTag, generation: generation, exchange: message.exchange, routingKey: message.routingKey,
+            properties: message.properties)
+        let job: Job
+        switch WireFormat.decode(
+            message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
+            limits: configuration.limits)
+        {
+        case let .success(decoded):
+            job = decoded
+        case let .failure(reason):
+            state.withLock { $0.malformed += 1 }
+            deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [], origins: [origin])
+            // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
+            let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
+            let name = message.properties.type.flatMap { $0.isEmpty ? nil : $0 } ?? configuration.queue
+            local.recordRejected(Job(id: id, name: name, payload: Data(), priority: priority), reason)
+            return
+        }
+        let duplicateOfHeld = state.withLock { state -> Bool in
+            state.known.insert(job.id)
+            state.published[job.id] = nil
+            if state.origins[job.id] != nil {
+                state.origins[job.id]!.duplicates.append(origin)
+                return true
+            }
+            state.origins[job.id] = (origin, [])
+            return false
+        }
+        // A copy of a job held here (a redelivery after a reconnection): settled with the original.
+        if duplicateOfHeld { return }
+        admit(job, message, into: local)
+    }
+
+    /// Enqueues a received job once every dependency is here; then the jobs that waited for it.
+    private func admit(_ job: Job, _ message: IncomingMessage, into local: LocalQueue) {
+        if let missing = job.dependencies.first(where: { local.snapshot($0) == nil }) {
+            state.withLock { $0.waitingForDependency[missing, default: []].append((job, message)) }
+            // It may have arrived between the look and the wait: look again.
+            if local.snapshot(missing) != nil { release(waitingFor: missing, into: local) }
+            return
+        }
+        let cancelled = state.withLock { $0.tombstones.remove(job.id) }
+        do {
+            try local.enqueue([job], cancelling: cancelled ? [job.id] : [])
+        } catch {
+            refuse(job, message, error)
+            return
+        }
+        release(waitingFor: job.id, into: local)
+    }
+
+    private func release(waitingFor id: JobID, into local: LocalQueue) {
+        let waiting = state.withLock { $0.waitingForDependency.removeValue(forKey: id) } ?? []
+        for (job, message) in waiting { admit(job, message, into: local) }
+    }
+
+    private func refuse(_ job: Job, _ message: IncomingMessage, _ error: EnqueueRefusal) {
+        guard let origins = takeOrigins(job.id) else { return }
+        switch error {
+        case .duplicate:
+            // Finished here already (inside the dedup window): drop the copy.
+            ack(origins)
+        case .queueFull, .closed, .unavailable:
+            // Back to the broker, for this or another consumer.
+            for origin in origins { link.reject(origin.tag, generation: origin.generation, requeue: true) }
+        case let .unknownDependency(_, dependency):
+            deadLetter(properties: message.properties, body: message.body,
+                       reason: .malformedMessage("it depends on job \(dependency), which this worker has not seen"), errors: job.errors, origins: origins)
+        case let .invalid(_, why):
+            deadLetter(properties: message.properties, body: message.body, reason: .malformedMessage(why), errors: job.errors, origins: origins)
+        case let .dependencyCycle(cycle):
+            deadLetter(properties: message.properties, body: message.body,
+                       reason: .malformedMessage("dependency cycle \(cycle.map(\.rawValue))"), errors: job.errors, origins: origins)
+        }
+    }
+
+    private func takeOrigins(_ id: JobID) -> [Origin]? {
+        state.withLock { state in
+            guard let entry = state.origins.removeValue(forKey: id) else { return nil }
+            return [entry.origin] + entry.duplicates
+        }
+    }
+
+    // MARK: Settling what leaves the local queue
+
+    func settle(_ departures: [Departure]) {
+        for departure in departures {
+            guard let origins = takeOrigins(departure.job.id) else { continue }
+            switch departure {
+            case let .completed(job):
+                if let replyTo = job.metadata[WireFormat.replyToKey] {
+                    let reply = OutgoingMessage(
+                        exchange: "", routingKey: replyTo,
+                        properties: MessageProperties(
+                            contentType: "application/json", headers: ["x-warren-status": .string("completed")],
+                            correlationID: job.metadata[WireFormat.correlationIDKey], messageID: job.id.rawValue, type: job.name),
+                        body: Array(job.result ?? Data()))
+                    // The job is done either way; a reply that cannot be delivered is not a reason to run it again.
+                    settleAfter({ try? await $0.publish(reply, deadline: self.configuration.publishDeadline) }, origins: origins)
+                } else {
+                    ack(origins)
+                }
+            case .cancelled:
+                ack(origins)
+            case let .retry(job):
+                settleAfter({ connection throws(AMQPError) in try await self.publish(job, on: connection) }, origins: origins)
+            case let .deadLettered(job):
+                deadLetter(properties: origins[0].properties, body: Array(job.payload), reason: job.deadLetterReason ?? .malformedMessage("unknown"),
+                           errors: job.errors, origins: origins, replyTo: job.metadata[WireFormat.replyToKey],
+                           correlationID: job.metadata[WireFormat.correlationIDKey])
+            }
+        }
+    }
+
+    private func ack(_ origins: [Origin]) {
+        for origin in origins { link.ack(origin.tag, generation: origin.generation) }
+    }
+
+    private func deadLetter(
+        properties: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError], origins: [Origin],
+        replyTo: String? = nil, correlationID: String? = nil
+    ) {
+        let (deadProperties, deadBody) = WireFormat.deadLetter(
+            properties: properties, body: body, reason: reason, errors: errors,
+            exchange: origins[0].exchange, routingKey: origins[0].routingKey)
+        let message = OutgoingMessage(
+            exchange: Topology.deadExchange, routingKey: topology.deadRoutingKey, properties: deadProperties, body: deadBody, mandatory: true)
+        settleAfter({ connection throws(AMQPError) in
+            try await connection.publish(message, deadline: self.configuration.publishDeadline)
+            if let replyTo {
+                // The producer waits for an answer: tell it the job failed.
+                let failure = OutgoingMessage(
+                    exchange: "", routingKey: replyTo,
+                    properties: MessageProperties(
+                        contentType: "application/json",
+                        headers: ["x-warren-status": .string("dead_lettered"), WireFormat.Header.deadReason: .string(reason.code)],
+                        correlationID: correlationID),
+                    body: Array((try? JSONEncoder().encode(["error": reason.description])) ?? Data()))
+                try? await connection.publish(failure, deadline: .seconds(5))
+            }
+        }, origins: origins)
+    }
+
+    /// Runs `publish` (confirmed), then acks the origins; if it fails they go back to their queue.
+    private func settleAfter(_ publish: @escaping @Sendable (AMQPConnection) async throws(AMQPError) -> Void, origins: [Origin]) {
+        let connection = link
+        state.withLock { $0.settling += 1 }
+        Task {
+            do throws(AMQPError) {
+                try await publish(connection)
+                for origin in origins { connection.ack(origin.tag, generation: origin.generation) }
+            } catch {
+                // Not acked: the message returns (now, or when its channel is gone) and is settled again.
+                for origin in origins { connection.reject(origin.tag, generation: origin.generation, requeue: true) }
+            }
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.settling -= 1
+                guard state.settling == 0 else { return [] }
+                defer { state.settled = [] }
+                return state.settled
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    /// Waits for settlements in progress (publishes awaiting confirms) to finish.
+    func drainSettlements() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if state.settling == 0 { return true }
+                state.settled.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    // MARK: Publishing
+
+    func publish(_ job: Job, deadline: Duration) async throws(AMQPError) {
+        try await publish(job, on: link)
+    }
+
+    /// Publishes a job to its priority queue, through the delay cascade when it is not due yet.
+    func publish(_ job: Job, on connection: AMQPConnection) async throws(AMQPError) {
+        let (properties, body) = WireFormat.encode(job)
+        let destination = topology.routingKey(job.priority)
+        let delay = Topology.delaySeconds(job.notBefore.map { $0.timeIntervalSinceNow } ?? 0)
+        let message = if delay > 0 {
+            OutgoingMessage(
+                exchange: Topology.delayEntry(seconds: delay), routingKey: Topology.delayRoutingKey(seconds: delay, destination: destination),
+                properties: properties, body: body, mandatory: true)
+        } else {
+            OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: body, mandatory: true)
+        }
+        try await connection.publish(message, deadline: configuration.publishDeadline)
+    }
+}
+
+/// A bounded set of recent ids: the oldest leaves when a new one arrives at capacity.
+struct RecentIDs {
+    private var members = Set<JobID>()
+    private var order: [JobID] = []
+    private var head = 0
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func contains(_ id: JobID) -> Bool { members.contains(id) }
+
+    mutating func insert(_ id: JobID) {
+        guard members.insert(id).inserted else { return }
+        if order.count < capacity {
+            order.append(id)
+        } else {
+            members.remove(order[head])
+            order[head] = id
+            head = (head + 1) % capacity
+        }
+    }
+
+    @discardableResult
+    mutating func remove(_ id: JobID) -> Bool { members.remove(id) != nil }
+}
