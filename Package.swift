@@ -58,7 +58,7 @@ let package = Package(
         .executableTarget(
             name: "warren",
             dependencies: [
-                "Warren",
+                "Warren", "WarrenAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -32,6 +32,29 @@ package final class LocalQueue: Sendable {
         }
     }
 
+    /// Enqueues each job on its own (one refusal does not stop the others), under one lock and
+    /// with one hand-off to waiting consumers: how a transport delivers a burst of messages.
+    package func enqueueEach(_ jobs: [Job], cancelling: Set<JobID> = []) -> [EnqueueRefusal?] {
+        let now = clock.now()
+        let (refusals, effects) = state.withLock { state -> ([EnqueueRefusal?], Effects) in
+            guard !state.closed else { return (jobs.map { _ in .closed }, Effects()) }
+            var refusals: [EnqueueRefusal?] = []
+            refusals.reserveCapacity(jobs.count)
+            for job in jobs {
+                do throws(EnqueueRefusal) {
+                    try state.core.enqueue(job, now: now)
+                    if cancelling.contains(job.id) { _ = state.core.cancel(job.id, now: now) }
+                    refusals.append(nil)
+                } catch {
+                    refusals.append(error)
+                }
+            }
+            return (refusals, state.settle(now: now))
+        }
+        apply(effects)
+        return refusals
+    }
+
     /// Enqueues jobs atomically. `cancelling` ones are cancelled in the same step: they arrive
     /// (so their departure settles their message) but no consumer ever sees them.
     package func enqueue(_ jobs: [Job], cancelling: Set<JobID> = []) throws(EnqueueRefusal) {

@@ -77,7 +77,7 @@ public final class AMQPBroker: Broker {
                 try topology.declare(session.raw)
                 if consuming.withLock({ $0 }) { try Self.consume(session, topology: topology, prefetch: prefetch) }
             },
-            onMessage: { message, generation in messages.receive(message, generation: generation, into: local) })
+            onMessage: { burst, generation in messages.receive(burst, generation: generation, into: local) })
         messages.connection.withLock { $0 = connection }
     }
 
@@ -236,7 +236,7 @@ private final class Messages: Sendable {
         var published: [JobID: Job] = [:]
         /// Jobs that arrived before one of their dependencies (the five queues deliver in any
         /// order), by the dependency they wait for. Their messages stay unacked meanwhile.
-        var waitingForDependency: [JobID: [(job: Job, message: IncomingMessage)]] = [:]
+        var waitingForDependency: [JobID: [(job: Job, message: IncomingMessage, cancelled: Bool)]] = [:]
         var tombstones = RecentIDs(capacity: 10_000)
         var malformed = 0
         var settling = 0
@@ -292,51 +292,71 @@ private final class Messages: Sendable {
 
     // MARK: Receiving (on the I/O thread)
 
-    func receive(_ message: IncomingMessage, generation: UInt64, into local: LocalQueue) {
-        let priority = message.consumerTag.split(separator: ".").last.flatMap { JobPriority(name: String($0)) } ?? .normal
-        let origin = Origin(
-            tag: message.deliveryTag, generation: generation, exchange: message.exchange, routingKey: message.routingKey,
-            properties: message.properties)
-        let job: Job
-        switch WireFormat.decode(
-            message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
-            limits: configuration.limits)
-        {
-        case let .success(decoded):
-            job = decoded
-        case let .failure(reason):
-            state.withLock { $0.malformed += 1 }
-            deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [], origins: [origin])
-            // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
-            let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
-            let name = message.properties.type.flatMap { $0.isEmpty ? nil : $0 } ?? configuration.queue
-            local.recordRejected(Job(id: id, name: name, payload: Data(), priority: priority), reason)
-            return
-        }
-        let duplicateOfHeld = state.withLock { state -> Bool in
-            state.known.insert(job.id)
-            state.published[job.id] = nil
-            if state.origins[job.id] != nil {
-                state.origins[job.id]!.duplicates.append(origin)
-                return true
+    /// Takes a burst of deliveries: dead-letters the unreadable ones, sets copies of jobs held here
+    /// aside, and enqueues the rest together.
+    func receive(_ burst: [IncomingMessage], generation: UInt64, into local: LocalQueue) {
+        var decoded: [(job: Job, message: IncomingMessage, origin: Origin)] = []
+        decoded.reserveCapacity(burst.count)
+        for message in burst {
+            let priority = message.consumerTag.split(separator: ".").last.flatMap { JobPriority(name: String($0)) } ?? .normal
+            let origin = Origin(
+                tag: message.deliveryTag, generation: generation, exchange: message.exchange, routingKey: message.routingKey,
+                properties: message.properties)
+            switch WireFormat.decode(
+                message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
+                limits: configuration.limits)
+            {
+            case let .success(job):
+                decoded.append((job, message, origin))
+            case let .failure(reason):
+                state.withLock { $0.malformed += 1 }
+                deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [], origins: [origin])
+                // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
+                let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
+                let name = message.properties.type.flatMap { $0.isEmpty ? nil : $0 } ?? configuration.queue
+                local.recordRejected(Job(id: id, name: name, payload: Data(), priority: priority), reason)
             }
-            state.origins[job.id] = (origin, [])
-            return false
         }
-        // A copy of a job held here (a redelivery after a reconnection): settled with the original.
-        if duplicateOfHeld { return }
-        admit(job, message, into: local)
+        // Register where each job came from; a copy of a job held here (a redelivery after a
+        // reconnection) is settled with the original.
+        let (fresh, cancelled) = state.withLock { state -> ([(job: Job, message: IncomingMessage)], Set<JobID>) in
+            var fresh: [(job: Job, message: IncomingMessage)] = []
+            var cancelled = Set<JobID>()
+            for (job, message, origin) in decoded {
+                state.known.insert(job.id)
+                if !state.published.isEmpty { state.published[job.id] = nil }
+                if state.origins[job.id] != nil {
+                    state.origins[job.id]!.duplicates.append(origin)
+                    continue
+                }
+                state.origins[job.id] = (origin, [])
+                if state.tombstones.remove(job.id) { cancelled.insert(job.id) }
+                fresh.append((job, message))
+            }
+            return (fresh, cancelled)
+        }
+        // Jobs whose dependencies have not all arrived wait (rare); the rest go in together.
+        var ready: [(job: Job, message: IncomingMessage)] = []
+        for entry in fresh {
+            if entry.job.dependencies.isEmpty { ready.append(entry) } else { admit(entry.job, entry.message, into: local, cancelled: cancelled.contains(entry.job.id)) }
+        }
+        guard !ready.isEmpty else { return }
+        // Asked after this burst's own dependents have started waiting.
+        let anyWaiting = state.withLock { !$0.waitingForDependency.isEmpty }
+        let refusals = local.enqueueEach(ready.map(\.job), cancelling: cancelled)
+        for (entry, refusal) in zip(ready, refusals) {
+            if let refusal { refuse(entry.job, entry.message, refusal) } else if anyWaiting { release(waitingFor: entry.job.id, into: local) }
+        }
     }
 
     /// Enqueues a received job once every dependency is here; then the jobs that waited for it.
-    private func admit(_ job: Job, _ message: IncomingMessage, into local: LocalQueue) {
+    private func admit(_ job: Job, _ message: IncomingMessage, into local: LocalQueue, cancelled: Bool) {
         if let missing = job.dependencies.first(where: { local.snapshot($0) == nil }) {
-            state.withLock { $0.waitingForDependency[missing, default: []].append((job, message)) }
+            state.withLock { $0.waitingForDependency[missing, default: []].append((job, message, cancelled)) }
             // It may have arrived between the look and the wait: look again.
             if local.snapshot(missing) != nil { release(waitingFor: missing, into: local) }
             return
         }
-        let cancelled = state.withLock { $0.tombstones.remove(job.id) }
         do {
             try local.enqueue([job], cancelling: cancelled ? [job.id] : [])
         } catch {
@@ -348,7 +368,7 @@ private final class Messages: Sendable {
 
     private func release(waitingFor id: JobID, into local: LocalQueue) {
         let waiting = state.withLock { $0.waitingForDependency.removeValue(forKey: id) } ?? []
-        for (job, message) in waiting { admit(job, message, into: local) }
+        for (job, message, cancelled) in waiting { admit(job, message, into: local, cancelled: cancelled) }
     }
 
     private func refuse(_ job: Job, _ message: IncomingMessage, _ error: EnqueueRefusal) {

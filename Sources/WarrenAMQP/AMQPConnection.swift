@@ -27,8 +27,8 @@ final class AMQPConnection: Sendable {
 
     /// Runs on the I/O thread after every (re)connection, before anything else.
     typealias Setup = @Sendable (ConnectionSession) throws(AMQPError) -> Void
-    /// Receives every delivery on the I/O thread; must return quickly.
-    typealias MessageHandler = @Sendable (IncomingMessage, UInt64) -> Void
+    /// Receives deliveries on the I/O thread, a burst at a time, in order; must return quickly.
+    typealias MessageHandler = @Sendable ([IncomingMessage], UInt64) -> Void
 
     let configuration: Configuration
     private let inbox = Locked(Inbox())
@@ -103,12 +103,18 @@ final class AMQPConnection: Sendable {
     private var isClosed: Bool { currentStatus.withLock { $0 == .closed } }
 
     private func send(_ command: Command) {
-        let rejected = inbox.withLock { inbox -> Command? in
-            if inbox.closed { return command }
+        enum Sent { case rejected(Command), first, queued }
+        let sent = inbox.withLock { inbox -> Sent in
+            if inbox.closed { return .rejected(command) }
             inbox.commands.append(command)
-            return nil
+            return inbox.commands.count == 1 ? .first : .queued
         }
-        if let rejected { rejected.fail(.closed) } else { wake.signal() }
+        switch sent {
+        case let .rejected(command): command.fail(.closed)
+        // The I/O thread takes the whole inbox at once: one wake-up per non-empty inbox is enough.
+        case .first: wake.signal()
+        case .queued: break
+        }
     }
 }
 
@@ -324,12 +330,14 @@ private final class IOLoop: @unchecked Sendable {
     }
 
     private func receive(_ raw: RawConnection) throws(AMQPError) {
+        var burst: [IncomingMessage] = []
+        defer { if !burst.isEmpty { onMessage(burst, generation) } }
         // Bounded, so commands and acks are served between bursts.
         for _ in 0..<512 {
             switch try raw.poll() {
             case let .message(message):
                 acks.delivered(message.deliveryTag)
-                onMessage(message, generation)
+                burst.append(message)
             case .frameWaiting:
                 try handle(raw.readFrame())
             case .nothing:

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Synchronization
 import Warren
+import WarrenAMQP
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,8 +12,15 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Jobs for the end-to-end run.") var jobs = 200_000
     @Option(help: "Workers for the end-to-end run.") var concurrency = 16
     @Option(help: "Critical jobs measured for start latency.") var criticalSamples = 200
+    @Option(help: "Also measure against this RabbitMQ (amqp://…): the raw rabbitmq-c ceiling and Warren side by side.")
+    var amqpURL: String?
+    @Option(help: "Messages per AMQP run.") var amqpMessages = 100_000
 
     func run() async throws {
+        if let amqpURL {
+            try await amqp(url: try AMQPURL(amqpURL), count: amqpMessages)
+            return
+        }
         print("warren bench — in-memory engine, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let ops = queueOperations(count: operations)
         print(String(format: "queue operations (enqueue+dequeue+ack, one thread): %10.0f jobs/s  (%.0f ops/s)", ops, ops * 3))
@@ -21,6 +29,88 @@ struct Bench: AsyncParsableCommand {
         let latency = try await criticalLatency(samples: criticalSamples)
         print(String(format: "critical start latency, 10,000 low jobs waiting:    p50 %.3f ms  p99 %.3f ms  max %.3f ms",
                      latency.p50 * 1e3, latency.p99 * 1e3, latency.max * 1e3))
+    }
+
+    /// The raw consume-and-ack loop and Warren, each draining `count` no-op messages of ~100
+    /// bytes from the same broker, one after the other in this run.
+    func amqp(url: AMQPURL, count: Int) async throws {
+        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(count) messages per run")
+        let body = Array(#"{"n":0,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.utf8)
+        let plain = "warren-bench-ceiling"
+        try AMQPBenchmarks.prepare(url: url, queue: plain)
+        // Both runs drain the same messages: persistent, ~100-byte JSON bodies.
+        let fillRate = try AMQPBenchmarks.fill(
+            url: url, exchange: "", routingKey: plain, count: count,
+            properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in body })
+        print(String(format: "publish with confirms (window 1,000):           %9.0f msg/s", fillRate))
+        let ceiling = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
+        print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s", ceiling))
+
+        let topology = Topology(queue: "warren-bench")
+        try AMQPBenchmarks.prepare(url: url, topology: topology)
+        _ = try AMQPBenchmarks.fill(
+            url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
+            properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
+            body: { _ in body })
+        let broker = AMQPBroker(AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000))
+        try await broker.waitUntilReady()
+        let done = Countdown(count)
+        var registry = HandlerRegistry()
+        try registry.registerRaw("noop") { _, _ in
+            done.tick()
+            return Data()
+        }
+        let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 32))
+        let started = ContinuousClock.now
+        let runner = Task { await pool.run() }
+        await done.wait()
+        let elapsed = ContinuousClock.now - started
+        pool.shutdown()
+        await runner.value
+        await broker.close()
+        let warren = Double(count) / elapsed.timeInterval
+        print(String(format: "Warren: AMQPBroker + worker pool, no-op jobs:   %9.0f jobs/s  (%.2f× the ceiling)", warren, warren / ceiling))
+        try await latency(url: url, rate: 1_000, seconds: 5)
+    }
+
+    /// Publishes jobs at `rate` per second from a second connection and measures the time from
+    /// publish to the handler's start.
+    func latency(url: AMQPURL, rate: Int, seconds: Int) async throws {
+        let broker = AMQPBroker(AMQPBroker.Configuration(url: url, queue: "warren-bench-latency", prefetch: 100))
+        let producer = AMQPBroker(AMQPBroker.Configuration(url: url, queue: "warren-bench-latency"))
+        try await broker.waitUntilReady()
+        try await producer.waitUntilReady()
+        let total = rate * seconds
+        let samples = Mutex<[Double]>([])
+        let done = Countdown(total)
+        var registry = HandlerRegistry()
+        try registry.registerRaw("stamp") { payload, _ in
+            let now = DispatchTime.now().uptimeNanoseconds
+            let sent = UInt64(String(decoding: payload, as: UTF8.self)) ?? now
+            samples.withLock { $0.append(Double(now &- sent) / 1e9) }
+            done.tick()
+            return Data()
+        }
+        let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 16))
+        let runner = Task { await pool.run() }
+        _ = await broker.tryNext(DeliveryFilter(rooms: []))  // start consuming before the clock runs
+        try await Task.sleep(for: .milliseconds(200))
+        let start = ContinuousClock.now
+        for index in 0..<total {
+            let due = start + .nanoseconds(Int64(index) * 1_000_000_000 / Int64(rate))
+            if due > .now { try await Task.sleep(until: due, clock: .continuous) }
+            let stamp = Data(String(DispatchTime.now().uptimeNanoseconds).utf8)
+            try await producer.enqueue([Job(name: "stamp", payload: stamp, maxRetries: 0)])
+        }
+        await done.wait()
+        pool.shutdown()
+        await runner.value
+        await broker.close()
+        await producer.close()
+        let sorted = samples.withLock { $0 }.sorted()
+        func at(_ q: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] * 1e3 }
+        print(String(format: "publish → handler start at %d jobs/s (%d jobs):  p50 %.2f ms  p99 %.2f ms  max %.2f ms",
+                     rate, total, at(0.5), at(0.99), sorted.last! * 1e3))
     }
 
     /// Enqueue, dequeue and ack every job on one thread, straight on the queue core. The jobs come

@@ -130,7 +130,7 @@ struct AMQPConnectionTests {
                     try topology.declare(session.raw)
                     try session.raw.consume(topology.brokerQueue(.high), consumerTag: "c\(session.generation)")
                 },
-                onMessage: { message, generation in received.add(message, generation) })
+                onMessage: { burst, generation in for message in burst { received.add(message, generation) } })
             try await waitUntil("connected") { if case .connected = connection.status { true } else { false } }
             let sent = Date()
             let key = Topology.delayRoutingKey(seconds: 2, destination: topology.routingKey(.high))

@@ -87,7 +87,7 @@ func consumingConnection(
                 try session.raw.consume(queue, consumerTag: "\(queue)-\(session.generation)")
             }
         },
-        onMessage: { message, generation in received.add(message, generation) })
+        onMessage: { burst, generation in for message in burst { received.add(message, generation) } })
 }
 
 /// Tests share the one test broker; a test that restarts it needs it alone.

@@ -1,0 +1,104 @@
+import Foundation
+
+/// Measurements against a real broker, for `warren bench --amqp-url`: the ceiling (a bare
+/// rabbitmq-c consume-and-ack loop) and fast filling of a queue.
+public enum AMQPBenchmarks {
+    /// Publishes `count` messages to `routingKey` on `exchange` with publisher confirms, keeping at
+    /// most `window` unconfirmed. Returns messages per second.
+    public static func fill(
+        url: AMQPURL, exchange: String, routingKey: String, count: Int, properties: MessageProperties = MessageProperties(),
+        body: (Int) -> [UInt8], window: Int = 1_000
+    ) throws(AMQPError) -> Double {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        try raw.selectConfirms()
+        let started = ContinuousClock.now
+        var confirmed: UInt64 = 0
+        for index in 0..<count {
+            var message = properties
+            message.messageID = message.messageID.map { "\($0)-\(index)" }
+            try raw.publish(OutgoingMessage(exchange: exchange, routingKey: routingKey, properties: message, body: body(index)))
+            while UInt64(index + 1) - confirmed >= UInt64(window) { confirmed = try awaitConfirms(raw, confirmed) }
+        }
+        while confirmed < UInt64(count) { confirmed = try awaitConfirms(raw, confirmed) }
+        return Double(count) / (ContinuousClock.now - started).seconds
+    }
+
+    private static func awaitConfirms(_ raw: RawConnection, _ confirmed: UInt64) throws(AMQPError) -> UInt64 {
+        var confirmed = confirmed
+        switch try raw.poll() {
+        case .frameWaiting:
+            switch try raw.readFrame() {
+            case let .confirmAck(tag, multiple): confirmed = multiple ? tag : max(confirmed, tag)
+            case .confirmNack: throw .publishRefused("the broker nacked a benchmark message")
+            default: break
+            }
+        case .nothing:
+            let wake = EventFD()
+            wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
+        case .message:
+            break
+        }
+        return confirmed
+    }
+
+    /// Drains `count` messages from `queue` in a bare loop: consume with `prefetch`, ack with
+    /// `multiple = true` every `ackEvery`. Returns messages per second: the ceiling Warren is
+    /// measured against.
+    public static func rawDrain(url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500) throws(AMQPError) -> Double {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        try raw.setPrefetch(prefetch)
+        try raw.consume(queue, consumerTag: "ceiling")
+        let wake = EventFD()
+        var received = 0
+        var unacked = 0
+        var lastTag: UInt64 = 0
+        var started: ContinuousClock.Instant?
+        while received < count {
+            switch try raw.poll() {
+            case let .message(message):
+                if started == nil { started = .now }
+                received += 1
+                unacked += 1
+                lastTag = message.deliveryTag
+                if unacked >= ackEvery || received == count {
+                    try raw.ack(lastTag, multiple: true)
+                    unacked = 0
+                }
+            case .frameWaiting:
+                _ = try raw.readFrame()
+            case .nothing:
+                if unacked > 0 {
+                    try raw.ack(lastTag, multiple: true)
+                    unacked = 0
+                }
+                wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
+            }
+        }
+        return Double(count) / (ContinuousClock.now - (started ?? .now)).seconds
+    }
+
+    /// Declares (if needed) and empties a plain queue.
+    public static func prepare(url: AMQPURL, queue: String) throws(AMQPError) {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        try raw.declareQueue(queue)
+        _ = try raw.purgeQueue(queue)
+    }
+
+    /// Declares a Warren queue's topology and empties its queues.
+    public static func prepare(url: AMQPURL, topology: Topology) throws(AMQPError) {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        try topology.declare(raw)
+        for priority in JobPriority.allCases { _ = try raw.purgeQueue(topology.brokerQueue(priority)) }
+        _ = try raw.purgeQueue(topology.deadQueue)
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+import Warren
