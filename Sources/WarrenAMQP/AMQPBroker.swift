@@ -23,6 +23,9 @@ public final class AMQPBroker: Broker {
         public var limits: WireFormat.Limits
         /// Job ids remembered (published here, or finished here) to refuse or drop duplicates.
         public var dedupWindow: Int
+        /// How long a received job waits here for a dependency that has not arrived before it is
+        /// dead-lettered (its message is held unacked meanwhile).
+        public var dependencyWait: Duration = .seconds(600)
         /// Most ready messages in each priority queue; past it RabbitMQ refuses publishes and
         /// `enqueue` throws `queueFull` (back-pressure). nil: unbounded. Changing it on an existing
         /// queue is a conflicting declaration.
@@ -355,6 +358,11 @@ private final class Messages: Sendable {
             state.withLock { $0.waitingForDependency[missing, default: []].append((job, message, cancelled)) }
             // It may have arrived between the look and the wait: look again.
             if local.snapshot(missing) != nil { release(waitingFor: missing, into: local) }
+            let wait = configuration.dependencyWait
+            Task { [weak self] in
+                try? await Task.sleep(for: wait)
+                self?.giveUp(on: job.id, waitingFor: missing, after: wait)
+            }
             return
         }
         do {
@@ -364,6 +372,20 @@ private final class Messages: Sendable {
             return
         }
         release(waitingFor: job.id, into: local)
+    }
+
+    /// A dependency that never came: the job is dead-lettered saying which.
+    private func giveUp(on id: JobID, waitingFor dependency: JobID, after wait: Duration) {
+        let entry = state.withLock { state -> (job: Job, message: IncomingMessage, cancelled: Bool)? in
+            guard let index = state.waitingForDependency[dependency]?.firstIndex(where: { $0.job.id == id }) else { return nil }
+            let entry = state.waitingForDependency[dependency]!.remove(at: index)
+            if state.waitingForDependency[dependency]!.isEmpty { state.waitingForDependency[dependency] = nil }
+            return entry
+        }
+        guard let entry, let origins = takeOrigins(id) else { return }
+        deadLetter(properties: entry.message.properties, body: entry.message.body,
+                   reason: .malformedMessage("its dependency \(dependency) did not arrive at this worker within \(wait)"),
+                   errors: entry.job.errors, origins: origins)
     }
 
     private func release(waitingFor id: JobID, into local: LocalQueue) {

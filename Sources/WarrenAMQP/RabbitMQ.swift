@@ -278,6 +278,23 @@ final class RawConnection {
         }
     }
 
+    /// Takes one message from a queue without a consumer (`basic.get`), or nil when it is empty.
+    func get(_ queue: String, autoAck: Bool) throws(AMQPError) -> IncomingMessage? {
+        let arena = Arena()
+        let reply = amqp_basic_get(state, channel, arena.bytes(queue), autoAck ? 1 : 0)
+        try check(reply, "getting a message from '\(queue)'")
+        guard reply.reply.id == 0x003C_0047 /* basic.get-ok */, let decoded = reply.reply.decoded else { return nil }
+        let ok = decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+        var message = amqp_message_t()
+        let read = amqp_read_message(state, channel, &message, 0)
+        try check(read, "reading a message from '\(queue)'")
+        defer { amqp_destroy_message(&message) }
+        return IncomingMessage(
+            deliveryTag: ok.delivery_tag, redelivered: ok.redelivered != 0, exchange: Self.string(ok.exchange),
+            routingKey: Self.string(ok.routing_key), consumerTag: "", properties: Self.properties(message.properties),
+            body: Self.array(message.body))
+    }
+
     // MARK: Acks and publishing
 
     func ack(_ tag: UInt64, multiple: Bool) throws(AMQPError) {

@@ -227,11 +227,12 @@ public enum WireFormat {
         switch value {
         case nil: return []
         case let .array(values)?:
-            let texts = values.compactMap(\.stringValue)
+            let texts = values.compactMap { value -> String? in if case let .string(text) = value { text } else { nil } }
             return texts.count == values.count ? texts.filter { !$0.isEmpty } : nil
-        case let .some(value):
-            guard let text = value.stringValue else { return nil }
+        case let .string(text)?:
             return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        case .some:
+            return nil
         }
     }
 
