@@ -58,14 +58,11 @@ package final class LocalQueue: Sendable {
     /// Enqueues jobs atomically. `cancelling` ones are cancelled in the same step: they arrive
     /// (so their departure settles their message) but no consumer ever sees them.
     package func enqueue(_ jobs: [Job], cancelling: Set<JobID> = []) throws(EnqueueRefusal) {
-        let now = clock.now()
-        let effects = try state.withLock { state throws(EnqueueRefusal) -> Effects in
+        try change { state, now throws(EnqueueRefusal) in
             guard !state.closed else { throw .closed }
             try state.core.enqueue(jobs, now: now)
             for id in cancelling { _ = state.core.cancel(id, now: now) }
-            return state.settle(now: now)
         }
-        apply(effects)
     }
 
     package func next(_ filter: DeliveryFilter) async -> Delivery? {
@@ -119,34 +116,23 @@ package final class LocalQueue: Sendable {
     }
 
     package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) {
-        let now = clock.now()
-        let effects = state.withLock { state -> Effects in
+        change { state, now in
             state.stops[delivery.job.id] = nil
             state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
-            return state.settle(now: now)
         }
-        apply(effects)
     }
 
     package func cancel(_ id: JobID) -> CancelResult {
-        let now = clock.now()
-        let (result, stop, effects) = state.withLock { state -> (CancelResult, StopSignal?, Effects) in
+        let (result, stop) = change { state, now -> (CancelResult, StopSignal?) in
             let result = state.core.cancel(id, now: now)
-            let stop = result == .cancelling ? state.stops[id] : nil
-            return (result, stop, state.settle(now: now))
+            return (result, result == .cancelling ? state.stops[id] : nil)
         }
-        apply(effects)
         stop?.fire(.cancelled)
         return result
     }
 
     package func reportProgress(_ id: JobID, _ percent: Double) {
-        let now = clock.now()
-        let effects = state.withLock { state -> Effects in
-            state.core.progress(id, percent, now: now)
-            return state.settle(now: now)
-        }
-        apply(effects)
+        change { state, now in _ = state.core.progress(id, percent, now: now) }
     }
 
     package func events() -> AsyncStream<JobEvent> {
@@ -215,12 +201,7 @@ package final class LocalQueue: Sendable {
     /// Records a job that arrived unreadable (dead-lettered by the transport itself), so its
     /// outcome, status, events and statistics are known here like any other job's.
     package func recordRejected(_ job: Job, _ reason: DeadLetterReason) {
-        let now = clock.now()
-        let effects = state.withLock { state -> Effects in
-            state.core.recordRejected(job, reason, now: now)
-            return state.settle(now: now)
-        }
-        apply(effects)
+        change { state, now in state.core.recordRejected(job, reason, now: now) }
     }
 
     /// Consumers parked in `next`.
@@ -245,6 +226,18 @@ package final class LocalQueue: Sendable {
         alarm.stop()
         effects.run()
         for stream in effects.finishedStreams { stream.finish() }
+    }
+
+    /// Changes the queue under the lock, then hands ready jobs on, delivers events and outcomes,
+    /// settles departures and re-arms the alarm, outside it.
+    private func change<R, Failure: Error>(_ body: (inout sending State, Date) throws(Failure) -> sending R) throws(Failure) -> R {
+        let now = clock.now()
+        let (result, effects) = try state.withLock { state throws(Failure) -> (R, Effects) in
+            let result = try body(&state, now)
+            return (result, state.settle(now: now))
+        }
+        apply(effects)
+        return result
     }
 
     private func apply(_ effects: Effects) {

@@ -152,7 +152,7 @@ public final class AMQPBroker: Broker {
         await withTaskGroup(of: (JobID, AMQPError?).self) { group in
             for job in ordered {
                 group.addTask { [messages] in
-                    do throws(AMQPError) { try await messages.publish(job, deadline: self.configuration.publishDeadline) } catch {
+                    do throws(AMQPError) { try await messages.publish(job) } catch {
                         return (job.id, error)
                     }
                     return (job.id, nil)
@@ -516,7 +516,7 @@ private final class Messages: Sendable {
 
     // MARK: Publishing
 
-    func publish(_ job: Job, deadline: Duration) async throws(AMQPError) {
+    func publish(_ job: Job) async throws(AMQPError) {
         try await publish(job, on: link)
     }
 

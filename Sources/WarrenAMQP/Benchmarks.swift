@@ -1,4 +1,5 @@
 import Foundation
+import Warren
 
 /// Measurements against a real broker, for `warren bench --amqp-url`: the ceiling (a bare
 /// rabbitmq-c consume-and-ack loop) and fast filling of a queue.
@@ -12,19 +13,20 @@ public enum AMQPBenchmarks {
         let raw = try RawConnection(url: url)
         defer { raw.close() }
         try raw.selectConfirms()
+        let wake = EventFD()
         let started = ContinuousClock.now
         var confirmed: UInt64 = 0
         for index in 0..<count {
             var message = properties
             message.messageID = message.messageID.map { "\($0)-\(index)" }
             try raw.publish(OutgoingMessage(exchange: exchange, routingKey: routingKey, properties: message, body: body(index)))
-            while UInt64(index + 1) - confirmed >= UInt64(window) { confirmed = try awaitConfirms(raw, confirmed) }
+            while UInt64(index + 1) - confirmed >= UInt64(window) { confirmed = try awaitConfirms(raw, confirmed, wake) }
         }
-        while confirmed < UInt64(count) { confirmed = try awaitConfirms(raw, confirmed) }
+        while confirmed < UInt64(count) { confirmed = try awaitConfirms(raw, confirmed, wake) }
         return Double(count) / (ContinuousClock.now - started).seconds
     }
 
-    private static func awaitConfirms(_ raw: RawConnection, _ confirmed: UInt64) throws(AMQPError) -> UInt64 {
+    private static func awaitConfirms(_ raw: RawConnection, _ confirmed: UInt64, _ wake: EventFD) throws(AMQPError) -> UInt64 {
         var confirmed = confirmed
         switch try raw.poll() {
         case .frameWaiting:
@@ -34,7 +36,6 @@ public enum AMQPBenchmarks {
             default: break
             }
         case .nothing:
-            let wake = EventFD()
             wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
         case .message:
             break
@@ -101,4 +102,3 @@ extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
-import Warren

@@ -60,13 +60,7 @@ struct Bench: AsyncParsableCommand {
             done.tick()
             return Data()
         }
-        let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 32))
-        let started = ContinuousClock.now
-        let runner = Task { await pool.run() }
-        await done.wait()
-        let elapsed = ContinuousClock.now - started
-        pool.shutdown()
-        await runner.value
+        let elapsed = await drain(broker, registry, concurrency: 32, until: done)
         await broker.close()
         let warren = Double(count) / elapsed.timeInterval
         print(String(format: "Warren: AMQPBroker + worker pool, no-op jobs:   %9.0f jobs/s  (%.2f× the ceiling)", warren, warren / ceiling))
@@ -149,6 +143,14 @@ struct Bench: AsyncParsableCommand {
         for start in stride(from: 0, to: count, by: 10_000) {
             try await broker.enqueue(Array(jobs[start..<min(count, start + 10_000)]))
         }
+        let elapsed = await drain(broker, registry, concurrency: concurrency, until: done)
+        let stats = await broker.statistics()
+        precondition(stats.completed == count, "every job must complete, got \(stats.completed)")
+        return Double(count) / elapsed.timeInterval
+    }
+
+    /// Runs a worker pool over `broker` until `done` is released; how long that took.
+    func drain(_ broker: any Broker, _ registry: HandlerRegistry, concurrency: Int, until done: Countdown) async -> Duration {
         let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: concurrency))
         let started = ContinuousClock.now
         let runner = Task { await pool.run() }
@@ -156,9 +158,7 @@ struct Bench: AsyncParsableCommand {
         let elapsed = ContinuousClock.now - started
         pool.shutdown()
         await runner.value
-        let stats = await broker.statistics()
-        precondition(stats.completed == count, "every job must complete, got \(stats.completed)")
-        return Double(count) / elapsed.timeInterval
+        return elapsed
     }
 
     /// Every ordinary slot runs a long low job and 10,000 more wait; a critical job is submitted and
