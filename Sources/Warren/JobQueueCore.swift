@@ -286,12 +286,6 @@ public struct JobQueueCore {
         return nil
     }
 
-    /// Whether a ready job exists that the filter admits (without taking it).
-    public func hasReady(_ filter: DeliveryFilter = .any) -> Bool {
-        guard !filter.rooms.isEmpty else { return false }
-        return (0...filter.lowestPriority.rawValue).contains { queuedByPriority[$0] > 0 }
-    }
-
     // MARK: Settle
 
     /// Ends the running attempt of `id`. Returns false when the job is not running (a stale report).
@@ -576,9 +570,6 @@ public struct JobQueueCore {
         default: return nil
         }
     }
-
-    /// Whether a running job has been asked to stop.
-    public func isCancelling(_ id: JobID) -> Bool { records[id]?.cancelling ?? false }
 
     /// Unfinished jobs held.
     public var unfinishedCount: Int { liveCount }

@@ -15,11 +15,6 @@ public struct PriorityLanes<Element> {
         lanes[priority.rawValue].append(element)
     }
 
-    /// Puts an element back at the head of its lane (a job handed back unstarted).
-    public mutating func prepend(_ element: Element, priority: JobPriority) {
-        lanes[priority.rawValue].prepend(element)
-    }
-
     /// Removes and returns the first element, in priority order, no lower than `lowest`, for which
     /// `accept` says `.take`. Elements for which it says `.drop` are removed on the way (stale entries).
     public mutating func removeFirst(
@@ -39,12 +34,6 @@ public struct PriorityLanes<Element> {
             }
         }
         return nil
-    }
-
-    /// Removes every element (in priority order) and returns them.
-    public mutating func removeAll() -> [Element] {
-        defer { for lane in lanes.indices { lanes[lane].removeAll() } }
-        return lanes.flatMap { Array($0) }
     }
 }
 

@@ -93,10 +93,15 @@ final class AMQPConnection: Sendable {
         return try result.get()
     }
 
-    /// Stops consuming, flushes acks, closes the connection and ends the thread.
+    /// Flushes acks, closes the connection and ends the thread. Commands sent after it fail.
     func close() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            send(.close(continuation))
+            let accepted = inbox.withLock { inbox -> Bool in
+                guard !inbox.closed, inbox.closeRequest == nil else { return false }
+                inbox.closeRequest = continuation
+                return true
+            }
+            if accepted { wake.signal() } else { continuation.resume() }
         }
     }
 
@@ -133,6 +138,8 @@ extension AMQPError {
 
 private struct Inbox {
     var commands = Deque<Command>()
+    /// Set by `close()`: the I/O thread sees it even while it waits to reconnect.
+    var closeRequest: CheckedContinuation<Void, Never>?
     var closed = false
 }
 
@@ -141,13 +148,11 @@ private enum Command: Sendable {
     case ack(UInt64, UInt64)
     case reject(UInt64, UInt64, Bool)
     case perform(@Sendable (ConnectionSession) -> Void, failed: @Sendable (AMQPError) -> Void)
-    case close(CheckedContinuation<Void, Never>)
 
     func fail(_ error: AMQPError) {
         switch self {
         case let .publish(_, continuation): continuation.resume(returning: .failure(error))
         case let .perform(_, failed): failed(error)
-        case let .close(continuation): continuation.resume()
         case .ack, .reject: break
         }
     }
@@ -188,7 +193,7 @@ private final class IOLoop: @unchecked Sendable {
     }
 
     func run() {
-        while closing == nil {
+        while !closeRequested() {
             guard let raw, raw.isOpen, raw.channelOpen, raw.channelSerial == startedSerial else {
                 connect()
                 continue
@@ -197,7 +202,6 @@ private final class IOLoop: @unchecked Sendable {
                 try serveCommands(raw)
                 try flushAcks(raw)
                 try receive(raw)
-                if closing != nil { break }
                 if !raw.hasBufferedInput {
                     let heartbeat = raw.heartbeat
                     let idle: Int32 = acks.hasDeferred ? 1 : (heartbeat > 0 ? Int32(heartbeat * 250) : 1_000)
@@ -260,28 +264,21 @@ private final class IOLoop: @unchecked Sendable {
         for continuation in waiting { continuation.resume(returning: .failure(error)) }
     }
 
-    /// Sleeps between connection attempts, but wakes for commands (close, and those that must fail now).
+    /// Whether `close()` has been called (and remembers its caller to resume at the end).
+    private func closeRequested() -> Bool {
+        if closing == nil { closing = inbox.withLock { $0.closeRequest } }
+        return closing != nil
+    }
+
+    /// Sleeps between connection attempts; wakes early only to close. Commands sent meanwhile stay
+    /// queued for the next connection (acks of the lost one are then dropped as stale).
     private func pause(seconds: Double) {
         let until = ContinuousClock.now + .seconds(seconds)
-        while ContinuousClock.now < until, closing == nil {
-            let commands = takeCommands()
-            for command in commands {
-                switch command {
-                case let .close(continuation): closing = continuation
-                case .publish, .perform:
-                    // Kept for after the reconnection: the caller waits, publish retries on its own deadline.
-                    inbox.withLock { $0.commands.append(command) }
-                case .ack, .reject: break  // deliveries of a lost connection: the broker redelivers them
-                }
-            }
-            if closing != nil { return }
+        while !closeRequested() {
             let left = until - ContinuousClock.now
-            let millis = Int32(max(1, min(1_000, left.components.seconds * 1_000 + left.components.attoseconds / 1_000_000_000_000_000)))
-            wake.wait(socket: nil, milliseconds: millis)
-            if !commands.isEmpty, inbox.withLock({ !$0.commands.isEmpty }) {
-                // Only commands we put back are waiting: sleep instead of spinning on them.
-                wake.wait(socket: nil, milliseconds: millis)
-            }
+            guard left > .zero else { return }
+            let millis = left.components.seconds * 1_000 + left.components.attoseconds / 1_000_000_000_000_000
+            wake.wait(socket: nil, milliseconds: Int32(max(1, min(1_000, millis))))
         }
     }
 
@@ -318,9 +315,6 @@ private final class IOLoop: @unchecked Sendable {
                 if !raw.channelOpen || raw.channelSerial != startedSerial {
                     throw .channelClosed(code: 0, text: "the channel was closed or reopened", during: "running a command")
                 }
-            case let .close(continuation):
-                closing = continuation
-                return
             }
         }
     }
@@ -378,6 +372,8 @@ private final class IOLoop: @unchecked Sendable {
 
     private func finishClosing() {
         if let raw, raw.isOpen {
+            // Commands sent before the close still run (acks, publishes), then the connection goes.
+            try? serveCommands(raw)
             try? flushAcks(raw)
             // Wait briefly for outstanding confirms so callers learn their fate.
             let until = ContinuousClock.now + .seconds(2)

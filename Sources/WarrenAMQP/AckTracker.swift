@@ -11,7 +11,6 @@ struct AckTracker {
 
     var isEmpty: Bool { outstanding.isEmpty }
     var hasDeferred: Bool { !finished.isEmpty }
-    var unsettled: Int { outstanding.count - ackedAlone.count - finished.count }
 
     mutating func delivered(_ tag: UInt64) { outstanding.append(tag) }
 

@@ -157,12 +157,6 @@ final class RawConnection {
         try check(amqp_get_rpc_reply(state), "binding exchange '\(destination)' to '\(source)' with key '\(routingKey)'")
     }
 
-    func deleteExchange(_ name: String) throws(AMQPError) {
-        let arena = Arena()
-        amqp_exchange_delete(state, channel, arena.bytes(name), 0)
-        try check(amqp_get_rpc_reply(state), "deleting exchange '\(name)'")
-    }
-
     func deleteQueue(_ name: String) throws(AMQPError) {
         let arena = Arena()
         amqp_queue_delete(state, channel, arena.bytes(name), 0, 0)
@@ -190,12 +184,6 @@ final class RawConnection {
         let ok = amqp_basic_consume(state, channel, arena.bytes(queue), arena.bytes(consumerTag), 0, 0, 0, amqp_empty_table)
         try check(amqp_get_rpc_reply(state), "consuming from queue '\(queue)'")
         return ok.map { Self.string($0.pointee.consumer_tag) } ?? consumerTag
-    }
-
-    func cancelConsumer(_ consumerTag: String) throws(AMQPError) {
-        let arena = Arena()
-        amqp_basic_cancel(state, channel, arena.bytes(consumerTag))
-        try check(amqp_get_rpc_reply(state), "cancelling consumer '\(consumerTag)'")
     }
 
     /// Takes the next delivery if one is already here, without blocking.
@@ -303,10 +291,6 @@ final class RawConnection {
 
     func reject(_ tag: UInt64, requeue: Bool) throws(AMQPError) {
         try status(amqp_basic_reject(state, channel, tag, requeue ? 1 : 0), "rejecting delivery \(tag)")
-    }
-
-    func nack(_ tag: UInt64, multiple: Bool, requeue: Bool) throws(AMQPError) {
-        try status(amqp_basic_nack(state, channel, tag, multiple ? 1 : 0, requeue ? 1 : 0), "nacking delivery \(tag)")
     }
 
     /// Turns on publisher confirms: the broker then acks (or nacks) every publish by sequence number.

@@ -110,10 +110,7 @@ struct AMQPConnectionTests {
                 #expect(detail.contains("delete it"), "says how to fix it: \(detail)")
             }
             // The channel error is behind us: the connection carries on.
-            try await connection.perform { session throws(AMQPError) in
-                for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
-                try session.raw.deleteQueue(topology.deadQueue)
-            }
+            try await deleteQueues(of: topology, on: connection)
             await connection.close()
         }
     }
@@ -141,10 +138,7 @@ struct AMQPConnectionTests {
             #expect(message.0.body == Array("later".utf8))
             #expect(message.0.properties.headers["x-death"] != nil, "it travelled through the cascade")
             connection.ack(message.0.deliveryTag, generation: message.1)
-            try await connection.perform { session throws(AMQPError) in
-                for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
-                try session.raw.deleteQueue(topology.deadQueue)
-            }
+            try await deleteQueues(of: topology, on: connection)
             await connection.close()
         }
     }
@@ -239,5 +233,13 @@ struct AMQPConnectionTests {
             try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
             await connection.close()
         }
+    }
+}
+
+/// Removes a test's Warren queues from the shared test broker.
+func deleteQueues(of topology: Topology, on connection: AMQPConnection) async throws {
+    try await connection.perform { session throws(AMQPError) in
+        for priority in JobPriority.allCases { try session.raw.deleteQueue(topology.brokerQueue(priority)) }
+        try session.raw.deleteQueue(topology.deadQueue)
     }
 }
