@@ -63,6 +63,13 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // A worker process the crash and shutdown tests start and kill.
+        .executableTarget(
+            name: "WarrenTestWorker",
+            dependencies: ["Warren", "WarrenAMQP"],
+            path: "Tests/WarrenTestWorker",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "WarrenTests",
             dependencies: ["Warren", "WarrenConformance"],

@@ -310,7 +310,7 @@ public struct JobQueueCore {
             runDurations.record(seconds: now.timeIntervalSince(record.job.startedAt ?? now))
             emit(.completed, record, now)
             retire(record)
-            for dependent in record.dependents where dependent.job.status == .pending {
+            for dependent in record.dependents where dependent.job.status == .pending && !dependent.handedOff {
                 dependent.waitingOn -= 1
                 if dependent.waitingOn == 0 { readyWhenDue(dependent, now: now) }
             }
@@ -404,9 +404,35 @@ public struct JobQueueCore {
     private mutating func failDependents(of record: JobRecord, now: Date) {
         let dependents = record.dependents
         record.dependents = []
-        for dependent in dependents where dependent.job.status == .pending {
+        for dependent in dependents where dependent.job.status == .pending && !dependent.handedOff {
             deadLetter(dependent, .dependencyFailed(record.job.id, status: record.job.status), now: now)
         }
+    }
+
+    // MARK: Handing back
+
+    /// Gives up every job that has not started (pending, queued or waiting for a retry) and forgets
+    /// it, as if it had never arrived: the transport returns their messages for another consumer.
+    /// Running jobs stay and settle as usual. Used by a graceful shutdown.
+    package mutating func withdrawUnstarted() -> [Job] {
+        let unstarted = records.values.filter { record in
+            guard !record.handedOff else { return false }
+            switch record.job.status {
+            case .pending, .queued, .retrying: return true
+            default: return false
+            }
+        }
+        for record in unstarted {
+            statusCounts[record.job.status.index] -= 1
+            if record.job.status == .queued { queuedByPriority[record.job.priority.rawValue] -= 1 }
+            liveCount -= 1
+            record.handedOff = true
+            staleTimers += record.timers
+            records[record.job.id] = nil
+        }
+        // Every queued job is gone: the lanes hold nothing else.
+        ready = PriorityLanes()
+        return unstarted.map(\.job)
     }
 
     // MARK: Cancel and progress

@@ -32,6 +32,9 @@ public final class AMQPBroker: Broker {
         public var maxQueueLength: Int?
         /// How long a publish keeps trying through connection loss before `enqueue` gives up.
         public var publishDeadline: Duration
+        /// Publish how each job ends (completed, retrying, dead-lettered, cancelled) to the topic
+        /// exchange `warren.events`, at most once, for other services to follow.
+        public var publishesEvents: Bool = true
 
         public init(
             url: AMQPURL, queue: String = "default", queueType: QueueType = .classic, prefetch: UInt16 = 200,
@@ -207,6 +210,48 @@ public final class AMQPBroker: Broker {
     /// Messages that were not valid jobs, dead-lettered on arrival.
     public var malformedCount: Int { messages.malformedCount }
 
+    /// The first half of a graceful shutdown: cancels the consumers (`basic.cancel`) and hands every
+    /// job that has not started back to RabbitMQ (reject with requeue), so other consumers take them
+    /// at once. Running jobs keep their messages and settle as usual; publishing still works. Call
+    /// after the worker pool has stopped taking jobs, then let it finish, then `close()`.
+    public func stopConsuming() async {
+        messages.handingBack.withLock { $0 = true }
+        let wasConsuming = messages.consuming.withLock { consuming in
+            defer { consuming = false }
+            return consuming
+        }
+        if wasConsuming {
+            // Deliveries the broker sent before the cancel-ok are read after it and handed back.
+            _ = try? await connection.perform { session throws(AMQPError) in
+                for priority in JobPriority.allCases {
+                    try session.raw.cancelConsumer("warren.\(session.generation).\(priority.name)")
+                }
+            }
+        }
+        messages.handBack(local.withdrawUnstarted())
+    }
+
+    /// Runs `pool` on this broker until the calling task is cancelled (or the pool is shut down),
+    /// then shuts down gracefully: the pool stops taking jobs, unstarted ones go back to RabbitMQ
+    /// (`stopConsuming`), running ones finish within the pool's grace period, and the connection
+    /// closes once their settlements are confirmed.
+    public func run(_ pool: WorkerPool) async {
+        let (stopped, stop) = AsyncStream.makeStream(of: Never.self)
+        let runner = Task {
+            await pool.run()
+            stop.finish()
+        }
+        await withTaskCancellationHandler {
+            for await _ in stopped {}
+        } onCancel: {
+            stop.finish()
+        }
+        pool.shutdown()
+        await stopConsuming()
+        await runner.value
+        await close()
+    }
+
     /// Stops serving and closes the connection. Unacked messages (prefetched, not finished) go back
     /// to their queues: the broker requeues them when the channel closes.
     public func close() async {
@@ -251,6 +296,8 @@ private final class Messages: Sendable {
     let state: Locked<State>
     let connection = Locked<AMQPConnection?>(nil)
     let consuming = Locked(false)
+    /// Set by a graceful stop: what arrives now goes back to the broker.
+    let handingBack = Locked(false)
 
     init(configuration: AMQPBroker.Configuration, topology: Topology) {
         self.configuration = configuration
@@ -298,6 +345,11 @@ private final class Messages: Sendable {
     /// Takes a burst of deliveries: dead-letters the unreadable ones, sets copies of jobs held here
     /// aside, and enqueues the rest together.
     func receive(_ burst: [IncomingMessage], generation: UInt64, into local: LocalQueue) {
+        if handingBack.withLock({ $0 }) {
+            // Arrived after consumption stopped (sent before the broker took the cancel): give them back.
+            for message in burst { link.reject(message.deliveryTag, generation: generation, requeue: true) }
+            return
+        }
         var decoded: [(job: Job, message: IncomingMessage, origin: Origin)] = []
         decoded.reserveCapacity(burst.count)
         for message in burst {
@@ -317,7 +369,9 @@ private final class Messages: Sendable {
                 // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
                 let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
                 let name = message.properties.type.flatMap { $0.isEmpty ? nil : $0 } ?? configuration.queue
-                local.recordRejected(Job(id: id, name: name, payload: Data(), priority: priority), reason)
+                let rejected = Job(id: id, name: name, payload: Data(), priority: priority)
+                local.recordRejected(rejected, reason)
+                announce(.deadLettered, rejected, reason: reason)
             }
         }
         // Register where each job came from; a copy of a job held here (a redelivery after a
@@ -426,6 +480,12 @@ private final class Messages: Sendable {
         for departure in departures {
             guard let origins = takeOrigins(departure.job.id) else { continue }
             switch departure {
+            case let .completed(job): announce(.completed, job)
+            case let .cancelled(job): announce(.cancelled, job)
+            case let .retry(job): announce(.retrying, job)
+            case let .deadLettered(job): announce(.deadLettered, job)
+            }
+            switch departure {
             case let .completed(job):
                 if let replyTo = job.metadata[WireFormat.replyToKey] {
                     let reply = OutgoingMessage(
@@ -448,6 +508,31 @@ private final class Messages: Sendable {
                            errors: job.errors, origins: origins, replyTo: job.metadata[WireFormat.replyToKey],
                            correlationID: job.metadata[WireFormat.correlationIDKey])
             }
+        }
+    }
+
+    /// Publishes a lifecycle event, when configured (at most once: nobody waits for its confirm).
+    private func announce(_ event: WireFormat.Event, _ job: Job, reason: DeadLetterReason? = nil) {
+        guard configuration.publishesEvents else { return }
+        link.notify(WireFormat.event(event, job: job, queue: configuration.queue, reason: reason ?? job.deadLetterReason))
+    }
+
+    // MARK: Handing back
+
+    /// Returns unstarted jobs' messages (and their redelivered copies) to the broker, and every
+    /// message still waiting here for a dependency.
+    func handBack(_ jobs: [Job]) {
+        for job in jobs {
+            guard let origins = takeOrigins(job.id) else { continue }
+            for origin in origins { link.reject(origin.tag, generation: origin.generation, requeue: true) }
+        }
+        let waiting = state.withLock { state in
+            defer { state.waitingForDependency.removeAll() }
+            return state.waitingForDependency.values.flatMap { $0 }
+        }
+        for entry in waiting {
+            guard let origins = takeOrigins(entry.job.id) else { continue }
+            for origin in origins { link.reject(origin.tag, generation: origin.generation, requeue: true) }
         }
     }
 

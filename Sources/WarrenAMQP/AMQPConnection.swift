@@ -75,6 +75,10 @@ final class AMQPConnection: Sendable {
         }
     }
 
+    /// Publishes without waiting for the confirm, and without retrying through connection loss
+    /// (lifecycle events: at most once).
+    func notify(_ message: OutgoingMessage) { send(.notify(message)) }
+
     /// Acks a delivery of `generation` (dropped if the channel has changed since).
     func ack(_ tag: UInt64, generation: UInt64) { send(.ack(tag, generation)) }
 
@@ -145,6 +149,7 @@ private struct Inbox {
 
 private enum Command: Sendable {
     case publish(OutgoingMessage, CheckedContinuation<Result<Void, AMQPError>, Never>)
+    case notify(OutgoingMessage)
     case ack(UInt64, UInt64)
     case reject(UInt64, UInt64, Bool)
     case perform(@Sendable (ConnectionSession) -> Void, failed: @Sendable (AMQPError) -> Void)
@@ -153,7 +158,7 @@ private enum Command: Sendable {
         switch self {
         case let .publish(_, continuation): continuation.resume(returning: .failure(error))
         case let .perform(_, failed): failed(error)
-        case .ack, .reject: break
+        case .notify, .ack, .reject: break
         }
     }
 }
@@ -303,6 +308,10 @@ private final class IOLoop: @unchecked Sendable {
                 }
                 publishSequence += 1
                 unconfirmed[publishSequence] = (continuation, message.mandatory ? message.properties.messageID : nil)
+            case let .notify(message):
+                // Confirmed like every publish on this channel; nobody waits for it.
+                try raw.publish(message)
+                publishSequence += 1
             case let .ack(tag, generation):
                 if generation == self.generation { acks.finish(tag) }
             case let .reject(tag, generation, requeue):

@@ -186,6 +186,14 @@ final class RawConnection {
         return ok.map { Self.string($0.pointee.consumer_tag) } ?? consumerTag
     }
 
+    /// Stops a consumer: no deliveries follow the cancel-ok (frames that arrived before it are
+    /// queued by rabbitmq-c and still read by `poll`).
+    func cancelConsumer(_ consumerTag: String) throws(AMQPError) {
+        let arena = Arena()
+        amqp_basic_cancel(state, channel, arena.bytes(consumerTag))
+        try check(amqp_get_rpc_reply(state), "cancelling consumer '\(consumerTag)'")
+    }
+
     /// Takes the next delivery if one is already here, without blocking.
     func poll() throws(AMQPError) -> Incoming {
         amqp_maybe_release_buffers(state)

@@ -206,6 +206,50 @@ public enum WireFormat {
         return (properties, body)
     }
 
+    // MARK: Lifecycle events
+
+    /// What a job's end looks like on `warren.events`.
+    public enum Event: String, Sendable, CaseIterable {
+        case completed
+        /// An attempt failed; the next one is scheduled.
+        case retrying
+        case deadLettered = "dead_lettered"
+        case cancelled
+    }
+
+    private struct EventBody: Encodable {
+        let event: String
+        let id: String
+        let name: String
+        let queue: String
+        let priority: String
+        let attempt: Int
+        let at: String
+        let error: String?
+        let reason: String?
+        let retryAt: String?
+
+        enum CodingKeys: String, CodingKey {
+            case event, id, name, queue, priority, attempt, at, error, reason
+            case retryAt = "retry_at"
+        }
+    }
+
+    /// A lifecycle event: routing key `<queue>.<event>.<job name>` on the topic exchange
+    /// `warren.events`, a transient JSON message (see docs/wire-format.md).
+    static func event(_ event: Event, job: Job, queue: String, reason: DeadLetterReason?, now: Date = Date()) -> OutgoingMessage {
+        let body = EventBody(
+            event: event.rawValue, id: job.id.rawValue, name: job.name, queue: queue, priority: job.priority.name,
+            attempt: event == .retrying ? job.attempt - 1 : job.attempt, at: iso8601(now),
+            error: reason?.description ?? (event == .retrying ? job.errors.last?.message : nil), reason: reason?.code,
+            retryAt: event == .retrying ? job.notBefore.map(iso8601) : nil)
+        let properties = MessageProperties(
+            contentType: "application/json", deliveryMode: 1, messageID: job.id.rawValue, timestamp: now, type: event.rawValue)
+        return OutgoingMessage(
+            exchange: Topology.eventsExchange, routingKey: "\(queue).\(event.rawValue).\(job.name)", properties: properties,
+            body: Array((try? JSONEncoder().encode(body)) ?? Data()))
+    }
+
     // MARK: Reading header values
 
     static func iso8601(_ date: Date) -> String { date.formatted(.iso8601) }

@@ -35,6 +35,15 @@ enum TestBroker {
         }
     }
 
+    /// `restart()` on a thread of its own: it blocks for seconds, which the cooperative pool must not.
+    static func restartInBackground() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            Thread {
+                do { try restart(); continuation.resume() } catch { continuation.resume(throwing: error) }
+            }.start()
+        }
+    }
+
     /// Runs a command and waits for it with waitpid. (Foundation's `Process.waitUntilExit` did not
     /// return here once the script had left the restarted broker running in the background.)
     static func run(_ arguments: [String]) -> Int32 {

@@ -1,0 +1,297 @@
+import Foundation
+import Testing
+import Warren
+@testable import WarrenAMQP
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Crashes, broker restarts, graceful shutdown and lifecycle events, against the real broker.
+@Suite("AMQP lifecycle")
+struct AMQPLifecycleTests {
+    static let jobName = "crash.work"
+
+    /// Publishes `count` persistent jobs through a producer-only broker, in batches.
+    func publish(_ count: Int, to queue: String) async throws -> Set<String> {
+        let producer = AMQPBroker(.init(url: try TestBroker.url(), queue: queue))
+        try await producer.waitUntilReady(timeout: .seconds(20))
+        let jobQueue = JobQueue(broker: producer)
+        var ids = Set<String>()
+        for start in stride(from: 0, to: count, by: 500) {
+            let jobs = (start..<min(count, start + 500)).map { _ in Job(name: Self.jobName) }
+            try await jobQueue.submit(batch: jobs)
+            ids.formUnion(jobs.map(\.id.rawValue))
+        }
+        await producer.close()
+        return ids
+    }
+
+    func queueCounts(_ queue: String) throws -> (messages: Int, consumers: Int) {
+        let inspector = try RawConnection(url: try TestBroker.url())
+        defer { inspector.close() }
+        return try inspector.declareQueue(queue, passive: true)
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func aKilledConsumerLosesNoJobAndRepeatsAtMostItsPrefetchWindow() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let prefetch = 100
+            let ids = try await publish(5_000, to: name)
+            // The URL as the environment gives it (its description hides the password).
+            let url = ProcessInfo.processInfo.environment["WARREN_TEST_AMQP_URL"] ?? ""
+            let arguments = [url, name, "\(prefetch)", "16", "2"]
+            let first = try WorkerProcess(arguments)
+            try await waitUntil("1,500 jobs run by the first worker", within: 60) { first.lines.count >= 1_500 }
+            first.kill(SIGKILL)
+            let firstStatus = try await first.exit(within: 10)
+            #expect(firstStatus == .signalled(SIGKILL))
+            let second = try WorkerProcess(arguments)
+            let runs: @Sendable () -> [String] = { first.lines + second.lines }
+            try await waitUntil("every job run", within: 90) { Set(runs()).count == ids.count }
+            let normal = Topology(queue: name).brokerQueue(.normal)
+            try await waitUntil("the queue to drain", within: 30) { (try? self.queueCounts(normal).messages) == 0 }
+            // Graceful exit of the second worker: nothing is left to hand back, it exits 0.
+            second.kill(SIGTERM)
+            #expect(try await second.exit(within: 30) == .exited(0))
+            #expect(second.lines.last == "drained")
+            let all = runs().filter { $0 != "drained" }
+            #expect(Set(all) == ids, "no job lost")
+            let duplicates = all.count - Set(all).count
+            #expect(duplicates <= prefetch, "\(duplicates) jobs ran twice; at most the \(prefetch) unacked at the kill may")
+            #expect(try queueCounts(normal).messages == 0)
+            try await deleteQueues(name)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(4)))
+    func everyJobCompletesWhenTheBrokerRestartsMidRun() async throws {
+        try await usingBroker(exclusive: true) {
+            let name = TestBroker.unique()
+            let ids = try await publish(5_000, to: name)
+            let broker = AMQPBroker(.init(url: try TestBroker.url(), queue: name, prefetch: 100))
+            try await broker.waitUntilReady(timeout: .seconds(20))
+            let completed = Locked<[String: Int]>([:])
+            var registry = HandlerRegistry()
+            try registry.registerRaw(Self.jobName) { payload, context in
+                // About 600 jobs/s: the run lasts about 8 s, longer than the broker takes to stop.
+                try await Task.sleep(for: .milliseconds(25))
+                completed.withLock { $0[context.id.rawValue, default: 0] += 1 }
+                return payload
+            }
+            let doneAtLoss = Locked<Int?>(nil)
+            let updates = broker.connectionUpdates
+            let watcher = Task {
+                for await status in updates {
+                    if case .disconnected = status, doneAtLoss.withLock({ $0 }) == nil {
+                        doneAtLoss.withLock { $0 = completed.withLock { $0.count } }
+                    }
+                }
+            }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 16))
+            let service = Task { await broker.run(pool) }
+            try await waitUntil("1,500 jobs", within: 60) { completed.withLock { $0.count } >= 1_500 }
+            try await TestBroker.restartInBackground()
+            try await waitUntil("every job to complete", within: 150) { completed.withLock { $0.count } == ids.count }
+            #expect(Set(completed.withLock { $0.keys }) == ids)
+            let lostAfter = doneAtLoss.withLock { $0 }
+            #expect(lostAfter != nil && lostAfter! < ids.count, "the connection was lost mid-run (after \(lostAfter.map(String.init) ?? "none") jobs)")
+            try await waitUntil("the consumer to be connected again", within: 30) { broker.isReady }
+            let normal = broker.topology.brokerQueue(.normal)
+            try await waitUntil("the queue to drain", within: 30) { (try? self.queueCounts(normal).messages) == 0 }
+            let repeated = completed.withLock { $0.values.filter { $0 > 1 }.count }
+            #expect(repeated <= 100, "\(repeated) jobs ran twice (at most the prefetch window unacked at the restart)")
+            watcher.cancel()
+            service.cancel()
+            await service.value
+            try await deleteQueues(name)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func gracefulShutdownFinishesRunningJobsAndHandsBackTheRest() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let ids = try await publish(400, to: name)
+            let broker = AMQPBroker(.init(url: try TestBroker.url(), queue: name, prefetch: 50))
+            try await broker.waitUntilReady(timeout: .seconds(20))
+            let completed = Locked<[String]>([])
+            let started = Locked(0)
+            var registry = HandlerRegistry()
+            try registry.registerRaw(Self.jobName) { payload, context in
+                started.withLock { $0 += 1 }
+                // Not cancellable on purpose: a running job must be let finish, not stopped.
+                let until = ContinuousClock.now + .milliseconds(100)
+                while ContinuousClock.now < until { try? await Task.sleep(for: .milliseconds(10)) }
+                completed.withLock { $0.append(context.id.rawValue) }
+                return payload
+            }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4, shutdownGrace: .seconds(20)))
+            let service = Task { await broker.run(pool) }
+            try await waitUntil("20 jobs done") { completed.withLock { $0.count } >= 20 }
+            let normal = broker.topology.brokerQueue(.normal)
+            #expect(try queueCounts(normal).consumers == 1)
+            service.cancel()
+            await service.value
+            let done = completed.withLock { $0 }
+            #expect(started.withLock { $0 } == done.count, "every job that started finished")
+            let stats = await broker.statistics()
+            #expect(stats.failedAttempts == 0 && stats.timedOutAttempts == 0, "no running job was stopped")
+            let counts = try queueCounts(normal)
+            #expect(counts.consumers == 0)
+            #expect(counts.messages == ids.count - done.count, "everything not finished is back in the queue, ready")
+
+            // Another consumer takes exactly the rest.
+            let next = AMQPBroker(.init(url: try TestBroker.url(), queue: name, prefetch: 50))
+            let rest = Locked<[String]>([])
+            var quick = HandlerRegistry()
+            try quick.registerRaw(Self.jobName) { payload, context in
+                rest.withLock { $0.append(context.id.rawValue) }
+                return payload
+            }
+            let drain = WorkerPool(broker: next, registry: quick, configuration: WorkerPoolConfiguration(concurrency: 8))
+            let second = Task { await next.run(drain) }
+            try await waitUntil("the rest", within: 30) { rest.withLock { $0.count } >= ids.count - done.count }
+            second.cancel()
+            await second.value
+            let all = done + rest.withLock { $0 }
+            #expect(all.count == ids.count && Set(all) == ids, "each job ran exactly once")
+            try await deleteQueues(name)
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func jobOutcomesArePublishedAsEvents() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let listener = try RawConnection(url: try TestBroker.url())
+            defer { listener.close() }
+            let events = "\(name).events"
+            _ = try listener.declareQueue(events)
+            try listener.bindQueue(events, exchange: Topology.eventsExchange, routingKey: "\(name).#")
+            var configuration = AMQPBroker.Configuration(url: try TestBroker.url(), queue: name, prefetch: 10)
+            configuration.retryPolicy = RetryPolicy(baseDelay: .seconds(1), jitter: 0)
+            let broker = AMQPBroker(configuration)
+            try await broker.waitUntilReady(timeout: .seconds(20))
+            var registry = HandlerRegistry()
+            try registry.registerRaw("events.ok") { _, _ in Data(#"{"fine":true}"#.utf8) }
+            try registry.registerRaw("events.failing") { _, _ in throw TimedOut(description: "always fails") }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 2))
+            let service = Task { await broker.run(pool) }
+            let queue = JobQueue(broker: broker)
+            let ok = try await queue.submit(Job(name: "events.ok"))
+            let failing = try await queue.submit(Job(name: "events.failing", maxRetries: 1))
+            _ = try await ok.result()
+            _ = try? await failing.result()
+            var received: [IncomingMessage] = []
+            // Polled (the listener is a plain connection on this task), with a deadline.
+            let deadline = ContinuousClock.now + .seconds(10)
+            while received.count < 3, ContinuousClock.now < deadline {
+                if let message = try listener.get(events, autoAck: true) { received.append(message) } else { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            let keys = received.map(\.routingKey)
+            #expect(keys == ["\(name).completed.events.ok", "\(name).retrying.events.failing", "\(name).dead_lettered.events.failing"])
+            let bodies = received.compactMap { try? JSONSerialization.jsonObject(with: Data($0.body)) as? [String: Any] }
+            #expect(bodies.count == 3)
+            if bodies.count == 3 {
+                #expect(bodies[0]["id"] as? String == ok.id.rawValue && bodies[0]["attempt"] as? Int == 1)
+                #expect(bodies[1]["error"] as? String == "always fails" && bodies[1]["attempt"] as? Int == 1 && bodies[1]["retry_at"] != nil)
+                #expect(bodies[2]["reason"] as? String == "retries_exhausted" && bodies[2]["attempt"] as? Int == 2)
+            }
+            service.cancel()
+            await service.value
+            try listener.deleteQueue(events)
+            try await deleteQueues(name)
+        }
+    }
+
+    func deleteQueues(_ name: String) async throws {
+        let cleaner = try RawConnection(url: try TestBroker.url())
+        defer { cleaner.close() }
+        let topology = Topology(queue: name)
+        for priority in JobPriority.allCases { try cleaner.deleteQueue(topology.brokerQueue(priority)) }
+        try cleaner.deleteQueue(topology.deadQueue)
+    }
+}
+
+/// A `WarrenTestWorker` process, with the lines it prints.
+final class WorkerProcess: Sendable {
+    enum Exit: Equatable, Sendable {
+        case exited(Int32)
+        case signalled(Int32)
+    }
+
+    let pid: pid_t
+    private let output = Locked<[String]>([])
+    private let reaped = Locked(false)
+
+    /// The worker binary sits next to the test bundle.
+    static var executable: String {
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("WarrenTestWorker").path
+    }
+
+    init(_ arguments: [String]) throws {
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw TimedOut(description: "pipe failed: \(errno)") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
+        posix_spawn_file_actions_addclose(&actions, fds[0])
+        let argv = ([Self.executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, Self.executable, &actions, nil, argv, environ)
+        close(fds[1])
+        guard spawned == 0 else {
+            close(fds[0])
+            throw TimedOut(description: "could not start \(Self.executable): \(spawned)")
+        }
+        self.pid = pid
+        let reader = fds[0], output = self.output
+        let thread = Thread {
+            var pending: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+                if count < 0, errno == EINTR { continue }
+                guard count > 0 else { break }
+                pending.append(contentsOf: buffer[0..<count])
+                guard let last = pending.lastIndex(of: UInt8(ascii: "\n")) else { continue }
+                let lines = pending[..<last].split(separator: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self) }
+                pending.removeSubrange(...last)
+                output.withLock { $0.append(contentsOf: lines) }
+            }
+            close(reader)
+        }
+        thread.start()
+    }
+
+    /// A test that fails half-way leaves no worker behind.
+    deinit {
+        guard !reaped.withLock({ $0 }) else { return }
+        _ = Glibc.kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+    }
+
+    /// Whole lines printed so far.
+    var lines: [String] { output.withLock { $0 } }
+
+    func kill(_ signal: Int32) { _ = Glibc.kill(pid, signal) }
+
+    /// Waits (bounded) for the process to end.
+    func exit(within seconds: Double) async throws -> Exit {
+        let result = Locked<Exit?>(nil)
+        try await waitUntil("worker \(pid) to exit", within: seconds) {
+            var status: Int32 = 0
+            guard waitpid(self.pid, &status, WNOHANG) == self.pid else { return false }
+            let signal = status & 0x7F
+            result.withLock { $0 = signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal) }
+            self.reaped.withLock { $0 = true }
+            return true
+        }
+        return result.withLock { $0 }!
+    }
+}
