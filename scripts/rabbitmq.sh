@@ -29,7 +29,7 @@ node_env() {
     local dir=$1
     # shellcheck disable=SC1091
     source "$dir/node.env"
-    export RABBITMQ_NODENAME RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT \
+    export WARREN_TLS_PORT RABBITMQ_NODENAME RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT RABBITMQ_DIST_PORT \
         RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
         RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/rabbitmq.pid" \
         RABBITMQ_CONFIG_FILE="$dir/rabbitmq"
@@ -59,23 +59,48 @@ start() {
         local port
         for _ in $(seq 1 50); do
             port=$((20000 + RANDOM % 9000))
-            port_free "$port" && port_free $((port + 10000)) && break
+            port_free "$port" && port_free $((port + 1)) && port_free $((port + 10000)) && break
         done
         cat >"$dir/node.env" <<ENV
 RABBITMQ_NODENAME=warren-test-$$-$RANDOM@localhost
 RABBITMQ_NODE_PORT=$port
 RABBITMQ_DIST_PORT=$((port + 10000))
+WARREN_TLS_PORT=$((port + 1))
 ENV
         echo '[].' >"$dir/enabled_plugins"
-        # Quick, bounded tests: no disk-space alarm on a nearly full test machine.
-        echo 'disk_free_limit.absolute = 50MB' >"$dir/rabbitmq.conf"
+        certificates "$dir/tls"
+        # Quick, bounded tests: no disk-space alarm on a nearly full test machine. A TLS listener
+        # with a throwaway CA for the amqps:// tests.
+        cat >"$dir/rabbitmq.conf" <<CONF
+disk_free_limit.absolute = 50MB
+listeners.ssl.1 = 127.0.0.1:$((port + 1))
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
         echo "${WARREN_TEST_OWNER:-$PPID}" >"$dir/owner"
         chown -R rabbitmq:rabbitmq "$dir"
     fi
     launch "$dir"
     node_env "$dir"
     echo "WARREN_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$RABBITMQ_NODE_PORT/"
+    echo "WARREN_TEST_AMQPS_URL=amqps://guest:guest@localhost:$WARREN_TLS_PORT/?cacertfile=$dir/tls/ca.pem"
     echo "WARREN_TEST_RABBITMQ_NODE=$RABBITMQ_NODENAME"
+}
+
+# A throwaway CA and a server certificate for localhost, valid for a day.
+certificates() {
+    local tls=$1
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=warren test CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls/san.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+        -days 1 -extfile "$tls/san.ext" -out "$tls/server.pem" 2>/dev/null
 }
 
 stop() {

@@ -167,6 +167,41 @@ struct AMQPConnectionTests {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func tlsConnectionsVerifyTheServerAndCarryJobs() async throws {
+        try await usingBroker {
+            let url = try TestBroker.tlsURL()
+            #expect(url.tls && url.caCertificate != nil)
+            let queue = TestBroker.unique()
+            let received = Received()
+            let connection = consumingConnection([queue], url: url, received: received)
+            try await waitUntil("connected over TLS") { if case .connected = connection.status { true } else { false } }
+            for index in 0..<50 {
+                try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, body: Array("m\(index)".utf8)))
+            }
+            let messages = try await received.wait(count: 50)
+            #expect(messages.map { String(decoding: $0.0.body, as: UTF8.self) } == (0..<50).map { "m\($0)" })
+            for (message, generation) in messages { connection.ack(message.deliveryTag, generation: generation) }
+            try await connection.perform { session throws(AMQPError) in try session.raw.deleteQueue(queue) }
+            await connection.close()
+
+            // The same server, not trusted: refused, saying so.
+            var untrusted = url
+            untrusted.caCertificate = nil
+            untrusted.connectTimeout = 5
+            #expect { _ = try RawConnection(url: untrusted) } throws: { "\($0)".contains("verification failed") }
+            // A CA file that does not exist is named.
+            var missing = url
+            missing.caCertificate = "/nonexistent/ca.pem"
+            #expect { _ = try RawConnection(url: missing) } throws: { "\($0)".contains("/nonexistent/ca.pem") }
+            // Verification off (a private network's choice): it connects.
+            var unverified = untrusted
+            unverified.verifyPeer = false
+            let plain = try RawConnection(url: unverified)
+            plain.close()
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func anUnroutableMandatoryMessageIsReported() async throws {
         try await usingBroker {
             let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })

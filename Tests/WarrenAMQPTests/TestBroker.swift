@@ -20,6 +20,12 @@ enum TestBroker {
         return url
     }
 
+    /// The same broker's TLS listener (a throwaway CA made by scripts/rabbitmq.sh).
+    static func tlsURL() throws -> AMQPURL {
+        guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_AMQPS_URL"] else { throw NotConfigured() }
+        return try AMQPURL(text)
+    }
+
     /// A name no other test uses.
     static func unique(_ base: String = #function) -> String {
         let stem = base.prefix { $0 != "(" }.lowercased()
