@@ -33,8 +33,9 @@ public final class AMQPBroker: Broker {
         /// How long a publish keeps trying through connection loss before `enqueue` gives up.
         public var publishDeadline: Duration
         /// Publish how each job ends (completed, retrying, dead-lettered, cancelled) to the topic
-        /// exchange `warren.events`, at most once, for other services to follow.
-        public var publishesEvents: Bool = true
+        /// exchange `warren.events`, at most once, for other services to follow. Off by default: it
+        /// is one more publish per job (about a third of the throughput of no-op jobs).
+        public var publishesEvents: Bool = false
 
         public init(
             url: AMQPURL, queue: String = "default", queueType: QueueType = .classic, prefetch: UInt16 = 200,
@@ -78,7 +79,7 @@ public final class AMQPBroker: Broker {
         let consuming = messages.consuming
         let prefetch = configuration.prefetch
         connection = AMQPConnection(
-            .init(url: configuration.url, name: configuration.queue),
+            .init(url: configuration.url, name: configuration.queue, ackBatch: max(1, min(256, Int(configuration.prefetch) / 4))),
             setup: { session throws(AMQPError) in
                 try topology.declare(session.raw)
                 if consuming.withLock({ $0 }) { try Self.consume(session, topology: topology, prefetch: prefetch) }

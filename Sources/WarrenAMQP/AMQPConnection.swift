@@ -16,6 +16,9 @@ final class AMQPConnection: Sendable {
         var name: String = "warren"
         var initialBackoff: Double = 0.1
         var maxBackoff: Double = 10
+        /// While deliveries stream in, finished deliveries are acked once this many wait (or 2 ms
+        /// have passed): one `multiple` ack instead of many. Keep it well under the prefetch.
+        var ackBatch = 16
     }
 
     enum Status: Sendable, Equatable {
@@ -112,16 +115,21 @@ final class AMQPConnection: Sendable {
     private var isClosed: Bool { currentStatus.withLock { $0 == .closed } }
 
     private func send(_ command: Command) {
-        enum Sent { case rejected(Command), first, queued }
+        enum Sent { case rejected(Command), signal, queued }
         let sent = inbox.withLock { inbox -> Sent in
             if inbox.closed { return .rejected(command) }
             inbox.commands.append(command)
-            return inbox.commands.count == 1 ? .first : .queued
+            // The I/O thread takes the whole inbox at once: one wake-up per non-empty inbox is
+            // enough. While deliveries stream in it looks at the inbox every millisecond anyway, so
+            // acks then wake it only once enough of them wait.
+            guard !inbox.signalled else { return .queued }
+            if case .ack = command, inbox.streaming, inbox.commands.count < Inbox.acksPerWakeUp { return .queued }
+            inbox.signalled = true
+            return .signal
         }
         switch sent {
         case let .rejected(command): command.fail(.closed)
-        // The I/O thread takes the whole inbox at once: one wake-up per non-empty inbox is enough.
-        case .first: wake.signal()
+        case .signal: wake.signal()
         case .queued: break
         }
     }
@@ -141,7 +149,12 @@ extension AMQPError {
 }
 
 private struct Inbox {
+    static let acksPerWakeUp = 64
     var commands = Deque<Command>()
+    /// Whether the I/O thread has been woken for the commands waiting.
+    var signalled = false
+    /// Set by the I/O thread while deliveries arrive: it then polls with a 1 ms timeout.
+    var streaming = false
     /// Set by `close()`: the I/O thread sees it even while it waits to reconnect.
     var closeRequest: CheckedContinuation<Void, Never>?
     var closed = false
@@ -183,6 +196,10 @@ private final class IOLoop: @unchecked Sendable {
     var backoff: Double
     /// The channel `start` set up; any other means the channel was reopened since.
     var startedSerial = -1
+    /// Acks asked for since the last flush, and when the first of them was.
+    var unflushed = 0
+    var firstUnflushed: ContinuousClock.Instant?
+    var streaming = false
 
     init(
         configuration: AMQPConnection.Configuration, inbox: Locked<Inbox>, wake: EventFD, setup: @escaping AMQPConnection.Setup,
@@ -205,11 +222,18 @@ private final class IOLoop: @unchecked Sendable {
             }
             do throws(AMQPError) {
                 try serveCommands(raw)
-                try flushAcks(raw)
-                try receive(raw)
+                if acksDue() { try flushAcks(raw) }
+                streaming = try receive(raw) > 0
                 if !raw.hasBufferedInput {
+                    // Tell `send` whether unsignalled acks will be seen within a millisecond; when that
+                    // changes to no, acks already waiting are served before sleeping.
+                    let waiting = inbox.withLock { inbox in
+                        inbox.streaming = streaming
+                        return !inbox.commands.isEmpty
+                    }
+                    if waiting { continue }
                     let heartbeat = raw.heartbeat
-                    let idle: Int32 = acks.hasDeferred ? 1 : (heartbeat > 0 ? Int32(heartbeat * 250) : 1_000)
+                    let idle: Int32 = acks.hasDeferred || streaming ? 1 : (heartbeat > 0 ? Int32(heartbeat * 250) : 1_000)
                     wake.wait(socket: raw.socketDescriptor, milliseconds: idle)
                 }
             } catch {
@@ -248,6 +272,8 @@ private final class IOLoop: @unchecked Sendable {
     private func start(_ raw: RawConnection) throws(AMQPError) {
         generation += 1
         acks.reset()
+        unflushed = 0
+        firstUnflushed = nil
         publishSequence = 0
         returned.removeAll()
         try setup(ConnectionSession(raw: raw, generation: generation))
@@ -260,6 +286,8 @@ private final class IOLoop: @unchecked Sendable {
         report(.disconnected(error.description))
         failUnconfirmed(error)
         acks.reset()
+        unflushed = 0
+        firstUnflushed = nil
         if error.isConnectionLoss { raw?.close(); raw = nil }
     }
 
@@ -291,6 +319,7 @@ private final class IOLoop: @unchecked Sendable {
 
     private func takeCommands() -> Deque<Command> {
         inbox.withLock { inbox in
+            inbox.signalled = false
             defer { inbox.commands.removeAll(keepingCapacity: true) }
             return inbox.commands
         }
@@ -313,7 +342,10 @@ private final class IOLoop: @unchecked Sendable {
                 try raw.publish(message)
                 publishSequence += 1
             case let .ack(tag, generation):
-                if generation == self.generation { acks.finish(tag) }
+                guard generation == self.generation else { continue }
+                acks.finish(tag)
+                unflushed += 1
+                if firstUnflushed == nil { firstUnflushed = .now }
             case let .reject(tag, generation, requeue):
                 guard generation == self.generation else { continue }
                 try raw.reject(tag, requeue: requeue)
@@ -328,11 +360,23 @@ private final class IOLoop: @unchecked Sendable {
         }
     }
 
-    private func flushAcks(_ raw: RawConnection) throws(AMQPError) {
-        for ack in acks.flush() { try raw.ack(ack.tag, multiple: ack.multiple) }
+    /// Whether to send acks now: at once when deliveries are not streaming in; while they are, once
+    /// a batch waits or the oldest has waited 2 ms.
+    private func acksDue() -> Bool {
+        guard let firstUnflushed else { return false }
+        return !streaming || unflushed >= configuration.ackBatch || ContinuousClock.now - firstUnflushed >= .milliseconds(2)
     }
 
-    private func receive(_ raw: RawConnection) throws(AMQPError) {
+    private func flushAcks(_ raw: RawConnection) throws(AMQPError) {
+        for ack in acks.flush() { try raw.ack(ack.tag, multiple: ack.multiple) }
+        unflushed = 0
+        // Out-of-order tags wait a round: keep the clock running for them.
+        firstUnflushed = acks.hasDeferred ? .now : nil
+    }
+
+    /// Reads what has arrived; returns how many deliveries.
+    @discardableResult
+    private func receive(_ raw: RawConnection) throws(AMQPError) -> Int {
         var burst: [IncomingMessage] = []
         defer { if !burst.isEmpty { onMessage(burst, generation) } }
         // Bounded, so commands and acks are served between bursts.
@@ -344,9 +388,10 @@ private final class IOLoop: @unchecked Sendable {
             case .frameWaiting:
                 try handle(raw.readFrame())
             case .nothing:
-                return
+                return burst.count
             }
         }
+        return burst.count
     }
 
     private func handle(_ frame: ControlFrame) throws(AMQPError) {

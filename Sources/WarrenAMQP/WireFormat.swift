@@ -64,7 +64,7 @@ public enum WireFormat {
         guard message.body.count <= limits.maxBodyBytes else {
             return bad("the body is \(message.body.count) bytes, over the limit of \(limits.maxBodyBytes)")
         }
-        if let type = p.contentType?.lowercased(), !type.isEmpty, !type.contains("json") {
+        if let type = p.contentType, type != "application/json", !type.isEmpty, !type.lowercased().contains("json") {
             return bad("content type '\(type)' is not application/json")
         }
         if let encoding = p.contentEncoding?.lowercased(), !["", "utf-8", "utf8", "identity"].contains(encoding) {

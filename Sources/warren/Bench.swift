@@ -46,24 +46,30 @@ struct Bench: AsyncParsableCommand {
         let ceiling = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
         print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s", ceiling))
 
-        let topology = Topology(queue: "warren-bench")
-        try AMQPBenchmarks.prepare(url: url, topology: topology)
-        _ = try AMQPBenchmarks.fill(
-            url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
-            properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
-            body: { _ in body })
-        let broker = AMQPBroker(AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000))
-        try await broker.waitUntilReady()
-        let done = Countdown(count)
-        var registry = HandlerRegistry()
-        try registry.registerRaw("noop") { _, _ in
-            done.tick()
-            return Data()
+        // Warren as configured by default (lifecycle events off), then with events on: one more publish per job.
+        for events in [false, true] {
+            let topology = Topology(queue: "warren-bench")
+            try AMQPBenchmarks.prepare(url: url, topology: topology)
+            _ = try AMQPBenchmarks.fill(
+                url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
+                properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
+                body: { _ in body })
+            var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
+            configuration.publishesEvents = events
+            let broker = AMQPBroker(configuration)
+            try await broker.waitUntilReady()
+            let done = Countdown(count)
+            var registry = HandlerRegistry()
+            try registry.registerRaw("noop") { _, _ in
+                done.tick()
+                return Data()
+            }
+            let elapsed = await drain(broker, registry, concurrency: 32, until: done)
+            await broker.close()
+            let warren = Double(count) / elapsed.timeInterval
+            print(String(format: "Warren, no-op jobs, events %@:                %9.0f jobs/s  (%.2f× the ceiling)",
+                         events ? "on " : "off", warren, warren / ceiling))
         }
-        let elapsed = await drain(broker, registry, concurrency: 32, until: done)
-        await broker.close()
-        let warren = Double(count) / elapsed.timeInterval
-        print(String(format: "Warren: AMQPBroker + worker pool, no-op jobs:   %9.0f jobs/s  (%.2f× the ceiling)", warren, warren / ceiling))
         try await latency(url: url, rate: 1_000, seconds: 5)
     }
 

@@ -171,6 +171,7 @@ struct AMQPLifecycleTests {
             try listener.bindQueue(events, exchange: Topology.eventsExchange, routingKey: "\(name).#")
             var configuration = AMQPBroker.Configuration(url: try TestBroker.url(), queue: name, prefetch: 10)
             configuration.retryPolicy = RetryPolicy(baseDelay: .seconds(1), jitter: 0)
+            configuration.publishesEvents = true
             let broker = AMQPBroker(configuration)
             try await broker.waitUntilReady(timeout: .seconds(20))
             var registry = HandlerRegistry()
