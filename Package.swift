@@ -20,6 +20,15 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.0.0", traits: [.defaults, "YAML"]),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.24.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         // The broker-independent core: job contract, queue engine, in-memory broker, workers.
@@ -55,10 +64,29 @@ let package = Package(
             dependencies: ["Warren"],
             swiftSettings: strict
         ),
+        // The deployable service: configuration, handlers that call HTTP services or run commands,
+        // logs, metrics, the operations HTTP server, and the broker tooling.
+        .target(
+            name: "WarrenService",
+            dependencies: [
+                "Warren", "WarrenAMQP",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "warren",
             dependencies: [
-                "Warren", "WarrenAMQP",
+                "Warren", "WarrenAMQP", "WarrenService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -73,6 +101,11 @@ let package = Package(
         .testTarget(
             name: "WarrenTests",
             dependencies: ["Warren", "WarrenConformance"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "WarrenServiceTests",
+            dependencies: ["Warren", "WarrenAMQP", "WarrenService"],
             swiftSettings: strict
         ),
         .testTarget(

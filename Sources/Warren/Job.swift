@@ -121,6 +121,8 @@ public enum DeadLetterReason: Error, Sendable, Equatable, CustomStringConvertibl
     case malformedMessage(String)
     /// No worker group offers the capabilities the job requires.
     case noCapableWorker(required: [String])
+    /// The handler refused the job: it can never succeed as sent (see `JobRejected`).
+    case rejected(String)
 
     /// A short, stable code (used in headers, metrics labels and the demo's table).
     public var code: String {
@@ -132,6 +134,7 @@ public enum DeadLetterReason: Error, Sendable, Equatable, CustomStringConvertibl
         case .undecodablePayload: "undecodable_payload"
         case .malformedMessage: "malformed_message"
         case .noCapableWorker: "no_capable_worker"
+        case .rejected: "rejected"
         }
     }
 
@@ -151,10 +154,32 @@ public enum DeadLetterReason: Error, Sendable, Equatable, CustomStringConvertibl
             "message is not a valid Warren job: \(detail)"
         case let .noCapableWorker(required):
             "no worker group offers the required capabilities \(required.sorted())"
+        case let .rejected(why):
+            "the handler rejected the job: \(why)"
         }
     }
 }
 
 extension Job: CustomStringConvertible {
     public var description: String { "\(name) \(id) [\(priority), \(status), attempt \(attempt)]" }
+}
+
+/// Thrown by a handler for a job that can never succeed as sent (a request the service refuses as
+/// invalid, say): the job is dead-lettered at once with `reason`, without retries.
+public struct JobRejected: Error, Sendable, CustomStringConvertible {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// What a worker assumes for jobs of one name when their producer did not say: retries, and the
+/// capabilities a worker needs to run them (added to the job's own).
+public struct JobDefaults: Sendable, Equatable {
+    public var maxRetries: Int?
+    public var requiredCapabilities: Set<String>
+
+    public init(maxRetries: Int? = nil, requiredCapabilities: Set<String> = []) {
+        self.maxRetries = maxRetries
+        self.requiredCapabilities = requiredCapabilities
+    }
 }

@@ -55,6 +55,8 @@ public struct QueueConfiguration: Sendable {
     /// How many finished jobs are remembered (for dedup, dependencies, status and results).
     public var finishedWindow: Int
     public var retryPolicy: RetryPolicy
+    /// Backoff for particular job names, instead of `retryPolicy`.
+    public var retryPolicies: [String: RetryPolicy] = [:]
     /// Where a retry waits out its backoff: in this queue's own timers, or handed to the transport
     /// (a broker's delay queues), which brings the job back as a new attempt.
     public var retries: RetryScheduling
@@ -344,7 +346,8 @@ public struct JobQueueCore {
             deadLetter(record, .retriesExhausted(attempts: attempt, lastError: message), now: now)
             return
         }
-        let delay = configuration.retryPolicy.delay(afterAttempt: attempt, using: &random)
+        let policy = configuration.retryPolicies.isEmpty ? configuration.retryPolicy : configuration.retryPolicies[record.job.name] ?? configuration.retryPolicy
+        let delay = policy.delay(afterAttempt: attempt, using: &random)
         let at = now.addingTimeInterval(delay.timeInterval)
         move(record, to: .retrying)
         totals.retried += 1

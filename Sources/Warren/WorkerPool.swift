@@ -187,6 +187,8 @@ public final class WorkerPool: Sendable {
                 outcome = .completed(try await entry.run(job, JobContext(job: job, broker: broker)))
             } catch let error as UndecodableInput {
                 outcome = .rejected(.undecodablePayload(error.detail))
+            } catch let error as JobRejected {
+                outcome = .rejected(.rejected(error.reason))
             } catch {
                 outcome = .failed(describeFailure(error))
             }

@@ -20,6 +20,10 @@ public final class AMQPBroker: Broker {
         public var retryPolicy: RetryPolicy
         /// For messages that carry no `x-warren-max-retries`.
         public var defaultMaxRetries: Int
+        /// Per job name: retries when the message does not say, and capabilities a worker needs.
+        public var jobDefaults: [String: JobDefaults] = [:]
+        /// Per job name: the backoff between attempts, instead of `retryPolicy`.
+        public var retryPolicies: [String: RetryPolicy] = [:]
         public var limits: WireFormat.Limits
         /// Job ids remembered (published here, or finished here) to refuse or drop duplicates.
         public var dedupWindow: Int
@@ -69,10 +73,11 @@ public final class AMQPBroker: Broker {
         self.messages = messages
         // Everything prefetched from the five queues fits, with room for jobs waiting on dependencies.
         let capacity = Int(configuration.prefetch) * JobPriority.allCases.count * 2 + 1_000
+        var queueConfiguration = QueueConfiguration(
+            capacity: capacity, finishedWindow: configuration.dedupWindow, retryPolicy: configuration.retryPolicy, retries: .handOff)
+        queueConfiguration.retryPolicies = configuration.retryPolicies
         let local = LocalQueue(
-            configuration: QueueConfiguration(
-                capacity: capacity, finishedWindow: configuration.dedupWindow, retryPolicy: configuration.retryPolicy,
-                retries: .handOff),
+            configuration: queueConfiguration,
             clock: clock, random: SystemRandomNumberGenerator(),
             departures: { departures in messages.settle(departures) })
         self.local = local
@@ -116,6 +121,14 @@ public final class AMQPBroker: Broker {
         if case .connected = connection.status { return true }
         return false
     }
+
+    /// Whether the connection is up and this broker is consuming (not stopped).
+    public var isConsuming: Bool {
+        isReady && messages.consuming.withLock { $0 } && !messages.handingBack.withLock { $0 }
+    }
+
+    /// Times the connection (or its channel) was lost and set up again.
+    public var reconnects: Int { max(0, connection.connectCount - 1) }
 
     /// Waits until the connection is up (or `timeout` passes); throws the last connection error.
     public func waitUntilReady(timeout: Duration = .seconds(30)) async throws(AMQPError) {
@@ -360,7 +373,7 @@ private final class Messages: Sendable {
                 properties: message.properties)
             switch WireFormat.decode(
                 message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
-                limits: configuration.limits)
+                limits: configuration.limits, defaults: configuration.jobDefaults)
             {
             case let .success(job):
                 decoded.append((job, message, origin))

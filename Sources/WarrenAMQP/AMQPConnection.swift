@@ -39,14 +39,16 @@ final class AMQPConnection: Sendable {
     private let statusStream: AsyncStream<Status>
     private let statusContinuation: AsyncStream<Status>.Continuation
     private let currentStatus = Locked(Status.connecting)
+    private let connects = Locked(0)
 
     init(_ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler) {
         self.configuration = configuration
         (statusStream, statusContinuation) = AsyncStream.makeStream(of: Status.self, bufferingPolicy: .bufferingNewest(64))
         let loop = IOLoop(
             configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage,
-            report: { [statusContinuation, currentStatus] status in
+            report: { [statusContinuation, currentStatus, connects] status in
                 currentStatus.withLock { $0 = status }
+                if case .connected = status { connects.withLock { $0 += 1 } }
                 statusContinuation.yield(status)
             })
         let thread = Thread { loop.run() }
@@ -55,6 +57,9 @@ final class AMQPConnection: Sendable {
     }
 
     var status: Status { currentStatus.withLock { $0 } }
+
+    /// Times a connection or channel was set up (the first included).
+    var connectCount: Int { connects.withLock { $0 } }
 
     /// Status changes from now on (connected, disconnected with the reason, closed).
     var statusUpdates: AsyncStream<Status> { statusStream }

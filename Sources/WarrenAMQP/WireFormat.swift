@@ -56,7 +56,8 @@ public enum WireFormat {
 
     /// Reads a delivery as a job, or says why it cannot be one.
     public static func decode(
-        _ message: IncomingMessage, queue: String, priority: JobPriority, defaultMaxRetries: Int, limits: Limits = Limits()
+        _ message: IncomingMessage, queue: String, priority: JobPriority, defaultMaxRetries: Int, limits: Limits = Limits(),
+        defaults: [String: JobDefaults] = [:]
     ) -> Result<Job, DeadLetterReason> {
         func bad(_ text: String) -> Result<Job, DeadLetterReason> { .failure(.malformedMessage(text)) }
         let p = message.properties
@@ -91,7 +92,8 @@ public enum WireFormat {
             }
             attempt = Int(number)
         }
-        var maxRetries = defaultMaxRetries
+        let named = defaults.isEmpty ? nil : defaults[name]
+        var maxRetries = named?.maxRetries ?? defaultMaxRetries
         if let value = headers[Header.maxRetries] {
             guard let number = value.intValue, (0...Int64(limits.maxRetries)).contains(number) else {
                 return bad("\(Header.maxRetries) '\(value)' is not a whole number from 0 to \(limits.maxRetries)")
@@ -134,7 +136,7 @@ public enum WireFormat {
             id: id, name: name, payload: Data(body), priority: priority,
             createdAt: headers[Header.created].flatMap(date) ?? p.timestamp ?? Date(), deadline: deadline, timeout: timeout,
             maxRetries: maxRetries, attempt: attempt, dependencies: dependencies.map { JobID($0) },
-            requiredCapabilities: Set(capabilities), affinity: headers[Header.affinity]?.stringValue, metadata: metadata)
+            requiredCapabilities: named.map { Set(capabilities).union($0.requiredCapabilities) } ?? Set(capabilities), affinity: headers[Header.affinity]?.stringValue, metadata: metadata)
         job.errors = errors(headers[Header.errors])
         return .success(job)
     }

@@ -1,0 +1,64 @@
+import Foundation
+import Subprocess
+import Warren
+import SystemPackage
+
+/// Runs a job as a command: the payload on stdin; exit 0 completes it with stdout as the result;
+/// any other exit fails the attempt with the end of stderr as the error. The command runs in a
+/// process group of its own; when the job times out or is cancelled the whole group is killed
+/// (SIGTERM, then SIGKILL a second later), children included.
+struct ExecHandler: Sendable {
+    static let maxOutputBytes = 8 << 20
+    static let errorTail = 2_000
+
+    let action: HandlersFile.ExecAction
+
+    func run(_ payload: Data, _ context: JobContext) async throws -> Data {
+        var options = PlatformOptions()
+        options.processGroupID = 0
+        options.teardownSequence = [
+            .send(signal: .terminate, toProcessGroup: true, allowedDurationToNextStep: .seconds(1)),
+            .send(signal: .kill, toProcessGroup: true, allowedDurationToNextStep: .seconds(1)),
+        ]
+        var environment: [Environment.Key: String?] = [
+            "WARREN_JOB_ID": context.id.rawValue, "WARREN_JOB_NAME": context.name, "WARREN_ATTEMPT": "\(context.attempt)",
+        ]
+        if let trace = context.metadata["traceparent"] { environment["TRACEPARENT"] = trace }
+        for (key, value) in action.environment {
+            if let key = Environment.Key(rawValue: key) { environment[key] = value }
+        }
+        let program = action.command[0]
+        let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
+        let result: ExecutionResult<Void, BytesOutput, BytesOutput>
+        do {
+            result = try await Subprocess.run(
+                executable, arguments: Arguments(Array(action.command.dropFirst())), environment: .inherit.updating(environment),
+                workingDirectory: action.workingDirectory.map { FilePath($0) }, platformOptions: options,
+                input: .array(Array(payload)), output: .bytes(limit: Self.maxOutputBytes), error: .bytes(limit: Self.maxOutputBytes))
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            if Task.isCancelled { throw CancellationError() }
+            throw ExecHandlerError("\(action.command.joined(separator: " ")): \(error)")
+        }
+        switch result.terminationStatus {
+        case .exited(0):
+            return Data(result.standardOutput)
+        case let .exited(code):
+            throw ExecHandlerError("\(program) exited with \(code)\(Self.tail(result.standardError))")
+        case let .signaled(signal):
+            throw ExecHandlerError("\(program) was killed by signal \(signal)\(Self.tail(result.standardError))")
+        }
+    }
+
+    static func tail(_ bytes: [UInt8]) -> String {
+        guard !bytes.isEmpty else { return "" }
+        let text = String(decoding: bytes.suffix(errorTail), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return text.isEmpty ? "" : ": \(bytes.count > errorTail ? "…" : "")\(text)"
+    }
+}
+
+struct ExecHandlerError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,93 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import Warren
+
+/// Runs a job by sending its payload to an existing service.
+///
+/// The request carries the job id, name and attempt in `X-Warren-Job-Id`, `X-Warren-Job-Name` and
+/// `X-Warren-Attempt`, and a W3C `traceparent` (the producer's trace, or a new one). A 2xx answer
+/// completes the job with the response body as its result; 408, 429, 5xx, connection errors and
+/// timeouts fail the attempt (it is retried with backoff); any other status dead-letters the job at
+/// once with the status and the start of the body as the reason.
+struct HTTPHandler: Sendable {
+    static let maxResponseBytes = 8 << 20
+
+    let action: HandlersFile.HTTPAction
+    let timeout: Duration
+    let client: HTTPClient
+
+    func run(_ payload: Data, _ context: JobContext) async throws -> Data {
+        var request = HTTPClientRequest(url: action.url.absoluteString)
+        request.method = HTTPMethod(rawValue: action.method)
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.headers.add(name: "User-Agent", value: "warren")
+        for (name, value) in action.headers { request.headers.replaceOrAdd(name: name, value: value) }
+        request.headers.replaceOrAdd(name: "X-Warren-Job-Id", value: context.id.rawValue)
+        request.headers.replaceOrAdd(name: "X-Warren-Job-Name", value: context.name)
+        request.headers.replaceOrAdd(name: "X-Warren-Attempt", value: "\(context.attempt)")
+        request.headers.replaceOrAdd(name: "traceparent", value: TraceParent.child(of: context.metadata["traceparent"]))
+        request.body = .bytes(ByteBuffer(bytes: payload))
+        let target = "\(action.method) \(action.url.absoluteString)"
+        let response: HTTPClientResponse
+        let body: ByteBuffer
+        do {
+            let millis = timeout.components.seconds * 1_000 + timeout.components.attoseconds / 1_000_000_000_000_000
+            response = try await client.execute(request, timeout: .milliseconds(max(1, millis)))
+            body = try await response.body.collect(upTo: Self.maxResponseBytes)
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+            throw HTTPHandlerError("\(target) timed out after \(timeout)")
+        } catch let error as NIOTooManyBytesError {
+            throw HTTPHandlerError("\(target) answered with more than \(Self.maxResponseBytes) bytes: \(error)")
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw HTTPHandlerError("\(target) failed: \(error)")
+        }
+        let status = Int(response.status.code)
+        let data = Data(body.readableBytesView)
+        switch status {
+        case 200..<300:
+            return data
+        case 408, 429, 500..<600:
+            throw HTTPHandlerError("\(target) answered \(status)\(Self.excerpt(data))")
+        case 400..<500:
+            throw JobRejected("\(target) answered \(status)\(Self.excerpt(data))")
+        default:
+            throw HTTPHandlerError("\(target) answered \(status)\(Self.excerpt(data))")
+        }
+    }
+
+    /// The start of a body, for an error message.
+    static func excerpt(_ data: Data) -> String {
+        guard !data.isEmpty else { return "" }
+        let text = String(decoding: data.prefix(500), as: UTF8.self).replacingOccurrences(of: "\n", with: " ")
+        return ": \(text)\(data.count > 500 ? "…" : "")"
+    }
+}
+
+struct HTTPHandlerError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// W3C trace context: this call is a child span of the producer's trace, or starts a new trace.
+enum TraceParent {
+    static func child(of parent: String?) -> String {
+        let span = hex(UInt64.random(in: 1...UInt64.max), digits: 16)
+        if let parent {
+            let parts = parent.split(separator: "-")
+            if parts.count == 4, parts[1].count == 32, parts[1].allSatisfy(\.isHexDigit), parts[1] != String(repeating: "0", count: 32) {
+                return "00-\(parts[1].lowercased())-\(span)-\(parts[3])"
+            }
+        }
+        let trace = hex(UInt64.random(in: 1...UInt64.max), digits: 16) + hex(UInt64.random(in: 0...UInt64.max), digits: 16)
+        return "00-\(trace)-\(span)-01"
+    }
+
+    private static func hex(_ value: UInt64, digits: Int) -> String {
+        let text = String(value, radix: 16)
+        return String(repeating: "0", count: max(0, digits - text.count)) + text
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+import Hummingbird
+import NIOCore
+import Warren
+import WarrenAMQP
+
+/// The operations HTTP server: `/healthz` (the process answers), `/readyz` (connected to RabbitMQ
+/// and consuming), `/metrics` (Prometheus text), `/jobs/{id}` (a job this worker has seen recently).
+enum OperationsServer {
+    static func application(for service: WorkerService, host: String, port: Int) -> some ApplicationProtocol {
+        let router = Router()
+        router.get("healthz") { _, _ in
+            text("ok\n")
+        }
+        router.get("readyz") { _, _ in
+            service.isReady ? text("ready\n") : text("not ready: not connected to RabbitMQ or not consuming\n", status: .serviceUnavailable)
+        }
+        router.get("metrics") { _, _ in
+            text(service.observer.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")
+        }
+        router.get("jobs/:id") { _, context -> Response in
+            guard let id = context.parameters.get("id"), !id.isEmpty else { return text("missing job id\n", status: .badRequest) }
+            let jobID = JobID(id)
+            var summary = service.observer.summary(jobID)
+            if let live = await service.broker.snapshot(jobID) {
+                // Held here now: the live view (status and progress) wins.
+                var current = summary ?? JobObserver.JobSummary(
+                    id: id, name: live.name, priority: live.priority.name, status: live.status.rawValue, attempt: live.attempt)
+                current.status = live.status.rawValue
+                current.attempt = live.attempt
+                current.progress = live.progress
+                current.startedAt = live.startedAt ?? current.startedAt
+                summary = current
+            }
+            guard let summary else {
+                return text("job \(id) is not known to this worker (it remembers its \(service.configuration.recentJobs) most recent jobs)\n", status: .notFound)
+            }
+            let encoder = JSONEncoder()
+            encoder.dateEncodingStrategy = .iso8601
+            encoder.outputFormatting = [.sortedKeys]
+            let data = (try? encoder.encode(summary)) ?? Data()
+            return Response(
+                status: .ok, headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
+        }
+        return Application(
+            router: router, configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "warren"),
+            logger: service.logger)
+    }
+
+    private static func text(_ body: String, status: HTTPResponse.Status = .ok, contentType: String = "text/plain; charset=utf-8") -> Response {
+        Response(status: status, headers: [.contentType: contentType], body: ResponseBody(byteBuffer: ByteBuffer(string: body)))
+    }
+}

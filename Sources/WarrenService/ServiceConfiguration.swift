@@ -1,0 +1,324 @@
+import Configuration
+import SystemPackage
+import Foundation
+public import Logging
+public import Warren
+public import WarrenAMQP
+import Yams
+
+/// Everything `warren serve` needs, read once at start-up from (highest first) command-line flags,
+/// `WARREN_…` environment variables, a YAML config file and secret files, and validated: a bad
+/// value stops start-up naming the key, the value and what is allowed.
+public struct ServiceConfiguration: Sendable {
+    public enum LogFormat: String, Sendable, CaseIterable {
+        /// Human-readable on a terminal, JSON lines otherwise.
+        case auto
+        case text
+        case json
+    }
+
+    public var brokerURL: AMQPURL
+    public var queue: String
+    public var queueType: QueueType
+    public var maxQueueLength: Int?
+    public var concurrency: Int
+    public var prefetch: UInt16
+    public var reservedForCritical: Int
+    public var capabilities: Set<String>
+    public var shutdownGrace: Duration
+    public var defaultTimeout: Duration?
+    public var maxRetries: Int
+    public var retryPolicy: RetryPolicy
+    public var handlersFile: String?
+    /// `host:port` of the operations HTTP server; nil turns it off.
+    public var httpAddress: (host: String, port: Int)?
+    public var logFormat: LogFormat
+    public var logLevel: Logger.Level
+    public var publishesEvents: Bool
+    /// Jobs `/jobs/{id}` remembers.
+    public var recentJobs: Int
+
+    /// Every key, its default and what it takes: the reference `warren config check --keys` prints
+    /// and the README repeats.
+    public static let keys: [Key] = [
+        Key("broker.url", "amqp://guest:guest@127.0.0.1:5672/", "the RabbitMQ URL: amqp:// or amqps://, user, password, host, port, vhost, ?heartbeat="),
+        Key("broker.password", "(from the URL)", "overrides the URL's password; best kept in a secret file", secret: true),
+        Key("broker.password_file", "", "a file holding the broker password (Docker and Kubernetes secrets)"),
+        Key("queue.name", "default", "the Warren queue to consume: broker queues <name>.<priority> and <name>.dead"),
+        Key("queue.type", "classic", "classic or quorum (quorum: replicated, survives a node loss)"),
+        Key("queue.max_length", "", "most ready messages per priority queue; publishes beyond it are refused"),
+        Key("worker.concurrency", "16", "jobs run at once, 1 to 4096"),
+        Key("worker.prefetch", "200", "unacked messages each priority queue's consumer may hold, 1 to 65535"),
+        Key("worker.reserved_critical", "0", "extra slots only critical jobs may use"),
+        Key("worker.capabilities", "", "comma-separated capabilities this worker offers (jobs may require them)"),
+        Key("worker.shutdown_grace", "25s", "on SIGTERM, how long running jobs may take to finish"),
+        Key("worker.default_timeout", "300s", "timeout of jobs whose message and handler name none; 0 for none"),
+        Key("retry.max_retries", "3", "retries of jobs whose message and handler name none, 0 to 100"),
+        Key("retry.base_delay", "1s", "backoff before the first retry (doubling, capped, with jitter)"),
+        Key("retry.max_delay", "5m", "longest backoff"),
+        Key("handlers.file", "handlers.yaml (when present)", "the YAML file mapping job names to http and exec handlers"),
+        Key("http.address", "127.0.0.1:9090", "host:port of /healthz, /readyz, /metrics and /jobs/{id}; off to disable"),
+        Key("log.format", "auto", "auto (text on a terminal, JSON lines otherwise), text or json"),
+        Key("log.level", "info", "trace, debug, info, notice, warning, error or critical"),
+        Key("events.enabled", "false", "publish job outcomes to the warren.events exchange"),
+        Key("jobs.recent", "10000", "jobs /jobs/{id} remembers"),
+    ]
+
+    public struct Key: Sendable {
+        public let name: String
+        public let defaultValue: String
+        public let help: String
+        public let secret: Bool
+
+        init(_ name: String, _ defaultValue: String, _ help: String, secret: Bool = false) {
+            self.name = name
+            self.defaultValue = defaultValue
+            self.help = help
+            self.secret = secret
+        }
+
+        /// The environment variable for this key: `WARREN_` and the key in capitals, dots and
+        /// dashes as underscores.
+        public var environmentVariable: String {
+            "WARREN_" + name.uppercased().map { $0.isLetter || $0.isNumber ? String($0) : "_" }.joined()
+        }
+
+        /// The secret file name for this key (in the secrets directory): dots as dashes.
+        public var secretFileName: String { name.replacingOccurrences(of: ".", with: "-") }
+    }
+
+    /// Where the values come from.
+    public struct Sources: Sendable {
+        /// Values given as command-line flags, by key.
+        public var flags: [String: String] = [:]
+        public var environment: [String: String] = ProcessInfo.processInfo.environment
+        /// The YAML config file (`--config`, or `WARREN_CONFIG`); nil: none.
+        public var configFile: String?
+        /// Secret files, one value per file named after its key (`broker-password`).
+        public var secretsDirectory: String = "/run/secrets"
+        /// Where relative paths (handlers file) are resolved.
+        public var workingDirectory: String = FileManager.default.currentDirectoryPath
+
+        public init() {}
+    }
+
+    /// Reads and validates the configuration.
+    public static func load(_ sources: Sources) async throws -> ServiceConfiguration {
+        var providers: [any ConfigProvider] = []
+        let flagValues = Dictionary(uniqueKeysWithValues: sources.flags.map { key, value in
+            (AbsoluteConfigKey(key.split(separator: ".").map(String.init)), ConfigValue(.string(value), isSecret: key == "broker.password"))
+        })
+        providers.append(InMemoryProvider(name: "flags", values: flagValues))
+        providers.append(
+            EnvironmentVariablesProvider(
+                environmentVariables: sources.environment,
+                secretsSpecifier: .specific(["WARREN_BROKER_PASSWORD"])
+            ).prefixKeys(with: ["warren"]))
+        let configFile = sources.flags["config"] ?? sources.environment["WARREN_CONFIG"] ?? sources.configFile
+        if let configFile {
+            guard FileManager.default.fileExists(atPath: configFile) else {
+                throw ConfigurationError.file(configFile, "does not exist")
+            }
+            try checkKeys(inFile: configFile)
+            do {
+                providers.append(try await FileProvider<YAMLSnapshot>(filePath: .init(configFile)))
+            } catch {
+                throw ConfigurationError.file(configFile, "is not valid YAML: \(error)")
+            }
+        }
+        let secrets = sources.flags["secrets_dir"] ?? sources.environment["WARREN_SECRETS_DIR"] ?? sources.secretsDirectory
+        if FileManager.default.fileExists(atPath: secrets) {
+            providers.append(try await DirectoryFilesProvider(directoryPath: .init(secrets), allowMissing: true))
+        }
+        let reader = ConfigReader(providers: providers)
+        return try ServiceConfiguration(reading: Values(reader: reader), workingDirectory: sources.workingDirectory)
+    }
+
+    /// Unknown keys in the config file are mistakes (a typo silently ignored is a default in
+    /// production): name them.
+    static func checkKeys(inFile path: String) throws {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ConfigurationError.file(path, "cannot be read: \(error.localizedDescription)")
+        }
+        let node: Node?
+        do { node = try Yams.compose(yaml: text) } catch {
+            throw ConfigurationError.file(path, "is not valid YAML: \(error)")
+        }
+        guard let node else { return }
+        let known = Set(keys.map(\.name))
+        var found: [String] = []
+        func walk(_ node: Node, _ prefix: String) {
+            guard let mapping = node.mapping else {
+                found.append(prefix)
+                return
+            }
+            for (key, value) in mapping {
+                let name = prefix.isEmpty ? (key.string ?? "") : prefix + "." + (key.string ?? "")
+                walk(value, name)
+            }
+        }
+        walk(node, "")
+        for key in found where !known.contains(key) {
+            throw ConfigurationError.unknownKey(key, file: path)
+        }
+    }
+
+    struct Values {
+        let reader: ConfigReader
+        func string(_ key: String, secret: Bool = false) -> String? {
+            let value = reader.string(forKey: ConfigKey(key.split(separator: ".").map(String.init)), isSecret: secret)?
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            return value?.isEmpty == true ? nil : value
+        }
+    }
+
+    init(reading values: Values, workingDirectory: String) throws {
+        func invalid(_ key: String, _ value: String, _ allowed: String) -> ConfigurationError {
+            .invalid(key: key, value: value, allowed: allowed)
+        }
+        func integer(_ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
+            guard let text = values.string(key) else { return fallback }
+            guard let number = Int(text), range.contains(number) else {
+                throw invalid(key, text, "a whole number from \(range.lowerBound) to \(range.upperBound)")
+            }
+            return number
+        }
+        func duration(_ key: String, _ fallback: Duration, allowZero: Bool = false) throws -> Duration {
+            guard let text = values.string(key) else { return fallback }
+            guard let parsed = Self.duration(text), parsed >= .zero, allowZero || parsed > .zero else {
+                throw invalid(key, text, "a duration such as 500ms, 30s, 5m or 1h\(allowZero ? " (0 for none)" : "")")
+            }
+            return parsed
+        }
+
+        let urlText = values.string("broker.url") ?? "amqp://guest:guest@127.0.0.1:5672/"
+        do {
+            brokerURL = try AMQPURL(urlText)
+        } catch {
+            throw invalid("broker.url", urlText, "amqp://user:password@host:port/vhost or amqps://… (\(error))")
+        }
+        if let password = values.string("broker.password", secret: true) {
+            brokerURL.password = password
+        } else if let file = values.string("broker.password_file") {
+            do {
+                brokerURL.password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            } catch {
+                throw invalid("broker.password_file", file, "a readable file holding the password")
+            }
+        }
+        queue = values.string("queue.name") ?? "default"
+        guard queue.utf8.count <= 200, queue.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
+            throw invalid("queue.name", queue, "letters, digits, '-', '_' and '.', at most 200 characters")
+        }
+        let typeText = values.string("queue.type") ?? "classic"
+        guard let type = QueueType(rawValue: typeText.lowercased()) else { throw invalid("queue.type", typeText, "classic or quorum") }
+        queueType = type
+        maxQueueLength = try values.string("queue.max_length").map { _ in try integer("queue.max_length", 0, 1...100_000_000) }
+        concurrency = try integer("worker.concurrency", 16, 1...4_096)
+        prefetch = UInt16(try integer("worker.prefetch", 200, 1...65_535))
+        reservedForCritical = try integer("worker.reserved_critical", 0, 0...1_024)
+        capabilities = Set((values.string("worker.capabilities") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
+        shutdownGrace = try duration("worker.shutdown_grace", .seconds(25))
+        let timeout = try duration("worker.default_timeout", .seconds(300), allowZero: true)
+        defaultTimeout = timeout == .zero ? nil : timeout
+        maxRetries = try integer("retry.max_retries", 3, 0...100)
+        let base = try duration("retry.base_delay", .seconds(1))
+        let cap = try duration("retry.max_delay", .seconds(300))
+        guard cap >= base else { throw invalid("retry.max_delay", "\(cap)", "at least retry.base_delay (\(base))") }
+        retryPolicy = RetryPolicy(baseDelay: base, maxDelay: cap)
+        if let file = values.string("handlers.file") {
+            let path = file.hasPrefix("/") ? file : workingDirectory + "/" + file
+            guard FileManager.default.fileExists(atPath: path) else { throw invalid("handlers.file", file, "an existing YAML file") }
+            handlersFile = path
+        } else {
+            let fallback = workingDirectory + "/handlers.yaml"
+            handlersFile = FileManager.default.fileExists(atPath: fallback) ? fallback : nil
+        }
+        let address = values.string("http.address") ?? "127.0.0.1:9090"
+        if address.lowercased() == "off" {
+            httpAddress = nil
+        } else {
+            guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]), (0...65_535).contains(port),
+                  !address[..<colon].isEmpty else {
+                throw invalid("http.address", address, "host:port, such as 127.0.0.1:9090 or 0.0.0.0:9090, or off")
+            }
+            httpAddress = (String(address[..<colon]), port)
+        }
+        let formatText = values.string("log.format") ?? "auto"
+        guard let format = LogFormat(rawValue: formatText.lowercased()) else { throw invalid("log.format", formatText, "auto, text or json") }
+        logFormat = format
+        let levelText = values.string("log.level") ?? "info"
+        guard let level = Logger.Level(rawValue: levelText.lowercased()) else {
+            throw invalid("log.level", levelText, "trace, debug, info, notice, warning, error or critical")
+        }
+        logLevel = level
+        let eventsText = values.string("events.enabled") ?? "false"
+        guard let events = Self.boolean(eventsText) else { throw invalid("events.enabled", eventsText, "true or false") }
+        publishesEvents = events
+        recentJobs = try integer("jobs.recent", 10_000, 0...10_000_000)
+        guard reservedForCritical < concurrency || reservedForCritical == 0 else {
+            throw invalid("worker.reserved_critical", "\(reservedForCritical)", "less than worker.concurrency (\(concurrency))")
+        }
+    }
+
+    /// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
+    static func duration(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3_600)]
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            guard let number = Double(text.dropLast(suffix.count)), number.isFinite else { return nil }
+            return .milliseconds(Int64((number * scale * 1_000).rounded()))
+        }
+        guard let seconds = Double(text), seconds.isFinite else { return nil }
+        return .milliseconds(Int64((seconds * 1_000).rounded()))
+    }
+
+    static func boolean(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "true", "yes", "on", "1": true
+        case "false", "no", "off", "0": false
+        default: nil
+        }
+    }
+
+    /// A summary for `config check` and the start-up log line (no password).
+    public var summary: [(String, String)] {
+        [
+            ("broker.url", brokerURL.description),
+            ("queue.name", queue), ("queue.type", queueType.rawValue),
+            ("queue.max_length", maxQueueLength.map(String.init) ?? "unbounded"),
+            ("worker.concurrency", "\(concurrency)"), ("worker.prefetch", "\(prefetch)"),
+            ("worker.reserved_critical", "\(reservedForCritical)"),
+            ("worker.capabilities", capabilities.sorted().joined(separator: ",")),
+            ("worker.shutdown_grace", "\(shutdownGrace)"), ("worker.default_timeout", defaultTimeout.map { "\($0)" } ?? "none"),
+            ("retry.max_retries", "\(maxRetries)"), ("retry.base_delay", "\(retryPolicy.baseDelay)"),
+            ("retry.max_delay", "\(retryPolicy.maxDelay)"),
+            ("handlers.file", handlersFile ?? "none"),
+            ("http.address", httpAddress.map { "\($0.host):\($0.port)" } ?? "off"),
+            ("log.format", logFormat.rawValue), ("log.level", logLevel.rawValue),
+            ("events.enabled", "\(publishesEvents)"), ("jobs.recent", "\(recentJobs)"),
+        ]
+    }
+}
+
+/// Why the configuration was refused.
+public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
+    case invalid(key: String, value: String, allowed: String)
+    case unknownKey(String, file: String)
+    case file(String, String)
+    case handlers(file: String, String)
+
+    public var description: String {
+        switch self {
+        case let .invalid(key, value, allowed):
+            let env = ServiceConfiguration.Key(key, "", "").environmentVariable
+            return "configuration: \(key) (\(env)) is '\(value)'; allowed: \(allowed)"
+        case let .unknownKey(key, file):
+            return "configuration: unknown key '\(key)' in \(file); known keys: \(ServiceConfiguration.keys.map(\.name).joined(separator: ", "))"
+        case let .file(path, problem):
+            return "configuration: the config file \(path) \(problem)"
+        case let .handlers(file, problem):
+            return "handlers file \(file): \(problem)"
+        }
+    }
+}

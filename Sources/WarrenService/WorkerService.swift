@@ -1,0 +1,134 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+public import Logging
+import NIOCore
+import ServiceLifecycle
+import UnixSignals
+public import Warren
+public import WarrenAMQP
+
+/// `warren serve`: a worker on RabbitMQ running the handlers of a handlers file (and any registered
+/// in code), with the operations HTTP server, until SIGTERM or SIGINT; then it drains: consumers
+/// cancelled, unstarted jobs handed back, running jobs given the grace period, connection closed.
+public final class WorkerService: Sendable {
+    public let configuration: ServiceConfiguration
+    public let broker: AMQPBroker
+    public let observer: JobObserver
+    let pool: WorkerPool
+    let logger: Logger
+    let httpClient: HTTPClient
+    let handlerNames: [String]
+
+    /// Builds the worker. `registry` may already hold handlers registered in Swift; the handlers
+    /// file's entries are added to it (a name in both is an error).
+    public init(
+        configuration: ServiceConfiguration, handlers: HandlersFile?, registry: HandlerRegistry = HandlerRegistry(), logger: Logger
+    ) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup)
+        httpClient = client
+        var registry = registry
+        var defaults: [String: JobDefaults] = [:]
+        var policies: [String: RetryPolicy] = [:]
+        var groups = [WorkerGroup(
+            concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
+            capabilities: configuration.capabilities)]
+        for entry in handlers?.entries ?? [] {
+            var required = entry.capabilities
+            if let limit = entry.concurrency {
+                // A handler with its own limit runs in a group of that size, which only its jobs need.
+                let lane = "handler:\(entry.name)"
+                required.insert(lane)
+                groups.append(WorkerGroup(concurrency: limit, capabilities: configuration.capabilities.union([lane])))
+            }
+            defaults[entry.name] = JobDefaults(maxRetries: entry.retries, requiredCapabilities: required)
+            if let backoff = entry.backoff { policies[entry.name] = backoff }
+            switch entry.action {
+            case let .http(action):
+                let handler = HTTPHandler(action: action, timeout: entry.timeout, client: client)
+                try registry.registerRaw(entry.name, timeout: entry.timeout) { payload, context in try await handler.run(payload, context) }
+            case let .exec(action):
+                let handler = ExecHandler(action: action)
+                try registry.registerRaw(entry.name, timeout: entry.timeout) { payload, context in try await handler.run(payload, context) }
+            }
+        }
+        handlerNames = registry.names
+        var brokerConfiguration = AMQPBroker.Configuration(
+            url: configuration.brokerURL, queue: configuration.queue, queueType: configuration.queueType, prefetch: configuration.prefetch,
+            retryPolicy: configuration.retryPolicy, defaultMaxRetries: configuration.maxRetries, maxQueueLength: configuration.maxQueueLength)
+        brokerConfiguration.jobDefaults = defaults
+        brokerConfiguration.retryPolicies = policies
+        brokerConfiguration.publishesEvents = configuration.publishesEvents
+        broker = AMQPBroker(brokerConfiguration)
+        observer = JobObserver(queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger)
+        pool = WorkerPool(
+            broker: broker, registry: registry,
+            configuration: WorkerPoolConfiguration(
+                groups: groups, defaultTimeout: configuration.defaultTimeout, shutdownGrace: configuration.shutdownGrace))
+    }
+
+    /// Runs until SIGTERM or SIGINT, then drains and returns.
+    public func run() async throws {
+        var services: [any Service] = []
+        if let address = configuration.httpAddress {
+            services.append(OperationsServer.application(for: self, host: address.host, port: address.port))
+        }
+        services.append(WorkerLoop(service: self))
+        let group = ServiceGroup(
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+    }
+
+    /// The worker alone, without signals or the HTTP server (tests, embedding): runs until the
+    /// calling task is cancelled, then drains.
+    public func runWorker() async {
+        logger.info("warren is starting", metadata: [
+            "queue": "\(configuration.queue)", "broker": "\(configuration.brokerURL)", "handlers": "\(handlerNames.joined(separator: ","))",
+            "concurrency": "\(configuration.concurrency)",
+        ])
+        if handlerNames.isEmpty {
+            logger.warning("no handlers are configured: every job will be dead-lettered as unknown_job_name (set handlers.file)")
+        }
+        let events = broker.events()
+        let observing = Task { await observer.follow(events) }
+        let reconnects = Task { [broker, observer] in
+            while !Task.isCancelled {
+                observer.setReconnects(broker.reconnects)
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        let announce = Task { [broker, logger] in
+            try? await broker.waitUntilReady(timeout: .seconds(3_600))
+            if broker.isReady { logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(broker.configuration.queue)"]) }
+        }
+        await broker.run(pool)
+        logger.info("warren drained and stopped")
+        announce.cancel()
+        reconnects.cancel()
+        await observing.value
+        try? await httpClient.shutdown()
+    }
+
+    /// Ready: connected to RabbitMQ and consuming.
+    public var isReady: Bool { broker.isConsuming }
+}
+
+/// The worker as a lifecycle service: a graceful shutdown cancels its run, which drains.
+struct WorkerLoop: Service {
+    let service: WorkerService
+
+    func run() async throws {
+        let service = self.service
+        await cancelWhenGracefulShutdown {
+            await withTaskCancellationHandler {
+                await service.runWorker()
+            } onCancel: {
+                service.logger.info("shutting down: finishing running jobs, handing back the rest", metadata: [
+                    "grace": "\(service.configuration.shutdownGrace)",
+                ])
+            }
+        }
+    }
+}
