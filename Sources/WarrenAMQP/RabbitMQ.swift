@@ -178,10 +178,18 @@ final class RawConnection {
         try check(amqp_get_rpc_reply(state), "setting prefetch to \(count)")
     }
 
+    /// A server-named, exclusive queue that goes with this connection (replies).
+    func declareTemporaryQueue() throws(AMQPError) -> String {
+        let ok = amqp_queue_declare(state, channel, amqp_empty_bytes, 0, 0, 1, 1, amqp_empty_table)
+        try check(amqp_get_rpc_reply(state), "declaring a reply queue")
+        guard let ok else { throw .library(status: -1, text: "no queue name in the reply", during: "declaring a reply queue") }
+        return Self.string(ok.pointee.queue)
+    }
+
     @discardableResult
-    func consume(_ queue: String, consumerTag: String) throws(AMQPError) -> String {
+    func consume(_ queue: String, consumerTag: String, noAck: Bool = false) throws(AMQPError) -> String {
         let arena = Arena()
-        let ok = amqp_basic_consume(state, channel, arena.bytes(queue), arena.bytes(consumerTag), 0, 0, 0, amqp_empty_table)
+        let ok = amqp_basic_consume(state, channel, arena.bytes(queue), arena.bytes(consumerTag), 0, noAck ? 1 : 0, 0, amqp_empty_table)
         try check(amqp_get_rpc_reply(state), "consuming from queue '\(queue)'")
         return ok.map { Self.string($0.pointee.consumer_tag) } ?? consumerTag
     }

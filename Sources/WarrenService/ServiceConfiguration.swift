@@ -263,7 +263,7 @@ public struct ServiceConfiguration: Sendable {
     }
 
     /// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
-    static func duration(_ text: String) -> Duration? {
+    public static func duration(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3_600)]
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             guard let number = Double(text.dropLast(suffix.count)), number.isFinite else { return nil }

@@ -1,0 +1,237 @@
+public import Foundation
+public import Warren
+
+/// Operations on a Warren queue's broker queues, each on a short connection of its own (never on
+/// a worker's consuming channel): depths, publishing a job and waiting for its result, and
+/// dead-letter inspection, replay and purge that never lose a message.
+public struct AMQPTools: Sendable {
+    public let url: AMQPURL
+    public let topology: Topology
+
+    public init(url: AMQPURL, queue: String) {
+        self.url = url
+        topology = Topology(queue: queue)
+    }
+
+    // MARK: Depths
+
+    public struct QueueDepth: Sendable, Equatable {
+        public let name: String
+        /// nil for the dead-letter queue.
+        public let priority: JobPriority?
+        public let messages: Int
+        public let consumers: Int
+    }
+
+    /// Ready messages and consumers of the five priority queues and the dead-letter queue.
+    public func depths() throws(AMQPError) -> [QueueDepth] {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        var depths: [QueueDepth] = []
+        for priority in JobPriority.allCases {
+            let counts = try raw.declareQueue(topology.brokerQueue(priority), passive: true)
+            depths.append(QueueDepth(name: topology.brokerQueue(priority), priority: priority, messages: counts.messages, consumers: counts.consumers))
+        }
+        let dead = try raw.declareQueue(topology.deadQueue, passive: true)
+        depths.append(QueueDepth(name: topology.deadQueue, priority: nil, messages: dead.messages, consumers: dead.consumers))
+        return depths
+    }
+
+    // MARK: Submitting
+
+    /// Publishes a job (confirmed), through the delay cascade when it is not due yet. With `wait`,
+    /// asks for the result on a private reply queue and waits for it up to `wait`: nil if none came.
+    /// Without `statesMaxRetries` the message carries no retry count: the worker's default for the
+    /// job's name applies.
+    public func submit(_ job: Job, wait: Duration? = nil, statesMaxRetries: Bool = true) throws(AMQPError) -> JobOutcome? {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        try topology.declare(raw)
+        try raw.selectConfirms()
+        var job = job
+        var replyQueue: String?
+        if wait != nil {
+            let queue = try raw.declareTemporaryQueue()
+            try raw.consume(queue, consumerTag: "warren-submit", noAck: true)
+            job.metadata[WireFormat.replyToKey] = queue
+            job.metadata[WireFormat.correlationIDKey] = job.id.rawValue
+            replyQueue = queue
+        }
+        var (properties, body) = WireFormat.encode(job)
+        if !statesMaxRetries { properties.headers[WireFormat.Header.maxRetries] = nil }
+        let destination = topology.routingKey(job.priority)
+        let delay = Topology.delaySeconds(job.notBefore.map { $0.timeIntervalSinceNow } ?? 0)
+        let message = delay > 0
+            ? OutgoingMessage(
+                exchange: Topology.delayEntry(seconds: delay), routingKey: Topology.delayRoutingKey(seconds: delay, destination: destination),
+                properties: properties, body: body, mandatory: true)
+            : OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: body, mandatory: true)
+        try publishConfirmed(raw, message)
+        guard let wait, replyQueue != nil else { return nil }
+        let deadline = ContinuousClock.now + wait
+        let wake = EventFD()
+        while ContinuousClock.now < deadline {
+            switch try raw.poll() {
+            case let .message(reply) where reply.properties.correlationID == job.id.rawValue:
+                let status = reply.properties.headers["x-warren-status"]?.stringValue
+                if status == "completed" { return .completed(Data(reply.body)) }
+                let code = reply.properties.headers[WireFormat.Header.deadReason]?.stringValue ?? "unknown"
+                let text = (try? JSONSerialization.jsonObject(with: Data(reply.body)) as? [String: Any])?["error"] as? String ?? code
+                return .deadLettered(.rejected("\(code): \(text)"), errors: [])
+            case .message:
+                continue
+            case .frameWaiting:
+                _ = try raw.readFrame()
+            case .nothing:
+                wake.wait(socket: raw.socketDescriptor, milliseconds: 200)
+            }
+        }
+        return nil
+    }
+
+    // MARK: Dead letters
+
+    /// A message in `<queue>.dead`, as the dead-letter headers describe it.
+    public struct DeadLetter: Sendable {
+        public let id: String
+        public let name: String
+        public let reason: String
+        public let error: String
+        public let attempts: Int
+        public let deadAt: Date?
+        public let originalRoutingKey: String
+        public let priority: JobPriority
+        public let body: [UInt8]
+        let properties: MessageProperties
+
+        init(_ message: IncomingMessage, queue: String) {
+            let headers = message.properties.headers
+            properties = message.properties
+            id = message.properties.messageID ?? ""
+            name = message.properties.type ?? headers[WireFormat.Header.job]?.stringValue ?? queue
+            reason = headers[WireFormat.Header.deadReason]?.stringValue ?? "unknown"
+            error = headers[WireFormat.Header.deadError]?.stringValue ?? ""
+            attempts = Int(headers[WireFormat.Header.deadAttempts]?.intValue ?? 0)
+            deadAt = headers[WireFormat.Header.deadAt].flatMap(WireFormat.date)
+            originalRoutingKey = headers[WireFormat.Header.originalRoutingKey]?.stringValue ?? ""
+            let named = headers[WireFormat.Header.priority]?.stringValue.flatMap { JobPriority(name: $0) }
+            let keyed = originalRoutingKey.split(separator: ".").last.flatMap { JobPriority(name: String($0)) }
+            priority = named ?? keyed ?? .normal
+            body = message.body
+        }
+    }
+
+    /// Which dead letters an operation takes.
+    public struct Filter: Sendable {
+        public var name: String?
+        public var reason: String?
+        public var id: String?
+        public var limit: Int
+
+        public init(name: String? = nil, reason: String? = nil, id: String? = nil, limit: Int = .max) {
+            self.name = name
+            self.reason = reason
+            self.id = id
+            self.limit = limit
+        }
+
+        func matches(_ letter: DeadLetter) -> Bool {
+            (name == nil || letter.name == name) && (reason == nil || letter.reason == reason) && (id == nil || letter.id == id)
+        }
+    }
+
+    /// The dead letters that match, oldest first. Every message stays in the queue: they are
+    /// taken unacked and handed back when the channel closes.
+    public func deadLetters(_ filter: Filter = Filter()) throws(AMQPError) -> [DeadLetter] {
+        var found: [DeadLetter] = []
+        try walkDeadLetters { raw, message, letter throws(AMQPError) in
+            guard filter.matches(letter) else { return .keep }
+            found.append(letter)
+            return found.count >= filter.limit ? .stop : .keep
+        }
+        return found
+    }
+
+    /// Republishes matching dead letters to their priority queue with the attempt count reset and
+    /// the dead-letter headers removed; each is confirmed before its dead copy is acked (removed).
+    /// Returns how many were replayed.
+    public func replay(_ filter: Filter) throws(AMQPError) -> Int {
+        var replayed = 0
+        try walkDeadLetters { raw, message, letter throws(AMQPError) in
+            guard filter.matches(letter) else { return .keep }
+            var properties = letter.properties
+            properties.headers = properties.headers.filter { key, _ in
+                !key.hasPrefix("x-warren-dead-") && key != WireFormat.Header.errors && key != WireFormat.Header.firstFailure
+                    && key != WireFormat.Header.lastFailure && key != WireFormat.Header.originalExchange
+                    && key != WireFormat.Header.originalRoutingKey && !WireFormat.brokerDeathHeaders.contains(key)
+            }
+            properties.headers[WireFormat.Header.attempt] = .int(1)
+            properties.deliveryMode = 2
+            try publishConfirmed(raw, OutgoingMessage(
+                exchange: Topology.exchange, routingKey: topology.routingKey(letter.priority), properties: properties,
+                body: letter.body, mandatory: true))
+            try raw.ack(message.deliveryTag, multiple: false)
+            replayed += 1
+            return replayed >= filter.limit ? .stop : .keep
+        }
+        return replayed
+    }
+
+    /// Removes matching dead letters. Returns how many.
+    public func purge(_ filter: Filter) throws(AMQPError) -> Int {
+        var purged = 0
+        try walkDeadLetters { raw, message, letter throws(AMQPError) in
+            guard filter.matches(letter) else { return .keep }
+            try raw.ack(message.deliveryTag, multiple: false)
+            purged += 1
+            return purged >= filter.limit ? .stop : .keep
+        }
+        return purged
+    }
+
+    private enum Step { case keep, stop }
+
+    /// Takes every message of the dead-letter queue once, unacked, and hands each to `body`; what
+    /// it does not ack returns to the queue, in its place, when the connection closes.
+    private func walkDeadLetters(_ body: (RawConnection, IncomingMessage, DeadLetter) throws(AMQPError) -> Step) throws(AMQPError) {
+        let raw = try RawConnection(url: url)
+        defer { raw.close() }
+        let queue = topology.deadQueue
+        let count = try raw.declareQueue(queue, passive: true).messages
+        try raw.selectConfirms()
+        for _ in 0..<count {
+            guard let message = try raw.get(queue, autoAck: false) else { break }
+            if try body(raw, message, DeadLetter(message, queue: topology.queue)) == .stop { break }
+        }
+    }
+
+    /// Publishes one message and waits for its confirm (the channel must be in confirm mode, with
+    /// nothing else unconfirmed).
+    private func publishConfirmed(_ raw: RawConnection, _ message: OutgoingMessage) throws(AMQPError) {
+        try raw.publish(message)
+        let wake = EventFD()
+        let deadline = ContinuousClock.now + .seconds(30)
+        var returned: AMQPError?
+        while ContinuousClock.now < deadline {
+            switch try raw.poll() {
+            case .frameWaiting:
+                switch try raw.readFrame() {
+                case .confirmAck:
+                    if let returned { throw returned }
+                    return
+                case .confirmNack:
+                    throw .publishRefused("the broker refused the message")
+                case let .returned(code, text, exchange, key, _):
+                    returned = .unroutable(exchange: exchange, routingKey: key, text: "\(code) \(text)")
+                default:
+                    continue
+                }
+            case .message:
+                continue
+            case .nothing:
+                wake.wait(socket: raw.socketDescriptor, milliseconds: 200)
+            }
+        }
+        throw .publishRefused("no confirm from the broker within 30 s")
+    }
+}

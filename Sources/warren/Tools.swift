@@ -1,0 +1,168 @@
+import ArgumentParser
+import Foundation
+import Warren
+import WarrenAMQP
+import WarrenService
+
+struct Submit: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Publish a job to RabbitMQ; with --wait, print its result or error.")
+
+    @OptionGroup var options: ServiceOptions
+    @Argument(help: "The job name (its handler).") var name: String
+    @Option(help: "The payload, JSON.") var payload = "{}"
+    @Option(help: "critical, high, normal, low or background.") var priority = "normal"
+    @Option(help: "Run no earlier than this from now (30s, 5m…).") var delay: String?
+    @Option(help: "Retries if it fails.") var maxRetries: Int?
+    @Option(help: "Job id (default: a new UUID); a job id already seen is dropped as a duplicate.") var id: String?
+    @Flag(help: "Wait for the result (through a reply queue) and print it.") var wait = false
+    @Option(help: "How long --wait waits.") var timeout = "60s"
+
+    func run() async throws {
+        let configuration = try await options.load()
+        guard (try? JSONSerialization.jsonObject(with: Data(payload.utf8), options: [.fragmentsAllowed])) != nil else {
+            throw ValidationError("--payload is not valid JSON: \(payload.prefix(80))")
+        }
+        guard let level = JobPriority(name: priority) else {
+            throw ValidationError("--priority '\(priority)' is not one of critical, high, normal, low, background")
+        }
+        var notBefore: Date?
+        if let delay {
+            guard let parsed = parseDuration(delay) else { throw ValidationError("--delay '\(delay)' is not a duration such as 30s or 5m") }
+            notBefore = Date().addingTimeInterval(parsed.timeInterval)
+        }
+        guard let waitFor = parseDuration(timeout) else { throw ValidationError("--timeout '\(timeout)' is not a duration") }
+        let job = Job(
+            id: id.map { JobID($0) } ?? .random(), name: name, payload: Data(payload.utf8), priority: level, notBefore: notBefore,
+            maxRetries: maxRetries ?? configuration.maxRetries)
+        let tools = AMQPTools(url: configuration.brokerURL, queue: configuration.queue)
+        let outcome = try tools.submit(
+            job, wait: wait ? waitFor + (delay.flatMap(parseDuration) ?? .zero) : nil, statesMaxRetries: maxRetries != nil)
+        guard wait else {
+            print(job.id)
+            return
+        }
+        switch outcome {
+        case let .completed(result)?:
+            print(String(decoding: result, as: UTF8.self))
+        case let .deadLettered(reason, _)?:
+            FileHandle.standardError.write(Data("job \(job.id) was dead-lettered: \(reason)\n".utf8))
+            throw ExitCode(2)
+        case .cancelled?:
+            FileHandle.standardError.write(Data("job \(job.id) was cancelled\n".utf8))
+            throw ExitCode(2)
+        case nil:
+            FileHandle.standardError.write(Data("no result for job \(job.id) within \(timeout) (it may still run)\n".utf8))
+            throw ExitCode(3)
+        }
+    }
+}
+
+struct Queues: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Depth and consumers of each priority queue and of the dead-letter queue.")
+    @OptionGroup var options: ServiceOptions
+
+    func run() async throws {
+        let configuration = try await options.load()
+        let depths = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).depths()
+        print("QUEUE                                   READY  CONSUMERS")
+        for depth in depths {
+            print("\(depth.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(String(depth.messages).leftPadded(9))  \(String(depth.consumers).leftPadded(9))")
+        }
+    }
+}
+
+struct DeadLetters: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dead-letters", abstract: "Inspect, replay or purge the dead-letter queue.",
+        subcommands: [List.self, Show.self, Replay.self, Purge.self])
+
+    struct Filters: ParsableArguments {
+        @Option(help: "Only jobs of this name.") var name: String?
+        @Option(help: "Only this reason (retries_exhausted, deadline, unknown_job_name, undecodable_payload, malformed_message, rejected…).")
+        var reason: String?
+        @Option(help: "At most this many.") var limit: Int?
+
+        func filter(id: String? = nil) -> AMQPTools.Filter {
+            AMQPTools.Filter(name: name, reason: reason, id: id, limit: limit ?? .max)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List dead letters (reason, attempts, age); nothing is removed.")
+        @OptionGroup var options: ServiceOptions
+        @OptionGroup var filters: Filters
+
+        func run() async throws {
+            let configuration = try await options.load()
+            let letters = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).deadLetters(filters.filter())
+            print("ID                                    NAME                      REASON               ATTEMPTS  AGE")
+            for letter in letters {
+                print("\(letter.id.padding(toLength: 37, withPad: " ", startingAt: 0)) \(letter.name.padding(toLength: 25, withPad: " ", startingAt: 0)) \(letter.reason.padding(toLength: 20, withPad: " ", startingAt: 0)) \(String(letter.attempts).leftPadded(8))  \(age(letter.deadAt))")
+            }
+            print("\(letters.count) dead letter(s)")
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Everything about one dead letter, with its payload.")
+        @OptionGroup var options: ServiceOptions
+        @Argument(help: "The job id.") var id: String
+
+        func run() async throws {
+            let configuration = try await options.load()
+            guard let letter = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue)
+                .deadLetters(AMQPTools.Filter(id: id, limit: 1)).first else {
+                throw ValidationError("no dead letter with id \(id)")
+            }
+            print("id:        \(letter.id)\nname:      \(letter.name)\npriority:  \(letter.priority.name)\nreason:    \(letter.reason)")
+            print("error:     \(letter.error)\nattempts:  \(letter.attempts)\ndead at:   \(letter.deadAt.map { $0.formatted(.iso8601) } ?? "unknown") (\(age(letter.deadAt)) ago)")
+            print("was going: \(letter.originalRoutingKey)\npayload:   \(String(decoding: letter.body.prefix(64 << 10), as: UTF8.self))")
+        }
+    }
+
+    struct Replay: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Publish matching dead letters again to their priority queue, attempts reset; each is confirmed before its dead copy goes.")
+        @OptionGroup var options: ServiceOptions
+        @OptionGroup var filters: Filters
+        @Option(help: "Only the job with this id.") var id: String?
+
+        func run() async throws {
+            let configuration = try await options.load()
+            let count = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).replay(filters.filter(id: id))
+            print("replayed \(count) job(s)")
+        }
+    }
+
+    struct Purge: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete matching dead letters for good.")
+        @OptionGroup var options: ServiceOptions
+        @OptionGroup var filters: Filters
+        @Option(help: "Only the job with this id.") var id: String?
+        @Flag(help: "Required when no filter is given: purge every dead letter.") var all = false
+
+        func run() async throws {
+            guard all || filters.name != nil || filters.reason != nil || id != nil else {
+                throw ValidationError("give --name, --reason or --id, or --all to purge every dead letter")
+            }
+            let configuration = try await options.load()
+            let count = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).purge(filters.filter(id: id))
+            print("purged \(count) dead letter(s)")
+        }
+    }
+}
+
+private func age(_ date: Date?) -> String {
+    guard let date else { return "?" }
+    let seconds = Int(Date().timeIntervalSince(date))
+    if seconds < 120 { return "\(seconds)s" }
+    if seconds < 7_200 { return "\(seconds / 60)m" }
+    if seconds < 172_800 { return "\(seconds / 3_600)h" }
+    return "\(seconds / 86_400)d"
+}
+
+func parseDuration(_ text: String) -> Duration? { ServiceConfiguration.duration(text) }
+
+extension String {
+    func leftPadded(_ width: Int) -> String { String(repeating: " ", count: max(0, width - count)) + self }
+}
