@@ -2,7 +2,7 @@
 # A private RabbitMQ node for the test run: its own node name, ports on 127.0.0.1 and data in a
 # temporary folder. Debian's rabbitmq-server runs without systemd this way.
 #
-#   scripts/rabbitmq.sh install         install rabbitmq-server and librabbitmq-dev if missing
+#   scripts/rabbitmq.sh install         install rabbitmq-server, librabbitmq-dev and docker-compose if missing
 #   scripts/rabbitmq.sh start DIR       start a node with its state in DIR; prints its environment
 #   scripts/rabbitmq.sh stop DIR        stop it (the data stays, so start DIR brings it back)
 #   scripts/rabbitmq.sh restart DIR     stop and start again (durable queues and messages survive)
@@ -14,6 +14,8 @@ install() {
     local missing=()
     dpkg -s librabbitmq-dev >/dev/null 2>&1 || missing+=(librabbitmq-dev)
     dpkg -s rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+    # The compose file is checked with `docker-compose config` (no docker engine needed).
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     ((${#missing[@]})) || return 0
     echo "installing ${missing[*]} …" >&2
     local sudo=""

@@ -1,0 +1,177 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import NIOCore
+import NIOHTTP1
+import Synchronization
+import Testing
+import WarrenAMQP
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum TestEnvironment {
+    struct NotConfigured: Error, CustomStringConvertible {
+        var description: String { "WARREN_TEST_AMQP_URL is not set: run the tests with `make test`, which starts a private RabbitMQ" }
+    }
+
+    static var amqpURL: String {
+        get throws {
+            guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_AMQP_URL"] else { throw NotConfigured() }
+            return text
+        }
+    }
+
+    /// The repository root (this file is Tests/WarrenServiceTests/Support.swift).
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// A product built next to the test bundle.
+    static func binary(_ name: String) -> String {
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent(name).path
+    }
+
+    static func unique(_ base: String = #function) -> String {
+        "t-\(base.prefix { $0 != "(" }.lowercased())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+    }
+
+    /// A TCP port nobody listens on now.
+    static func freePort() -> Int {
+        for _ in 0..<100 {
+            let port = Int.random(in: 20_000...60_000)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if bound == 0 { return port }
+        }
+        return 0
+    }
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    let description: String
+}
+
+/// Waits (with a deadline) until `condition` holds, checking every few milliseconds.
+func waitUntil(_ what: String, within seconds: Double = 10, _ condition: @Sendable () async -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while await !condition() {
+        guard ContinuousClock.now < deadline else { throw TimedOut(description: "timed out after \(seconds) s waiting for \(what)") }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+}
+
+/// A child process with its environment, stdout+stderr to a file.
+final class ChildProcess: Sendable {
+    enum Exit: Equatable, Sendable { case exited(Int32), signalled(Int32) }
+
+    let pid: pid_t
+    let logPath: String
+    private let reaped = Mutex(false)
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String]) throws {
+        logPath = NSTemporaryDirectory() + "warren-child-\(UUID().uuidString).log"
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for pointer in argv + envp { free(pointer) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        guard status == 0 else { throw TimedOut(description: "could not start \(executable): \(status)") }
+        self.pid = pid
+    }
+
+    deinit {
+        guard !reaped.withLock({ $0 }) else { return }
+        _ = kill(pid, SIGKILL)
+        var status: Int32 = 0
+        _ = waitpid(pid, &status, 0)
+    }
+
+    var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func signal(_ signal: Int32) { _ = kill(pid, signal) }
+
+    func exit(within seconds: Double) async throws -> Exit {
+        let result = Mutex<Exit?>(nil)
+        try await waitUntil("process \(pid) to exit", within: seconds) {
+            var status: Int32 = 0
+            guard waitpid(self.pid, &status, WNOHANG) == self.pid else { return false }
+            let signal = status & 0x7F
+            result.withLock { $0 = signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal) }
+            self.reaped.withLock { $0 = true }
+            return true
+        }
+        return result.withLock { $0 }!
+    }
+}
+
+/// A stand-in for a team's existing HTTP service, on a free port of 127.0.0.1.
+final class FakeService: Sendable {
+    struct Call: Sendable {
+        let path: String
+        let headers: [String: String]
+        let body: Data
+    }
+
+    private let calls = Shared<[Call]>([])
+    private let finished = Shared<Set<String>>([])
+    let port: Int
+    private let task: Task<Void, any Error>
+
+    /// `respond` gets each call and returns the status and body (it may sleep).
+    init(respond: @escaping @Sendable (Call) async -> (Int, String)) async throws {
+        let router = Router()
+        let calls = self.calls, finished = self.finished
+        router.post("**") { request, context -> Response in
+            let body = try await request.body.collect(upTo: 1 << 20)
+            var headers: [String: String] = [:]
+            for field in request.headers { headers[field.name.canonicalName] = field.value }
+            let call = Call(path: request.uri.path, headers: headers, body: Data(body.readableBytesView))
+            calls.withLock { $0.append(call) }
+            let (status, text) = await respond(call)
+            if let id = headers["x-warren-job-id"], (200..<300).contains(status) { finished.withLock { _ = $0.insert(id) } }
+            return Response(
+                status: .init(code: status), headers: [.contentType: "application/json"],
+                body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
+        }
+        let port = TestEnvironment.freePort()
+        self.port = port
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)))
+        task = Task { try await app.runService() }
+        try await waitUntil("the fake service to listen") {
+            (try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/"), timeout: .seconds(1))) != nil
+        }
+    }
+
+    deinit { task.cancel() }
+
+    var url: String { "http://127.0.0.1:\(port)" }
+    var received: [Call] { calls.withLock { $0 } }
+    /// Job ids answered with 2xx.
+    var completed: Set<String> { finished.withLock { $0 } }
+}
+
+/// GET on the operations server: status and body.
+func get(_ url: String) async -> (Int, String)? {
+    guard let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(5)),
+          let body = try? await response.body.collect(upTo: 8 << 20) else { return nil }
+    return (Int(response.status.code), String(buffer: body))
+}
+
+/// A mutex closures can share.
+final class Shared<Value: Sendable>: Sendable {
+    private let mutex: Mutex<Value>
+    init(_ value: Value) { mutex = Mutex(value) }
+    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
+}
