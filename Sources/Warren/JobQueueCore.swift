@@ -412,6 +412,13 @@ public struct JobQueueCore {
         }
     }
 
+    /// Forgets a finished job's record (its id leaves the dedup window), so that a copy replayed
+    /// from the dead-letter queue is taken as new. Unfinished jobs are left alone.
+    package mutating func forgetFinished(_ id: JobID) {
+        guard let record = records[id], record.job.status.isTerminal else { return }
+        records[id] = nil
+    }
+
     // MARK: Handing back
 
     /// Gives up every job that has not started (pending, queued or waiting for a retry) and forgets

@@ -204,6 +204,11 @@ package final class LocalQueue: Sendable {
         change { state, now in state.core.recordRejected(job, reason, now: now) }
     }
 
+    /// See `JobQueueCore.forgetFinished`.
+    package func forgetFinished(_ id: JobID) {
+        state.withLock { $0.core.forgetFinished(id) }
+    }
+
     /// Gives up every job that has not started (see `JobQueueCore.withdrawUnstarted`).
     package func withdrawUnstarted() -> [Job] {
         change { state, _ in state.core.withdrawUnstarted() }

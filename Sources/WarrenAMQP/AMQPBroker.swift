@@ -376,6 +376,8 @@ private final class Messages: Sendable {
                 limits: configuration.limits, defaults: configuration.jobDefaults)
             {
             case let .success(job):
+                // A replay of a job that died here: its id is in the dedup window, but it must run.
+                if job.metadata[WireFormat.replayedKey] != nil { local.forgetFinished(job.id) }
                 decoded.append((job, message, origin))
             case let .failure(reason):
                 state.withLock { $0.malformed += 1 }

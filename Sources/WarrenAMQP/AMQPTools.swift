@@ -166,6 +166,7 @@ public struct AMQPTools: Sendable {
                     && key != WireFormat.Header.originalRoutingKey && !WireFormat.brokerDeathHeaders.contains(key)
             }
             properties.headers[WireFormat.Header.attempt] = .int(1)
+            properties.headers[WireFormat.Header.replayed] = .timestamp(Date())
             properties.deliveryMode = 2
             try publishConfirmed(raw, OutgoingMessage(
                 exchange: Topology.exchange, routingKey: topology.routingKey(letter.priority), properties: properties,

@@ -27,6 +27,8 @@ public enum WireFormat {
         public static let metadata = "x-warren-metadata"
         public static let created = "x-warren-created"
         public static let traceparent = "traceparent"
+        /// Set by `dead-letters replay`: the job id may have finished here before.
+        public static let replayed = "x-warren-replayed"
         // Dead letters.
         public static let deadReason = "x-warren-dead-reason"
         public static let deadError = "x-warren-dead-error"
@@ -41,6 +43,8 @@ public enum WireFormat {
     /// Metadata keys that carry the producer's request for the result.
     public static let replyToKey = "warren.reply-to"
     public static let correlationIDKey = "warren.correlation-id"
+    /// Metadata of a job replayed from the dead-letter queue.
+    public static let replayedKey = "warren.replayed"
 
     /// What a worker accepts.
     public struct Limits: Sendable, Equatable {
@@ -129,6 +133,7 @@ public enum WireFormat {
             for (key, value) in table { if let text = value.stringValue { metadata[key] = text } }
         }
         if let trace = headers[Header.traceparent]?.stringValue { metadata[Header.traceparent] = trace }
+        if headers[Header.replayed] != nil { metadata[replayedKey] = "true" }
         if let replyTo = p.replyTo, !replyTo.isEmpty { metadata[replyToKey] = replyTo }
         if let correlation = p.correlationID { metadata[correlationIDKey] = correlation }
         let id = p.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()

@@ -31,10 +31,14 @@ struct ExecHandler: Sendable {
         let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
         let result: ExecutionResult<Void, BytesOutput, BytesOutput>
         do {
+            // Stdin is an unlinked temporary file, not a pipe: a command that exits without reading
+            // its input must not meet a broken pipe (swift-subprocess 1.0.2 traps on it, issue 367).
+            let stdin = try Self.inputFile(payload)
             result = try await Subprocess.run(
                 executable, arguments: Arguments(Array(action.command.dropFirst())), environment: .inherit.updating(environment),
                 workingDirectory: action.workingDirectory.map { FilePath($0) }, platformOptions: options,
-                input: .array(Array(payload)), output: .bytes(limit: Self.maxOutputBytes), error: .bytes(limit: Self.maxOutputBytes))
+                input: .fileDescriptor(stdin, closeAfterSpawningProcess: true), output: .bytes(limit: Self.maxOutputBytes),
+                error: .bytes(limit: Self.maxOutputBytes))
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -49,6 +53,22 @@ struct ExecHandler: Sendable {
         case let .signaled(signal):
             throw ExecHandlerError("\(program) was killed by signal \(signal)\(Self.tail(result.standardError))")
         }
+    }
+
+    /// The payload in a file that is already unlinked: gone when the command's stdin closes.
+    static func inputFile(_ payload: Data) throws -> FileDescriptor {
+        let path = FilePath(NSTemporaryDirectory() + "warren-stdin-\(UUID().uuidString)")
+        let writer = try FileDescriptor.open(path, .writeOnly, options: [.create, .exclusiveCreate], permissions: .ownerReadWrite)
+        defer { try? writer.close() }
+        let reader = try FileDescriptor.open(path, .readOnly)
+        _ = path.withPlatformString { unlink($0) }
+        do {
+            try writer.writeAll(payload)
+        } catch {
+            try? reader.close()
+            throw error
+        }
+        return reader
     }
 
     static func tail(_ bytes: [UInt8]) -> String {
