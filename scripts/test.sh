@@ -15,6 +15,8 @@ build=$!
 echo "starting a private RabbitMQ in $dir …"
 env_lines=$(WARREN_TEST_OWNER=$$ scripts/rabbitmq.sh start "$dir")
 wait $build
+# The example package must keep compiling against the library.
+swift build --package-path Examples/TypedHandlers
 export $env_lines
 export WARREN_TEST_RABBITMQ_DIR="$dir"
 echo "RabbitMQ is up at ${WARREN_TEST_AMQP_URL}"

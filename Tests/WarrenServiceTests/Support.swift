@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import Foundation
 import Hummingbird
+import Logging
 import NIOCore
 import NIOHTTP1
 import Synchronization
@@ -147,7 +148,9 @@ final class FakeService: Sendable {
         }
         let port = TestEnvironment.freePort()
         self.port = port
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)))
+        var quiet = Logger(label: "fake-service")
+        quiet.logLevel = .critical
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: quiet)
         task = Task { try await app.runService() }
         try await waitUntil("the fake service to listen") {
             (try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/"), timeout: .seconds(1))) != nil

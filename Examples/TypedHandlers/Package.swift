@@ -1,0 +1,21 @@
+// swift-tools-version: 6.1
+// Warren embedded in a Swift service: typed handlers registered in code, on RabbitMQ.
+import PackageDescription
+
+let package = Package(
+    name: "TypedHandlers",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        // In your own package: .package(url: "https://github.com/<you>/warren", from: "…")
+        .package(name: "warren", path: "../.."),
+    ],
+    targets: [
+        .executableTarget(
+            name: "OrdersWorker",
+            dependencies: [
+                .product(name: "Warren", package: "warren"),
+                .product(name: "WarrenAMQP", package: "warren"),
+            ]
+        ),
+    ]
+)
