@@ -66,12 +66,16 @@ public struct AMQPTools: Sendable {
                 exchange: Topology.delayEntry(seconds: delay), routingKey: Topology.delayRoutingKey(seconds: delay, destination: destination),
                 properties: properties, body: body, mandatory: true)
             : OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: body, mandatory: true)
-        try publishConfirmed(raw, message)
+        // A fast worker's reply can arrive before the confirm (the broker confirms persistent
+        // messages once they are on disk): keep what arrives meanwhile.
+        var early: [IncomingMessage] = []
+        try publishConfirmed(raw, message, arrived: &early)
         guard let wait, replyQueue != nil else { return nil }
         let deadline = ContinuousClock.now + wait
         let wake = EventFD()
         while ContinuousClock.now < deadline {
-            switch try raw.poll() {
+            let next: Incoming = early.isEmpty ? try raw.poll() : .message(early.removeFirst())
+            switch next {
             case let .message(reply) where reply.properties.correlationID == job.id.rawValue:
                 let status = reply.properties.headers["x-warren-status"]?.stringValue
                 if status == "completed" { return .completed(Data(reply.body)) }
@@ -209,6 +213,13 @@ public struct AMQPTools: Sendable {
     /// Publishes one message and waits for its confirm (the channel must be in confirm mode, with
     /// nothing else unconfirmed).
     private func publishConfirmed(_ raw: RawConnection, _ message: OutgoingMessage) throws(AMQPError) {
+        var ignored: [IncomingMessage] = []
+        try publishConfirmed(raw, message, arrived: &ignored)
+    }
+
+    /// Publishes one message and waits for its confirm; deliveries that arrive meanwhile are kept in
+    /// `arrived`.
+    private func publishConfirmed(_ raw: RawConnection, _ message: OutgoingMessage, arrived: inout [IncomingMessage]) throws(AMQPError) {
         try raw.publish(message)
         let wake = EventFD()
         let deadline = ContinuousClock.now + .seconds(30)
@@ -227,8 +238,8 @@ public struct AMQPTools: Sendable {
                 default:
                     continue
                 }
-            case .message:
-                continue
+            case let .message(delivery):
+                arrived.append(delivery)
             case .nothing:
                 wake.wait(socket: raw.socketDescriptor, milliseconds: 200)
             }

@@ -66,7 +66,7 @@ struct Queues: AsyncParsableCommand {
         let depths = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).depths()
         print("QUEUE                                   READY  CONSUMERS")
         for depth in depths {
-            print("\(depth.name.padding(toLength: 36, withPad: " ", startingAt: 0)) \(String(depth.messages).leftPadded(9))  \(String(depth.consumers).leftPadded(9))")
+            print("\(depth.name.rightPadded(36)) \(String(depth.messages).leftPadded(9))  \(String(depth.consumers).leftPadded(9))")
         }
     }
 }
@@ -97,7 +97,7 @@ struct DeadLetters: AsyncParsableCommand {
             let letters = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).deadLetters(filters.filter())
             print("ID                                    NAME                      REASON               ATTEMPTS  AGE")
             for letter in letters {
-                print("\(letter.id.padding(toLength: 37, withPad: " ", startingAt: 0)) \(letter.name.padding(toLength: 25, withPad: " ", startingAt: 0)) \(letter.reason.padding(toLength: 20, withPad: " ", startingAt: 0)) \(String(letter.attempts).leftPadded(8))  \(age(letter.deadAt))")
+                print("\(letter.id.rightPadded(37)) \(letter.name.rightPadded(25)) \(letter.reason.rightPadded(20)) \(String(letter.attempts).leftPadded(8))  \(age(letter.deadAt))")
             }
             print("\(letters.count) dead letter(s)")
         }
@@ -165,4 +165,6 @@ func parseDuration(_ text: String) -> Duration? { ServiceConfiguration.duration(
 
 extension String {
     func leftPadded(_ width: Int) -> String { String(repeating: " ", count: max(0, width - count)) + self }
+    /// Padded to `width`, never cut (a long name pushes the columns right instead).
+    func rightPadded(_ width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
 }

@@ -102,10 +102,20 @@ struct ComposeTests {
         #expect(job?.0 == 200 && job?.1.contains(#""status":"completed""#) == true, "\(String(describing: job))")
         #expect(await get("\(base)/jobs/nobody")?.0 == 404)
 
+        // The command-line tools, with the same environment.
+        let submit = try ChildProcess(
+            TestEnvironment.binary("warren"), ["submit", "orders.confirm", "--payload", #"{"order": 77}"#, "--wait", "--timeout", "20s"],
+            environment: environment)
+        #expect(try await submit.exit(within: 30) == .exited(0))
+        #expect(submit.output.contains(#"{"confirmed": 77}"#), "submit --wait prints the result: \(submit.output)")
+        let queues = try ChildProcess(TestEnvironment.binary("warren"), ["queues"], environment: environment)
+        #expect(try await queues.exit(within: 30) == .exited(0))
+        #expect(queues.output.contains("\(queue).normal") && queues.output.contains("\(queue).dead"), "\(queues.output)")
+
         // SIGTERM with slow jobs running and more waiting: running ones finish, the rest go back.
         var slow: [String] = []
         for n in 0..<40 { slow.append(try publish(#"{"order": \#(1_000 + n), "slow": true}"#)) }
-        try await waitUntil("slow orders running", within: 30) { service.received.count >= 200 + 4 }
+        try await waitUntil("slow orders running", within: 30) { service.received.count >= 201 + 4 }
         warrenProcess.signal(SIGTERM)
         let exit = try await warrenProcess.exit(within: 30)
         #expect(exit == .exited(0), "warren serve exited \(exit): \(warrenProcess.output.suffix(2_000))")
