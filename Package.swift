@@ -89,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "warren",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService",
+                "Warren", "WarrenAMQP", "WarrenService", "WarrenTestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -101,6 +101,12 @@ let package = Package(
             path: "Tests/WarrenTestWorker",
             swiftSettings: strict
         ),
+        // Waiting with deadlines and child processes, shared by the test targets.
+        .target(
+            name: "WarrenTestSupport",
+            path: "Tests/WarrenTestSupport",
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "WarrenTests",
             dependencies: ["Warren", "WarrenConformance"],
@@ -109,7 +115,7 @@ let package = Package(
         .testTarget(
             name: "WarrenServiceTests",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService",
+                "Warren", "WarrenAMQP", "WarrenService", "WarrenTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -120,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarrenAMQPTests",
-            dependencies: ["Warren", "WarrenAMQP", "WarrenConformance"],
+            dependencies: ["Warren", "WarrenAMQP", "WarrenConformance", "WarrenTestSupport"],
             swiftSettings: strict
         ),
     ]

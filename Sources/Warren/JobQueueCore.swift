@@ -320,7 +320,7 @@ public struct JobQueueCore {
         case let .failed(message):
             failAttempt(record, message: message, timedOut: false, now: now)
         case .timedOut:
-            let message = "timed out after \(record.job.timeout.map { "\($0)" } ?? "its timeout")"
+            let message = "timed out after \(record.job.timeout.map { "\($0)" } ?? "the timeout its handler sets")"
             failAttempt(record, message: message, timedOut: true, now: now)
         case .cancelled:
             finishCancelled(record, now: now)

@@ -217,11 +217,6 @@ struct AMQPLifecycleTests {
 
 /// A `WarrenTestWorker` process, with the lines it prints.
 final class WorkerProcess: Sendable {
-    enum Exit: Equatable, Sendable {
-        case exited(Int32)
-        case signalled(Int32)
-    }
-
     let pid: pid_t
     private let output = Locked<[String]>([])
     private let reaped = Locked(false)
@@ -283,16 +278,9 @@ final class WorkerProcess: Sendable {
     func kill(_ signal: Int32) { _ = Glibc.kill(pid, signal) }
 
     /// Waits (bounded) for the process to end.
-    func exit(within seconds: Double) async throws -> Exit {
-        let result = Locked<Exit?>(nil)
-        try await waitUntil("worker \(pid) to exit", within: seconds) {
-            var status: Int32 = 0
-            guard waitpid(self.pid, &status, WNOHANG) == self.pid else { return false }
-            let signal = status & 0x7F
-            result.withLock { $0 = signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal) }
-            self.reaped.withLock { $0 = true }
-            return true
-        }
-        return result.withLock { $0 }!
+    func exit(within seconds: Double) async throws -> ProcessExit {
+        let exit = try await ProcessExit.wait(for: pid, within: seconds)
+        reaped.withLock { $0 = true }
+        return exit
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 #endif
 import Testing
+@_exported import WarrenTestSupport
 @testable import WarrenAMQP
 
 /// The private RabbitMQ that `make test` starts (scripts/test.sh).
@@ -73,19 +74,6 @@ final class Received: Sendable {
     func wait(count: Int, within seconds: Double = 10) async throws -> [(IncomingMessage, UInt64)] {
         try await waitUntil("\(count) messages", within: seconds) { self.all.count >= count }
         return all
-    }
-}
-
-struct TimedOut: Error, CustomStringConvertible {
-    let description: String
-}
-
-/// Waits (with a deadline) until `condition` holds, checking every few milliseconds.
-func waitUntil(_ what: String, within seconds: Double = 10, _ condition: @Sendable () async -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while await !condition() {
-        guard ContinuousClock.now < deadline else { throw TimedOut(description: "timed out after \(seconds) s waiting for \(what)") }
-        try await Task.sleep(for: .milliseconds(5))
     }
 }
 

@@ -6,6 +6,7 @@ import NIOCore
 import NIOHTTP1
 import Synchronization
 import Testing
+@_exported import WarrenTestSupport
 import WarrenAMQP
 #if canImport(Glibc)
 import Glibc
@@ -55,23 +56,8 @@ enum TestEnvironment {
     }
 }
 
-struct TimedOut: Error, CustomStringConvertible {
-    let description: String
-}
-
-/// Waits (with a deadline) until `condition` holds, checking every few milliseconds.
-func waitUntil(_ what: String, within seconds: Double = 10, _ condition: @Sendable () async -> Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while await !condition() {
-        guard ContinuousClock.now < deadline else { throw TimedOut(description: "timed out after \(seconds) s waiting for \(what)") }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-}
-
 /// A child process with its environment, stdout+stderr to a file.
 final class ChildProcess: Sendable {
-    enum Exit: Equatable, Sendable { case exited(Int32), signalled(Int32) }
-
     let pid: pid_t
     let logPath: String
     private let reaped = Mutex(false)
@@ -103,17 +89,10 @@ final class ChildProcess: Sendable {
 
     func signal(_ signal: Int32) { _ = kill(pid, signal) }
 
-    func exit(within seconds: Double) async throws -> Exit {
-        let result = Mutex<Exit?>(nil)
-        try await waitUntil("process \(pid) to exit", within: seconds) {
-            var status: Int32 = 0
-            guard waitpid(self.pid, &status, WNOHANG) == self.pid else { return false }
-            let signal = status & 0x7F
-            result.withLock { $0 = signal == 0 ? .exited((status >> 8) & 0xFF) : .signalled(signal) }
-            self.reaped.withLock { $0 = true }
-            return true
-        }
-        return result.withLock { $0 }!
+    func exit(within seconds: Double) async throws -> ProcessExit {
+        let exit = try await ProcessExit.wait(for: pid, within: seconds)
+        reaped.withLock { $0 = true }
+        return exit
     }
 }
 
