@@ -60,10 +60,18 @@ struct Submit: AsyncParsableCommand {
 struct Queues: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Depth and consumers of each priority queue and of the dead-letter queue.")
     @OptionGroup var options: ServiceOptions
+    @Argument(help: "Warren queues to show (default: the configured queue.name).") var names: [String] = []
 
     func run() async throws {
         let configuration = try await options.load()
-        let depths = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).depths()
+        var depths: [AMQPTools.QueueDepth] = []
+        for name in names.isEmpty ? [configuration.queue] : names {
+            do {
+                depths += try AMQPTools(url: configuration.brokerURL, queue: name).depths()
+            } catch {
+                throw Failure("queue '\(name)': \(error)")
+            }
+        }
         print("QUEUE                                   READY  CONSUMERS")
         for depth in depths {
             print("\(depth.name.rightPadded(36)) \(String(depth.messages).leftPadded(9))  \(String(depth.consumers).leftPadded(9))")

@@ -119,6 +119,7 @@ struct ComposeTests {
         warrenProcess.signal(SIGTERM)
         let exit = try await warrenProcess.exit(within: 30)
         #expect(exit == .exited(0), "warren serve exited \(exit): \(warrenProcess.output.suffix(2_000))")
+        #expect(service.mostAtOnce <= 4, "orders.confirm runs at most 4 at once (its handler's concurrency), not 8: \(service.mostAtOnce)")
         let started = Set(service.received.compactMap { $0.headers["x-warren-job-id"] })
         let finished = service.completed
         #expect(started.isSubset(of: finished), "every request Warren started was let finish")

@@ -105,6 +105,7 @@ final class FakeService: Sendable {
     }
 
     private let calls = Shared<[Call]>([])
+    private let running = Shared<(now: Int, most: Int)>((0, 0))
     private let finished = Shared<Set<String>>([])
     let port: Int
     private let task: Task<Void, any Error>
@@ -112,14 +113,16 @@ final class FakeService: Sendable {
     /// `respond` gets each call and returns the status and body (it may sleep).
     init(respond: @escaping @Sendable (Call) async -> (Int, String)) async throws {
         let router = Router()
-        let calls = self.calls, finished = self.finished
+        let calls = self.calls, finished = self.finished, running = self.running
         router.post("**") { request, context -> Response in
             let body = try await request.body.collect(upTo: 1 << 20)
             var headers: [String: String] = [:]
             for field in request.headers { headers[field.name.canonicalName] = field.value }
             let call = Call(path: request.uri.path, headers: headers, body: Data(body.readableBytesView))
             calls.withLock { $0.append(call) }
+            running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
             let (status, text) = await respond(call)
+            running.withLock { $0.now -= 1 }
             if let id = headers["x-warren-job-id"], (200..<300).contains(status) { finished.withLock { _ = $0.insert(id) } }
             return Response(
                 status: .init(code: status), headers: [.contentType: "application/json"],
@@ -140,6 +143,8 @@ final class FakeService: Sendable {
 
     var url: String { "http://127.0.0.1:\(port)" }
     var received: [Call] { calls.withLock { $0 } }
+    /// The most calls it was answering at once.
+    var mostAtOnce: Int { running.withLock { $0.most } }
     /// Job ids answered with 2xx.
     var completed: Set<String> { finished.withLock { $0 } }
 }
