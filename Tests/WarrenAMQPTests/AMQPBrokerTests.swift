@@ -13,7 +13,7 @@ struct AMQPBrokerTests {
         return broker
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func runsTypedJobsEndToEnd() async throws {
         try await usingBroker {
             let broker = try await broker(TestBroker.unique())

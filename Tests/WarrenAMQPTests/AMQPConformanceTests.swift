@@ -5,7 +5,7 @@ import WarrenConformance
 
 @Suite("Conformance: RabbitMQ broker")
 struct AMQPConformanceTests {
-    @Test(.timeLimit(.minutes(1)), arguments: ConformanceSuite.cases)
+    @Test(.timeLimit(.minutes(3)), arguments: ConformanceSuite.cases)
     func conformance(_ testCase: ConformanceCase) async throws {
         let url = try TestBroker.url()
         try await usingBroker {

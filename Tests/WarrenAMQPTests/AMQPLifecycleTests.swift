@@ -108,7 +108,7 @@ struct AMQPLifecycleTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func gracefulShutdownFinishesRunningJobsAndHandsBackTheRest() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -160,7 +160,7 @@ struct AMQPLifecycleTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func jobOutcomesArePublishedAsEvents() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

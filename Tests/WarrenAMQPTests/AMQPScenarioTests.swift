@@ -37,7 +37,7 @@ struct AMQPScenarioTests {
         return messages
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func badInputIsDeadLetteredWithAReasonAndGoodTrafficFlows() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -110,7 +110,7 @@ struct AMQPScenarioTests {
             body: Array(try! JSONEncoder().encode(input)))
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aCriticalJobPublishedLastStartsBeforeAnyFurtherLowJob() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -152,7 +152,7 @@ struct AMQPScenarioTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func delaysAndRetriesKeepTheirTimeAndExhaustedJobsAreDeadLettered() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -204,7 +204,7 @@ struct AMQPScenarioTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aFortySecondHandlerKeepsItsConnectionWithTenSecondHeartbeats() async throws {
         try await usingBroker {
             let broker = try await makeBroker(TestBroker.unique(), heartbeat: 10)

@@ -6,7 +6,7 @@ import Warren
 /// `warren submit`, `queues` and `dead-letters` underneath: AMQPTools against the real broker.
 @Suite("AMQP tools")
 struct AMQPToolsTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func deadLettersAreListedWithoutLossReplayedAndPurged() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

@@ -58,7 +58,7 @@ struct AMQPBasicsTests {
 
 @Suite("AMQP connection against RabbitMQ", .serialized)
 struct AMQPConnectionTests {
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func publishesWithConfirmsConsumesAndAcks() async throws {
         try await usingBroker {
             let queue = TestBroker.unique()
@@ -88,7 +88,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func topologyIsIdempotentAndConflictsSayWhatToDo() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -115,7 +115,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func aDelayedMessageWaitsItsTimeInTheCascade() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -143,7 +143,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func unreachableBrokersAndBadLoginsAreNamed() async throws {
         try await usingBroker {
             var nowhere = try TestBroker.url()
@@ -166,7 +166,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func tlsConnectionsVerifyTheServerAndCarryJobs() async throws {
         try await usingBroker {
             let url = try TestBroker.tlsURL()
@@ -201,7 +201,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func anUnroutableMandatoryMessageIsReported() async throws {
         try await usingBroker {
             let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
@@ -214,7 +214,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(3)))
     func heartbeatsKeepAnIdleConnection() async throws {
         try await usingBroker {
             let queue = TestBroker.unique()
@@ -238,7 +238,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func recoversFromABrokerRestart() async throws {
         try await usingBroker(exclusive: true) {
             let queue = TestBroker.unique()

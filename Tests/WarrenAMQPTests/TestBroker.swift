@@ -93,7 +93,8 @@ func consumingConnection(
         onMessage: { burst, generation in for message in burst { received.add(message, generation) } })
 }
 
-/// Tests share the one test broker; a test that restarts it needs it alone.
+/// Tests share the one test broker; a test that restarts it needs it alone. A test's time limit
+/// includes waiting here, so the shared tests' limits leave room for the restart tests.
 actor BrokerAccess {
     static let shared = BrokerAccess()
     private var users = 0
