@@ -4,7 +4,7 @@
 # even when tests fail. Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v swift >/dev/null || { echo "Swift 6.1 or newer is needed: https://www.swift.org/install/linux/" >&2; exit 1; }
+command -v swift >/dev/null || { echo "Swift 6.2 or newer is needed: https://www.swift.org/install/linux/" >&2; exit 1; }
 
 scripts/rabbitmq.sh install
 scripts/rabbitmq.sh reap
