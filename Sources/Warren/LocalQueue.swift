@@ -343,11 +343,3 @@ private struct State {
     }
 }
 
-/// A mutex that closures can share.
-final class Locked<Value>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: sending Value) { mutex = Mutex(value) }
-    func withLock<Result, Failure: Error>(_ body: (inout sending Value) throws(Failure) -> sending Result) throws(Failure) -> sending Result {
-        try mutex.withLock(body)
-    }
-}

@@ -146,7 +146,8 @@ public final class AMQPBroker: Broker {
     }
 
     /// Connection changes: connected (with its generation), disconnected with the reason, closed.
-    var connectionUpdates: AsyncStream<AMQPConnection.Status> { connection.statusUpdates }
+    /// Any number of followers; each stream ends when the broker closes.
+    public var connectionUpdates: AsyncStream<ConnectionState> { connection.statusUpdates }
 
     // MARK: Broker
 
@@ -270,7 +271,7 @@ public final class AMQPBroker: Broker {
     /// to their queues: the broker requeues them when the channel closes.
     public func close() async {
         local.close()
-        await messages.drainSettlements()
+        await messages.settling.wait()
         await connection.close()
     }
 
@@ -301,8 +302,6 @@ private final class Messages: Sendable {
         var waitingForDependency: [JobID: [(job: Job, message: IncomingMessage, cancelled: Bool)]] = [:]
         var tombstones = RecentIDs(capacity: 10_000)
         var malformed = 0
-        var settling = 0
-        var settled: [CheckedContinuation<Void, Never>] = []
     }
 
     let configuration: AMQPBroker.Configuration
@@ -312,6 +311,8 @@ private final class Messages: Sendable {
     let consuming = Locked(false)
     /// Set by a graceful stop: what arrives now goes back to the broker.
     let handingBack = Locked(false)
+    /// Settlements in progress (publishes awaiting confirms).
+    let settling = Latch()
 
     init(configuration: AMQPBroker.Configuration, topology: Topology) {
         self.configuration = configuration
@@ -584,7 +585,7 @@ private final class Messages: Sendable {
     /// Runs `publish` (confirmed), then acks the origins; if it fails they go back to their queue.
     private func settleAfter(_ publish: @escaping @Sendable (AMQPConnection) async throws(AMQPError) -> Void, origins: [Origin]) {
         let connection = link
-        state.withLock { $0.settling += 1 }
+        settling.add()
         Task {
             do throws(AMQPError) {
                 try await publish(connection)
@@ -593,25 +594,7 @@ private final class Messages: Sendable {
                 // Not acked: the message returns (now, or when its channel is gone) and is settled again.
                 for origin in origins { connection.reject(origin.tag, generation: origin.generation, requeue: true) }
             }
-            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.settling -= 1
-                guard state.settling == 0 else { return [] }
-                defer { state.settled = [] }
-                return state.settled
-            }
-            for waiter in waiters { waiter.resume() }
-        }
-    }
-
-    /// Waits for settlements in progress (publishes awaiting confirms) to finish.
-    func drainSettlements() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { state -> Bool in
-                if state.settling == 0 { return true }
-                state.settled.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
+            settling.countDown()
         }
     }
 

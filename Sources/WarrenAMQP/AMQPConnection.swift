@@ -1,5 +1,6 @@
 import DequeModule
 import Foundation
+import Warren
 import Synchronization
 
 /// A RabbitMQ connection served by one dedicated thread, the only one that touches rabbitmq-c.
@@ -21,12 +22,7 @@ final class AMQPConnection: Sendable {
         var ackBatch = 16
     }
 
-    enum Status: Sendable, Equatable {
-        case connecting
-        case connected(generation: UInt64)
-        case disconnected(String)
-        case closed
-    }
+    typealias Status = ConnectionState
 
     /// Runs on the I/O thread after every (re)connection, before anything else.
     typealias Setup = @Sendable (ConnectionSession) throws(AMQPError) -> Void
@@ -36,20 +32,23 @@ final class AMQPConnection: Sendable {
     let configuration: Configuration
     private let inbox = Locked(Inbox())
     private let wake = EventFD()
-    private let statusStream: AsyncStream<Status>
-    private let statusContinuation: AsyncStream<Status>.Continuation
+    /// Everyone following status changes.
+    private let watchers = Locked<[UInt64: AsyncStream<Status>.Continuation]>([:])
+    private let watcherSerial = Locked<UInt64>(0)
     private let currentStatus = Locked(Status.connecting)
     private let connects = Locked(0)
 
     init(_ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler) {
         self.configuration = configuration
-        (statusStream, statusContinuation) = AsyncStream.makeStream(of: Status.self, bufferingPolicy: .bufferingNewest(64))
         let loop = IOLoop(
             configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage,
-            report: { [statusContinuation, currentStatus, connects] status in
+            report: { [watchers, currentStatus, connects] status in
                 currentStatus.withLock { $0 = status }
                 if case .connected = status { connects.withLock { $0 += 1 } }
-                statusContinuation.yield(status)
+                for watcher in watchers.withLock({ Array($0.values) }) {
+                    watcher.yield(status)
+                    if status == .closed { watcher.finish() }
+                }
             })
         let thread = Thread { loop.run() }
         thread.name = "warren-amqp-\(configuration.name)"
@@ -62,7 +61,18 @@ final class AMQPConnection: Sendable {
     var connectCount: Int { connects.withLock { $0 } }
 
     /// Status changes from now on (connected, disconnected with the reason, closed).
-    var statusUpdates: AsyncStream<Status> { statusStream }
+    /// A new stream on each access: any number of followers; it ends when the connection closes.
+    var statusUpdates: AsyncStream<Status> {
+        let (stream, continuation) = AsyncStream.makeStream(of: Status.self, bufferingPolicy: .bufferingNewest(64))
+        let key = watcherSerial.withLock { serial in
+            serial += 1
+            return serial
+        }
+        watchers.withLock { $0[key] = continuation }
+        continuation.onTermination = { [watchers] _ in watchers.withLock { _ = $0.removeValue(forKey: key) } }
+        if status == .closed { continuation.finish() }
+        return stream
+    }
 
     /// Publishes and waits for the broker's confirm. On connection loss the message is published
     /// again after reconnecting (at least once), until `deadline`.
@@ -138,6 +148,15 @@ final class AMQPConnection: Sendable {
         case .queued: break
         }
     }
+}
+
+/// A RabbitMQ connection's state: `connected` carries the channel's generation (it goes up on
+/// every reconnection), `disconnected` the reason.
+public enum ConnectionState: Sendable, Equatable {
+    case connecting
+    case connected(generation: UInt64)
+    case disconnected(String)
+    case closed
 }
 
 /// What the I/O thread offers `setup` and `perform`: the live connection, nothing else.
@@ -452,14 +471,5 @@ private final class IOLoop: @unchecked Sendable {
         raw = nil
         report(.closed)
         closing?.resume()
-    }
-}
-
-/// A mutex that closures can share.
-final class Locked<Value>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: sending Value) { mutex = Mutex(value) }
-    func withLock<Result, Failure: Error>(_ body: (inout sending Value) throws(Failure) -> sending Result) throws(Failure) -> sending Result {
-        try mutex.withLock(body)
     }
 }

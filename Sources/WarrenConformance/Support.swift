@@ -124,11 +124,3 @@ final class Counter: Sendable {
     func add(_ delta: Int) -> Int { value.withLock { $0 += delta; return $0 } }
     var current: Int { value.withLock { $0 } }
 }
-
-import Synchronization
-
-final class Locked<Value: Sendable>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: Value) { mutex = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
-}

@@ -133,7 +133,7 @@ extension ConformanceSuite {
         },
         test("a critical job starts at once in a reserved slot while low jobs fill the pool") { broker in
             var registry = HandlerRegistry()
-            let gate = Gate()
+            let gate = Latch(1)
             try registry.register(sleepy) { _, _ in
                 await gate.wait()
                 return Nothing()
@@ -153,7 +153,7 @@ extension ConformanceSuite {
                 let starts = await log.all().filter { $0.label == "started" }.dropFirst(2)
                 try expect(starts.map(\.id) == [urgent.id], "only the critical job started meanwhile: \(starts)")
                 try expectEqual(await broker.statistics().depthByPriority[.low], 18, "low jobs still waiting")
-                gate.open()
+                gate.countDown()
                 for low in lows { _ = try await outcome(broker, low.id) }
             }
         },
@@ -181,28 +181,6 @@ extension ConformanceSuite {
     ]
 }
 
-/// Holds handlers until opened.
-final class Gate: Sendable {
-    private let state = Locked<(open: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-    func open() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.open = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let open = state.withLock { state -> Bool in
-                if state.open { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if open { continuation.resume() }
-        }
-    }
-}
 
 extension Counter {
     func decrementAndGet() -> Int { add(-1) }

@@ -42,8 +42,13 @@ public final class JobObserver: Sendable {
     }
 
     let capacity: Int
+    private let reconnects: @Sendable () -> Int
 
-    public init(queue: String, handlerNames: Set<String>, recentJobs: Int, logger: Logger) {
+    /// `reconnects` is read when metrics are scraped.
+    public init(
+        queue: String, handlerNames: Set<String>, recentJobs: Int, logger: Logger, reconnects: @escaping @Sendable () -> Int = { 0 }
+    ) {
+        self.reconnects = reconnects
         self.queue = queue
         knownNames = handlerNames
         self.logger = logger
@@ -61,8 +66,6 @@ public final class JobObserver: Sendable {
     public func follow(_ events: AsyncStream<JobEvent>) async {
         for await event in events { observe(event) }
     }
-
-    public func setReconnects(_ count: Int) { reconnectCounter.set(Double(count)) }
 
     /// Metric label for a job name: registered names only, so producers cannot explode the series.
     private func nameLabel(_ name: String) -> String { knownNames.contains(name) ? name : "other" }
@@ -175,5 +178,8 @@ public final class JobObserver: Sendable {
     public func summary(_ id: JobID) -> JobSummary? { state.withLock { $0.recent[id] } }
 
     /// The Prometheus text exposition.
-    public func metricsText() -> String { registry.emitToString() }
+    public func metricsText() -> String {
+        reconnectCounter.set(Double(reconnects()))
+        return registry.emitToString()
+    }
 }

@@ -62,7 +62,9 @@ public final class WorkerService: Sendable {
         brokerConfiguration.retryPolicies = policies
         brokerConfiguration.publishesEvents = configuration.publishesEvents
         broker = AMQPBroker(brokerConfiguration)
-        observer = JobObserver(queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger)
+        observer = JobObserver(
+            queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger,
+            reconnects: { [broker] in broker.reconnects })
         pool = WorkerPool(
             broker: broker, registry: registry,
             configuration: WorkerPoolConfiguration(
@@ -93,20 +95,21 @@ public final class WorkerService: Sendable {
         }
         let events = broker.events()
         let observing = Task { await observer.follow(events) }
-        let reconnects = Task { [broker, observer] in
-            while !Task.isCancelled {
-                observer.setReconnects(broker.reconnects)
-                try? await Task.sleep(for: .seconds(1))
+        let updates = broker.connectionUpdates
+        // The connection may have come up before we started listening.
+        if broker.isReady { logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(configuration.queue)"]) }
+        let connection = Task { [logger, queue = configuration.queue] in
+            for await state in updates {
+                switch state {
+                case .connected: logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(queue)"])
+                case let .disconnected(reason): logger.warning("lost the RabbitMQ connection; reconnecting", metadata: ["reason": "\(reason)"])
+                case .connecting, .closed: break
+                }
             }
-        }
-        let announce = Task { [broker, logger] in
-            try? await broker.waitUntilReady(timeout: .seconds(3_600))
-            if broker.isReady { logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(broker.configuration.queue)"]) }
         }
         await broker.run(pool)
         logger.info("warren drained and stopped")
-        announce.cancel()
-        reconnects.cancel()
+        connection.cancel()
         await observing.value
         try? await httpClient.shutdown()
     }

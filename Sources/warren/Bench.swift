@@ -58,10 +58,10 @@ struct Bench: AsyncParsableCommand {
             configuration.publishesEvents = events
             let broker = AMQPBroker(configuration)
             try await broker.waitUntilReady()
-            let done = Countdown(count)
+            let done = Latch(count)
             var registry = HandlerRegistry()
             try registry.registerRaw("noop") { _, _ in
-                done.tick()
+                done.countDown()
                 return Data()
             }
             let elapsed = await drain(broker, registry, concurrency: 32, until: done)
@@ -82,13 +82,13 @@ struct Bench: AsyncParsableCommand {
         try await producer.waitUntilReady()
         let total = rate * seconds
         let samples = Mutex<[Double]>([])
-        let done = Countdown(total)
+        let done = Latch(total)
         var registry = HandlerRegistry()
         try registry.registerRaw("stamp") { payload, _ in
             let now = DispatchTime.now().uptimeNanoseconds
             let sent = UInt64(String(decoding: payload, as: UTF8.self)) ?? now
             samples.withLock { $0.append(Double(now &- sent) / 1e9) }
-            done.tick()
+            done.countDown()
             return Data()
         }
         let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 16))
@@ -139,10 +139,10 @@ struct Bench: AsyncParsableCommand {
     /// Pre-fills the broker, then drains it through a worker pool with a no-op handler.
     func endToEnd(count: Int, concurrency: Int) async throws -> Double {
         let broker = InMemoryBroker(configuration: QueueConfiguration(capacity: count, finishedWindow: 10_000))
-        let done = Countdown(count)
+        let done = Latch(count)
         var registry = HandlerRegistry()
         try registry.registerRaw("noop") { _, _ in
-            done.tick()
+            done.countDown()
             return Data()
         }
         let jobs = (0..<count).map { Job(id: JobID("e\($0)"), name: "noop") }
@@ -156,7 +156,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     /// Runs a worker pool over `broker` until `done` is released; how long that took.
-    func drain(_ broker: any Broker, _ registry: HandlerRegistry, concurrency: Int, until done: Countdown) async -> Duration {
+    func drain(_ broker: any Broker, _ registry: HandlerRegistry, concurrency: Int, until done: Latch) async -> Duration {
         let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: concurrency))
         let started = ContinuousClock.now
         let runner = Task { await pool.run() }
@@ -172,7 +172,7 @@ struct Bench: AsyncParsableCommand {
     func criticalLatency(samples: Int) async throws -> (p50: Double, p99: Double, max: Double) {
         let broker = InMemoryBroker()
         let queue = JobQueue(broker: broker)
-        let release = Countdown(1)
+        let release = Latch(1)
         let startedAt = Mutex<[JobID: ContinuousClock.Instant]>([:])
         var registry = HandlerRegistry()
         try registry.registerRaw("long") { _, _ in
@@ -201,37 +201,12 @@ struct Bench: AsyncParsableCommand {
         }
         let stats = await broker.statistics()
         precondition(stats.depthByPriority[.low] == 10_000, "the low jobs must still wait")
-        release.tick()
+        release.countDown()
         pool.shutdown()
         await queue.broker.close()
         await runner.value
         latencies.sort()
         return (latencies[latencies.count / 2], latencies[Int(Double(latencies.count) * 0.99)], latencies.last!)
-    }
-}
-
-/// Releases every waiter once it has been ticked `count` times.
-final class Countdown: Sendable {
-    private let state: Mutex<(remaining: Int, waiters: [CheckedContinuation<Void, Never>])>
-    init(_ count: Int) { state = Mutex((count, [])) }
-    func tick() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.remaining -= 1
-            guard state.remaining <= 0 else { return [] }
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-    func wait() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let done = state.withLock { state -> Bool in
-                if state.remaining <= 0 { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
-        }
     }
 }
 

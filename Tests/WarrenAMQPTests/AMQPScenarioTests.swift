@@ -115,21 +115,12 @@ struct AMQPScenarioTests {
         try await usingBroker {
             let name = TestBroker.unique()
             let broker = try await makeBroker(name)
-            let gate = Locked<[CheckedContinuation<Void, Never>]?>([])
+            let gate = Latch(1)
             let started = Locked<[String]>([])
             var registry = HandlerRegistry()
             try registry.registerRaw("scenario.work") { payload, context in
                 started.withLock { $0.append("\(context.priority)") }
-                if context.priority != .critical {
-                    await withCheckedContinuation { continuation in
-                        let open = gate.withLock { waiting -> Bool in
-                            guard waiting != nil else { return true }
-                            waiting!.append(continuation)
-                            return false
-                        }
-                        if open { continuation.resume() }
-                    }
-                }
+                if context.priority != .critical { await gate.wait() }
                 return payload
             }
             let queue = JobQueue(broker: broker)
@@ -144,8 +135,7 @@ struct AMQPScenarioTests {
             #expect(started.withLock { $0 } == ["low", "low", "critical"], "the critical job started while low jobs held every slot")
             let stats = await broker.statistics()
             #expect(stats.depthByPriority[.low]! > 0, "low jobs were waiting, prefetched")
-            let waiting = gate.withLock { waiting in defer { waiting = nil }; return waiting ?? [] }
-            for continuation in waiting { continuation.resume() }
+            gate.countDown()
             pool.shutdown()
             await runner.value
             await broker.close()

@@ -1,4 +1,5 @@
 import Foundation
+import Warren
 #if canImport(Glibc)
 import Glibc
 #endif

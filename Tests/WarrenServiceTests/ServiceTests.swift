@@ -192,7 +192,7 @@ struct HandlerTests {
 
     @Test(.timeLimit(.minutes(1)))
     func httpStatusesDecideSuccessRetryOrDeadLetter() async throws {
-        let attempts = Shared<[String: Int]>([:])
+        let attempts = Locked<[String: Int]>([:])
         let service = try await FakeService { call in
             let path = call.path
             let attempt = attempts.withLock { counts -> Int in

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Warren
 import Hummingbird
 import Logging
 import NIOCore
@@ -104,9 +105,9 @@ final class FakeService: Sendable {
         let body: Data
     }
 
-    private let calls = Shared<[Call]>([])
-    private let running = Shared<(now: Int, most: Int)>((0, 0))
-    private let finished = Shared<Set<String>>([])
+    private let calls = Locked<[Call]>([])
+    private let running = Locked<(now: Int, most: Int)>((0, 0))
+    private let finished = Locked<Set<String>>([])
     let port: Int
     private let task: Task<Void, any Error>
 
@@ -154,11 +155,4 @@ func get(_ url: String) async -> (Int, String)? {
     guard let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: url), timeout: .seconds(5)),
           let body = try? await response.body.collect(upTo: 8 << 20) else { return nil }
     return (Int(response.status.code), String(buffer: body))
-}
-
-/// A mutex closures can share.
-final class Shared<Value: Sendable>: Sendable {
-    private let mutex: Mutex<Value>
-    init(_ value: Value) { mutex = Mutex(value) }
-    func withLock<R: Sendable>(_ body: (inout Value) -> R) -> R { mutex.withLock { body(&$0) } }
 }
