@@ -25,18 +25,21 @@ struct Submit: AsyncParsableCommand {
         guard let level = JobPriority(name: priority) else {
             throw ValidationError("--priority '\(priority)' is not one of critical, high, normal, low, background")
         }
-        var notBefore: Date?
+        var delayed = Duration.zero
         if let delay {
-            guard let parsed = parseDuration(delay) else { throw ValidationError("--delay '\(delay)' is not a duration such as 30s or 5m") }
-            notBefore = Date().addingTimeInterval(parsed.timeInterval)
+            guard let parsed = ServiceConfiguration.duration(delay) else {
+                throw ValidationError("--delay '\(delay)' is not a duration such as 30s or 5m")
+            }
+            delayed = parsed
         }
-        guard let waitFor = parseDuration(timeout) else { throw ValidationError("--timeout '\(timeout)' is not a duration") }
+        guard let waitFor = ServiceConfiguration.duration(timeout) else { throw ValidationError("--timeout '\(timeout)' is not a duration") }
         let job = Job(
-            id: id.map { JobID($0) } ?? .random(), name: name, payload: Data(payload.utf8), priority: level, notBefore: notBefore,
+            id: id.map { JobID($0) } ?? .random(), name: name, payload: Data(payload.utf8), priority: level,
+            notBefore: delay == nil ? nil : Date().addingTimeInterval(delayed.timeInterval),
             maxRetries: maxRetries ?? configuration.maxRetries)
         let tools = AMQPTools(url: configuration.brokerURL, queue: configuration.queue)
-        let outcome = try tools.submit(
-            job, wait: wait ? waitFor + (delay.flatMap(parseDuration) ?? .zero) : nil, statesMaxRetries: maxRetries != nil)
+        // A delayed job is waited for past its delay.
+        let outcome = try tools.submit(job, wait: wait ? waitFor + delayed : nil, statesMaxRetries: maxRetries != nil)
         guard wait else {
             print(job.id)
             return
@@ -168,8 +171,6 @@ private func age(_ date: Date?) -> String {
     if seconds < 172_800 { return "\(seconds / 3_600)h" }
     return "\(seconds / 86_400)d"
 }
-
-func parseDuration(_ text: String) -> Duration? { ServiceConfiguration.duration(text) }
 
 extension String {
     func leftPadded(_ width: Int) -> String { String(repeating: " ", count: max(0, width - count)) + self }

@@ -41,18 +41,19 @@ struct AMQPLifecycleTests {
             // The URL as the environment gives it (its description hides the password).
             let url = ProcessInfo.processInfo.environment["WARREN_TEST_AMQP_URL"] ?? ""
             let arguments = [url, name, "\(prefetch)", "16", "2"]
-            let first = try WorkerProcess(arguments)
+            let worker = ChildProcess.builtProduct("WarrenTestWorker")
+            let first = try ChildProcess(worker, arguments, keepStderr: true)
             try await waitUntil("1,500 jobs run by the first worker", within: 60) { first.lines.count >= 1_500 }
-            first.kill(SIGKILL)
+            first.signal(SIGKILL)
             let firstStatus = try await first.exit(within: 10)
             #expect(firstStatus == .signalled(SIGKILL))
-            let second = try WorkerProcess(arguments)
+            let second = try ChildProcess(worker, arguments, keepStderr: true)
             let runs: @Sendable () -> [String] = { first.lines + second.lines }
             try await waitUntil("every job run", within: 90) { Set(runs()).count == ids.count }
             let normal = Topology(queue: name).brokerQueue(.normal)
             try await waitUntil("the queue to drain", within: 30) { (try? self.queueCounts(normal).messages) == 0 }
             // Graceful exit of the second worker: nothing is left to hand back, it exits 0.
-            second.kill(SIGTERM)
+            second.signal(SIGTERM)
             #expect(try await second.exit(within: 30) == .exited(0))
             #expect(second.lines.last == "drained")
             let all = runs().filter { $0 != "drained" }
@@ -212,75 +213,5 @@ struct AMQPLifecycleTests {
         let topology = Topology(queue: name)
         for priority in JobPriority.allCases { try cleaner.deleteQueue(topology.brokerQueue(priority)) }
         try cleaner.deleteQueue(topology.deadQueue)
-    }
-}
-
-/// A `WarrenTestWorker` process, with the lines it prints.
-final class WorkerProcess: Sendable {
-    let pid: pid_t
-    private let output = Locked<[String]>([])
-    private let reaped = Locked(false)
-
-    /// The worker binary sits next to the test bundle.
-    static var executable: String {
-        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("WarrenTestWorker").path
-    }
-
-    init(_ arguments: [String]) throws {
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw TimedOut(description: "pipe failed: \(errno)") }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, fds[1], STDOUT_FILENO)
-        posix_spawn_file_actions_addclose(&actions, fds[0])
-        let argv = ([Self.executable] + arguments).map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, Self.executable, &actions, nil, argv, environ)
-        close(fds[1])
-        guard spawned == 0 else {
-            close(fds[0])
-            throw TimedOut(description: "could not start \(Self.executable): \(spawned)")
-        }
-        self.pid = pid
-        let reader = fds[0], output = self.output
-        let thread = Thread {
-            var pending: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65_536)
-            while true {
-                let count = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
-                if count < 0, errno == EINTR { continue }
-                guard count > 0 else { break }
-                pending.append(contentsOf: buffer[0..<count])
-                guard let last = pending.lastIndex(of: UInt8(ascii: "\n")) else { continue }
-                let lines = pending[..<last].split(separator: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self) }
-                pending.removeSubrange(...last)
-                output.withLock { $0.append(contentsOf: lines) }
-            }
-            close(reader)
-        }
-        thread.start()
-    }
-
-    /// A test that fails half-way leaves no worker behind.
-    deinit {
-        guard !reaped.withLock({ $0 }) else { return }
-        _ = Glibc.kill(pid, SIGKILL)
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
-    }
-
-    /// Whole lines printed so far.
-    var lines: [String] { output.withLock { $0 } }
-
-    func kill(_ signal: Int32) { _ = Glibc.kill(pid, signal) }
-
-    /// Waits (bounded) for the process to end.
-    func exit(within seconds: Double) async throws -> ProcessExit {
-        let exit = try await ProcessExit.wait(for: pid, within: seconds)
-        reaped.withLock { $0 = true }
-        return exit
     }
 }

@@ -28,11 +28,7 @@ enum TestEnvironment {
     /// The repository root (this file is Tests/WarrenServiceTests/Support.swift).
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    /// A product built next to the test bundle.
-    static func binary(_ name: String) -> String {
-        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent(name).path
-    }
+    static func binary(_ name: String) -> String { ChildProcess.builtProduct(name) }
 
     static func unique(_ base: String = #function) -> String {
         "t-\(base.prefix { $0 != "(" }.lowercased())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
@@ -54,46 +50,6 @@ enum TestEnvironment {
             if bound == 0 { return port }
         }
         return 0
-    }
-}
-
-/// A child process with its environment, stdout+stderr to a file.
-final class ChildProcess: Sendable {
-    let pid: pid_t
-    let logPath: String
-    private let reaped = Mutex(false)
-
-    init(_ executable: String, _ arguments: [String], environment: [String: String]) throws {
-        logPath = NSTemporaryDirectory() + "warren-child-\(UUID().uuidString).log"
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO)
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { for pointer in argv + envp { free(pointer) } }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, nil, argv, envp)
-        guard status == 0 else { throw TimedOut(description: "could not start \(executable): \(status)") }
-        self.pid = pid
-    }
-
-    deinit {
-        guard !reaped.withLock({ $0 }) else { return }
-        _ = kill(pid, SIGKILL)
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
-    }
-
-    var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
-
-    func signal(_ signal: Int32) { _ = kill(pid, signal) }
-
-    func exit(within seconds: Double) async throws -> ProcessExit {
-        let exit = try await ProcessExit.wait(for: pid, within: seconds)
-        reaped.withLock { $0 = true }
-        return exit
     }
 }
 
