@@ -9,7 +9,8 @@ command -v swift >/dev/null || { echo "Swift 6.2 or newer is needed: https://www
 scripts/rabbitmq.sh install
 scripts/rabbitmq.sh reap
 dir=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)
-trap 'scripts/rabbitmq.sh remove "$dir"' EXIT
+log=$(mktemp /tmp/warren-test-log.XXXXXX)
+trap 'scripts/rabbitmq.sh remove "$dir"; rm -f "$log"' EXIT
 swift build --build-tests &
 build=$!
 echo "starting a private RabbitMQ in $dir …"
@@ -20,4 +21,12 @@ swift build --package-path Examples/TypedHandlers
 export $env_lines
 export WARREN_TEST_RABBITMQ_DIR="$dir"
 echo "RabbitMQ is up at ${WARREN_TEST_AMQP_URL}"
-swift test --skip-build "$@"
+status=0
+swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?
+if [ "$status" -ne 0 ]; then
+    # Parallel tests interleave their lines: repeat the failures where a reader of the tail sees them.
+    echo
+    echo "── what failed ──"
+    grep -aE 'recorded an issue|✘|error:|Fatal error|Crash' "$log" | tail -n 60 || true
+fi
+exit "$status"

@@ -62,7 +62,7 @@ struct ComposeTests {
         url.password = ""
         let secrets = NSTemporaryDirectory() + "warren-secrets-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: secrets, withIntermediateDirectories: true)
-        try "\(password)\n".write(toFile: secrets + "/broker-password", atomically: true, encoding: .utf8)
+        try "\(password)\n".write(toFile: secrets + "/broker-password", atomically: false, encoding: .utf8)
         let httpPort = TestEnvironment.freePort()
         environment["WARREN_BROKER_URL"] = "amqp://\(url.user)@\(url.host):\(url.port)/"
         environment["WARREN_SECRETS_DIR"] = secrets

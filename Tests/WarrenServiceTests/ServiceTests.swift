@@ -48,11 +48,11 @@ struct ConfigurationTests {
           prefetch: 7
         queue:
           name: from-file
-        """.write(toFile: file, atomically: true, encoding: .utf8)
+        """.write(toFile: file, atomically: false, encoding: .utf8)
         let secrets = dir + "/secrets"
         try FileManager.default.createDirectory(atPath: secrets, withIntermediateDirectories: true)
-        try "from-secret\n".write(toFile: secrets + "/broker-password", atomically: true, encoding: .utf8)
-        try "9\n".write(toFile: secrets + "/worker-prefetch", atomically: true, encoding: .utf8)
+        try "from-secret\n".write(toFile: secrets + "/broker-password", atomically: false, encoding: .utf8)
+        try "9\n".write(toFile: secrets + "/worker-prefetch", atomically: false, encoding: .utf8)
 
         let all = try await ServiceConfiguration.load(sources(
             flags: ["worker.concurrency": "5"], env: ["WARREN_WORKER_CONCURRENCY": "4", "WARREN_QUEUE_NAME": "from-env"],
@@ -62,11 +62,11 @@ struct ConfigurationTests {
         #expect(all.prefetch == 7, "the file beats secret files")
         #expect(all.brokerURL.host == "file-host" && all.brokerURL.password == "from-file")
 
-        try "broker:\n  url: amqp://app@file-host/\n".write(toFile: file, atomically: true, encoding: .utf8)
+        try "broker:\n  url: amqp://app@file-host/\n".write(toFile: file, atomically: false, encoding: .utf8)
         let secret = try await ServiceConfiguration.load(sources(file: file, secrets: secrets))
         #expect(secret.brokerURL.password == "from-secret", "the password from its secret file")
         let passwordFile = dir + "/pw"
-        try "from-password-file".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        try "from-password-file".write(toFile: passwordFile, atomically: false, encoding: .utf8)
         let explicit = try await ServiceConfiguration.load(sources(env: ["WARREN_BROKER_PASSWORD_FILE": passwordFile]))
         #expect(explicit.brokerURL.password == "from-password-file")
     }
@@ -92,7 +92,7 @@ struct ConfigurationTests {
         }
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try "worker:\n  concurency: 4\n".write(toFile: dir + "/typo.yaml", atomically: true, encoding: .utf8)
+        try "worker:\n  concurency: 4\n".write(toFile: dir + "/typo.yaml", atomically: false, encoding: .utf8)
         await #expect(throws: ConfigurationError.unknownKey("worker.concurency", file: dir + "/typo.yaml")) {
             _ = try await ServiceConfiguration.load(sources(file: dir + "/typo.yaml"))
         }
@@ -179,6 +179,7 @@ struct HandlerTests {
     @Test(.timeLimit(.minutes(1)))
     func aTimedOutCommandHasItsWholeProcessGroupKilled() async throws {
         let marker = NSTemporaryDirectory() + "warren-exec-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: marker) }
         // The shell starts a grandchild that would outlive a kill of the shell alone.
         let script = "sleep 30 & echo $! > \(marker); wait"
         let job = Job(name: "exec", maxRetries: 0)
@@ -187,7 +188,6 @@ struct HandlerTests {
         #expect(reason.code == "retries_exhausted" && errors.first?.timedOut == true)
         let pid = try #require(Int32(try String(contentsOfFile: marker, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)))
         try await waitUntil("the grandchild to be gone", within: 10) { kill(pid, 0) != 0 }
-        try? FileManager.default.removeItem(atPath: marker)
     }
 
     @Test(.timeLimit(.minutes(1)))

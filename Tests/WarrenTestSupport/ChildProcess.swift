@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// A child process with its own environment; its stdout (and stderr, unless `keepStderr`) goes to a
-/// file that `output` and `lines` read. Killed when dropped, if it still runs.
+/// file that `output` and `lines` read. Killed when dropped, if it still runs; the file goes with it.
 public final class ChildProcess: Sendable {
     public let pid: pid_t
     public let logPath: String
@@ -31,6 +31,7 @@ public final class ChildProcess: Sendable {
     }
 
     deinit {
+        defer { unlink(logPath) }
         guard !reaped.withLock({ $0 }) else { return }
         _ = kill(pid, SIGKILL)
         var status: Int32 = 0
