@@ -1,14 +1,38 @@
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A mutex that closures and tasks can share. Package-wide: every Warren module (and its tests)
 /// uses this one.
-package final class Locked<Value>: Sendable {
-    private let mutex: Mutex<Value>
-    package init(_ value: sending Value) { mutex = Mutex(value) }
+///
+/// A glibc adaptive mutex rather than `Synchronization.Mutex`: on Linux, Swift 6.3's `Mutex` is a
+/// priority-inheritance futex, which hands a contended lock over through the kernel
+/// (swiftlang/swift#88440). The queue's locks are contended by the I/O thread, the dispatcher
+/// and every settling job; with this lock the AMQP drain costs about a tenth less CPU per job.
+/// `@unchecked Sendable`: `value` is only touched under the mutex.
+package final class Locked<Value>: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var value: Value
+    package init(_ value: sending Value) {
+        self.value = value
+        mutex = .allocate(capacity: 1)
+        var attributes = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attributes)
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
+        pthread_mutex_init(mutex, &attributes)
+        pthread_mutexattr_destroy(&attributes)
+    }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
     package func withLock<Result, Failure: Error>(
         _ body: (inout sending Value) throws(Failure) -> sending Result
     ) throws(Failure) -> sending Result {
-        try mutex.withLock(body)
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
     }
 }
 

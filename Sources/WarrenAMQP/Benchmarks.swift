@@ -46,7 +46,10 @@ public enum AMQPBenchmarks {
     /// Drains `count` messages from `queue` in a bare loop: consume with `prefetch`, ack with
     /// `multiple = true` every `ackEvery`. Returns messages per second: the ceiling Warren is
     /// measured against.
-    public static func rawDrain(url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500) throws(AMQPError) -> Double {
+    public static func rawDrain(
+        url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500
+    ) throws(AMQPError) -> (rate: Double, cpuPerMessage: Double) {
+        let cpuBefore = threadCPUSeconds()
         let raw = try RawConnection(url: url)
         defer { raw.close() }
         try raw.setPrefetch(prefetch)
@@ -77,7 +80,15 @@ public enum AMQPBenchmarks {
                 wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
             }
         }
-        return Double(count) / (ContinuousClock.now - (started ?? .now)).seconds
+        let cpu = threadCPUSeconds() - cpuBefore
+        return (Double(count) / (ContinuousClock.now - (started ?? .now)).seconds, cpu / Double(count))
+    }
+
+    /// CPU time the calling thread has used, in seconds (the raw loop runs on one thread).
+    private static func threadCPUSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// Declares (if needed) and empties a plain queue.

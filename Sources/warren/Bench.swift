@@ -43,8 +43,8 @@ struct Bench: AsyncParsableCommand {
             url: url, exchange: "", routingKey: plain, count: count,
             properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in body })
         print(String(format: "publish with confirms (window 1,000):           %9.0f msg/s", fillRate))
-        let ceiling = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
-        print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s", ceiling))
+        let (ceiling, rawCPU) = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
+        print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s                     (%.1f µs CPU per message)", ceiling, rawCPU * 1e6))
 
         // Warren as configured by default (lifecycle events off), then with events on: one more publish per job.
         for events in [false, true] {
@@ -64,13 +64,22 @@ struct Bench: AsyncParsableCommand {
                 done.countDown()
                 return Data()
             }
+            let cpuBefore = processCPUSeconds()
             let elapsed = await drain(broker, registry, concurrency: 32, until: done)
+            let cpu = processCPUSeconds() - cpuBefore
             await broker.close()
             let warren = Double(count) / elapsed.timeInterval
-            print(String(format: "Warren, no-op jobs, events %@:                %9.0f jobs/s  (%.2f× the ceiling)",
-                         events ? "on " : "off", warren, warren / ceiling))
+            print(String(format: "Warren, no-op jobs, events %@:                %9.0f jobs/s  (%.2f× the ceiling; %.1f µs CPU per job)",
+                         events ? "on " : "off", warren, warren / ceiling, cpu / Double(count) * 1e6))
         }
         try await latency(url: url, rate: 1_000, seconds: 5)
+    }
+
+    /// CPU time this process has used (every thread), in seconds.
+    func processCPUSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// Publishes jobs at `rate` per second from a second connection and measures the time from
