@@ -44,7 +44,7 @@ struct Bench: AsyncParsableCommand {
             properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in body })
         print(String(format: "publish with confirms (window 1,000):           %9.0f msg/s", fillRate))
         let (ceiling, rawCPU) = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
-        print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s                     (%.1f µs CPU per message)", ceiling, rawCPU * 1e6))
+        print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s  (%.1f µs CPU per message)", ceiling, rawCPU * 1e6))
 
         // Warren as configured by default (lifecycle events off), then with events on: one more publish per job.
         for events in [false, true] {
