@@ -49,7 +49,7 @@ public enum AMQPBenchmarks {
     public static func rawDrain(
         url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500
     ) throws(AMQPError) -> (rate: Double, cpuPerMessage: Double) {
-        let cpuBefore = threadCPUSeconds()
+        let cpuBefore = cpuSeconds(thisThreadOnly: true)
         let raw = try RawConnection(url: url)
         defer { raw.close() }
         try raw.setPrefetch(prefetch)
@@ -80,14 +80,15 @@ public enum AMQPBenchmarks {
                 wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
             }
         }
-        let cpu = threadCPUSeconds() - cpuBefore
+        let cpu = cpuSeconds(thisThreadOnly: true) - cpuBefore
         return (Double(count) / (ContinuousClock.now - (started ?? .now)).seconds, cpu / Double(count))
     }
 
-    /// CPU time the calling thread has used, in seconds (the raw loop runs on one thread).
-    private static func threadCPUSeconds() -> Double {
+    /// CPU time used so far, in seconds: by the whole process, or by the calling thread alone
+    /// (the raw loop runs on one thread).
+    public static func cpuSeconds(thisThreadOnly: Bool = false) -> Double {
         var now = timespec()
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+        clock_gettime(thisThreadOnly ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID, &now)
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 

@@ -64,22 +64,15 @@ struct Bench: AsyncParsableCommand {
                 done.countDown()
                 return Data()
             }
-            let cpuBefore = processCPUSeconds()
+            let cpuBefore = AMQPBenchmarks.cpuSeconds()
             let elapsed = await drain(broker, registry, concurrency: 32, until: done)
-            let cpu = processCPUSeconds() - cpuBefore
+            let cpu = AMQPBenchmarks.cpuSeconds() - cpuBefore
             await broker.close()
             let warren = Double(count) / elapsed.timeInterval
             print(String(format: "Warren, no-op jobs, events %@:                %9.0f jobs/s  (%.2f× the ceiling; %.1f µs CPU per job)",
                          events ? "on " : "off", warren, warren / ceiling, cpu / Double(count) * 1e6))
         }
         try await latency(url: url, rate: 1_000, seconds: 5)
-    }
-
-    /// CPU time this process has used (every thread), in seconds.
-    func processCPUSeconds() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// Publishes jobs at `rate` per second from a second connection and measures the time from
