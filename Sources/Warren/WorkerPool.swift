@@ -148,18 +148,21 @@ public final class WorkerPool: Sendable {
 
     private func start(_ delivery: Delivery) {
         let job = delivery.job
-        state.withLock { state in
+        let run = state.withLock { state -> UInt64 in
             // Only the dispatcher takes slots, so the room the filter promised is still there; if a
             // job slipped through anyway it runs in the least busy capable group rather than being lost.
             let choice = state.router.route(job, among: state.loads) ?? state.fallback(for: job)
             state.occupy(choice.group, choice.slot)
-            state.handlers[job.id] = (choice.group, choice.slot, delivery.stop)
+            // Keyed per run, not per job: a retry can start while its timed-out attempt still runs.
+            state.nextRun &+= 1
+            state.handlers[state.nextRun] = (choice.group, choice.slot, delivery.stop)
+            return state.nextRun
         }
         let pool = self
         // A stop (cancel, timeout, shutdown) settles the attempt at once, in its own task; the job's
         // task waits for that settlement before it frees the slot, so nothing outlives the pool.
         let stopSettlement = Locked<Task<Void, Never>?>(nil)
-        let task = Task { await pool.execute(delivery, stopSettlement: stopSettlement) }
+        let task = Task { await pool.execute(delivery, run: run, stopSettlement: stopSettlement) }
         delivery.stop.onFire { [broker] reason in
             task.cancel()
             let outcome: AttemptOutcome = switch reason {
@@ -176,7 +179,7 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    private func execute(_ delivery: Delivery, stopSettlement: Locked<Task<Void, Never>?>) async {
+    private func execute(_ delivery: Delivery, run: UInt64, stopSettlement: Locked<Task<Void, Never>?>) async {
         let job = delivery.job
         let outcome: AttemptOutcome
         if let entry = registry.entry(job.name) {
@@ -203,12 +206,12 @@ public final class WorkerPool: Sendable {
         } else {
             await broker.settle(delivery, outcome)
         }
-        release(job.id)
+        release(run)
     }
 
-    private func release(_ id: JobID) {
+    private func release(_ run: UInt64) {
         let wake = state.withLock { state -> (CheckedContinuation<Void, Never>?, Task<Delivery?, Never>?, CheckedContinuation<Void, Never>?) in
-            guard let (group, slot, _) = state.handlers.removeValue(forKey: id) else { return (nil, nil, nil) }
+            guard let (group, slot, _) = state.handlers.removeValue(forKey: run) else { return (nil, nil, nil) }
             state.free(group, slot)
             let roomWaiter = state.roomWaiter
             state.roomWaiter = nil
@@ -272,7 +275,9 @@ private struct PoolState {
     var loads: [GroupLoad]
     var router: Router
     var running = 0
-    var handlers: [JobID: (Int, Slot, StopSignal)] = [:]
+    /// Each running handler's group, slot and stop signal, by run.
+    var handlers: [UInt64: (Int, Slot, StopSignal)] = [:]
+    var nextRun: UInt64 = 0
     var roomWaiter: CheckedContinuation<Void, Never>?
     var pull: (filter: DeliveryFilter, task: Task<Delivery?, Never>)?
     var drainWaiter: CheckedContinuation<Void, Never>?

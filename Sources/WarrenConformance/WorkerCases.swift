@@ -114,6 +114,23 @@ extension ConformanceSuite {
                 try await within(5, "the slot to free") { while pool.running > 0 { await Task.yield() } }
             }
         },
+        test("a retry that starts while its timed-out attempt still runs: each holds its own slot until it ends") { broker in
+            var registry = HandlerRegistry()
+            let firstAttemptMayReturn = Latch(1)
+            try registry.registerRaw("conformance.stubborn") { payload, context in
+                // The first attempt ignores the cancellation its timeout sends.
+                if context.attempt == 1 { await firstAttemptMayReturn.wait() }
+                return payload
+            }
+            try await withPool(broker, registry) { queue, pool in
+                let job = Job(name: "conformance.stubborn", payload: Data("2".utf8), timeout: .milliseconds(200), maxRetries: 1)
+                try await queue.submit(batch: [job])
+                try expectEqual(try await outcome(broker, job.id), .completed(Data("2".utf8)), "the second attempt's result")
+                try await within(5, "only the stubborn first attempt to be left") { while pool.running != 1 { await Task.yield() } }
+                firstAttemptMayReturn.countDown()
+                try await within(5, "both slots to free") { while pool.running > 0 { await Task.yield() } }
+            }
+        },
         test("never more handlers at once than the concurrency limit") { broker in
             var registry = HandlerRegistry()
             let now = Counter(), peak = Locked(0)
