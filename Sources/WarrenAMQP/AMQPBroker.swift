@@ -283,17 +283,43 @@ public final class AMQPBroker: Broker {
 
 /// Where each job held here came from, and how its message is settled.
 private final class Messages: Sendable {
-    struct Origin: Sendable {
+    /// One delivery: a class, so the hot path moves one reference instead of a dozen fields.
+    final class Origin: Sendable {
         let tag: UInt64
         let generation: UInt64
         let exchange: String
         let routingKey: String
         let properties: MessageProperties
+
+        init(_ message: IncomingMessage, generation: UInt64) {
+            tag = message.deliveryTag
+            self.generation = generation
+            exchange = message.exchange
+            routingKey = message.routingKey
+            properties = message.properties
+        }
+    }
+
+    /// A job's delivery, and copies of it that arrived while it was held here (redeliveries after
+    /// a reconnection); they are all settled together.
+    struct Origins: Sendable {
+        let first: Origin
+        var duplicates: [Origin] = []
+
+        /// Notes another arrival; the one that created the entry is not a duplicate of itself.
+        mutating func add(_ origin: Origin) {
+            if origin !== first { duplicates.append(origin) }
+        }
+
+        func forEach(_ body: (Origin) -> Void) {
+            body(first)
+            for duplicate in duplicates { body(duplicate) }
+        }
     }
 
     struct State {
         /// The delivery of each job held in the local queue, and copies that arrived meanwhile.
-        var origins: [JobID: (origin: Origin, duplicates: [Origin])] = [:]
+        var origins: [JobID: Origins] = [:]
         var known = RecentIDs(capacity: 100_000)
         /// Jobs published here, without their payloads, for status until they arrive.
         var published: [JobID: Job] = [:]
@@ -365,13 +391,11 @@ private final class Messages: Sendable {
             for message in burst { link.reject(message.deliveryTag, generation: generation, requeue: true) }
             return
         }
-        var decoded: [(job: Job, message: IncomingMessage, origin: Origin)] = []
+        // Decoded jobs, with the index of their message in the burst.
+        var decoded: [(job: Job, index: Int)] = []
         decoded.reserveCapacity(burst.count)
-        for message in burst {
-            let priority = message.consumerTag.split(separator: ".").last.flatMap { JobPriority(name: String($0)) } ?? .normal
-            let origin = Origin(
-                tag: message.deliveryTag, generation: generation, exchange: message.exchange, routingKey: message.routingKey,
-                properties: message.properties)
+        for (index, message) in burst.enumerated() {
+            let priority = Self.priority(ofConsumer: message.consumerTag)
             switch WireFormat.decode(
                 message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
                 limits: configuration.limits, defaults: configuration.jobDefaults)
@@ -379,10 +403,11 @@ private final class Messages: Sendable {
             case let .success(job):
                 // A replay of a job that died here: its id is in the dedup window, but it must run.
                 if job.metadata[WireFormat.replayedKey] != nil { local.forgetFinished(job.id) }
-                decoded.append((job, message, origin))
+                decoded.append((job, index))
             case let .failure(reason):
                 state.withLock { $0.malformed += 1 }
-                deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [], origins: [origin])
+                deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [],
+                           origins: Origins(first: Origin(message, generation: generation)))
                 // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
                 let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
                 let name = message.properties.type.flatMap { $0.isEmpty ? nil : $0 } ?? configuration.queue
@@ -392,35 +417,51 @@ private final class Messages: Sendable {
             }
         }
         // Register where each job came from; a copy of a job held here (a redelivery after a
-        // reconnection) is settled with the original.
-        let (fresh, cancelled) = state.withLock { state -> ([(job: Job, message: IncomingMessage)], Set<JobID>) in
-            var fresh: [(job: Job, message: IncomingMessage)] = []
+        // reconnection) is settled with the original. Jobs whose dependencies have not all arrived
+        // wait (rare); the rest go in together. One dictionary lookup per job.
+        var ready: [Job] = [], readyIndex: [Int] = [], waiting: [(job: Job, index: Int)] = []
+        ready.reserveCapacity(decoded.count)
+        readyIndex.reserveCapacity(decoded.count)
+        let cancelled = state.withLock { state -> Set<JobID> in
             var cancelled = Set<JobID>()
-            for (job, message, origin) in decoded {
-                state.known.insert(job.id)
+            for (job, index) in decoded {
                 if !state.published.isEmpty { state.published[job.id] = nil }
-                if state.origins[job.id] != nil {
-                    state.origins[job.id]!.duplicates.append(origin)
-                    continue
+                let before = state.origins.count
+                let origin = Origin(burst[index], generation: generation)
+                state.origins[job.id, default: Origins(first: origin)].add(origin)
+                guard state.origins.count > before else { continue }
+                if !state.tombstones.isEmpty, state.tombstones.remove(job.id) { cancelled.insert(job.id) }
+                if job.dependencies.isEmpty {
+                    ready.append(job)
+                    readyIndex.append(index)
+                } else {
+                    // Not in the local queue until its dependencies are: the window remembers it meanwhile.
+                    state.known.insert(job.id)
+                    waiting.append((job, index))
                 }
-                state.origins[job.id] = (origin, [])
-                if state.tombstones.remove(job.id) { cancelled.insert(job.id) }
-                fresh.append((job, message))
             }
-            return (fresh, cancelled)
+            return cancelled
         }
-        // Jobs whose dependencies have not all arrived wait (rare); the rest go in together.
-        var ready: [(job: Job, message: IncomingMessage)] = []
-        for entry in fresh {
-            if entry.job.dependencies.isEmpty { ready.append(entry) } else { admit(entry.job, entry.message, into: local, cancelled: cancelled.contains(entry.job.id)) }
+        for entry in waiting {
+            admit(entry.job, burst[entry.index], into: local, cancelled: cancelled.contains(entry.job.id))
         }
         guard !ready.isEmpty else { return }
         // Asked after this burst's own dependents have started waiting.
         let anyWaiting = state.withLock { !$0.waitingForDependency.isEmpty }
-        let refusals = local.enqueueEach(ready.map(\.job), cancelling: cancelled)
-        for (entry, refusal) in zip(ready, refusals) {
-            if let refusal { refuse(entry.job, entry.message, refusal) } else if anyWaiting { release(waitingFor: entry.job.id, into: local) }
+        let refusals = local.enqueueEach(ready, cancelling: cancelled)
+        for (position, refusal) in refusals.enumerated() {
+            if let refusal {
+                refuse(ready[position], burst[readyIndex[position]], refusal)
+            } else if anyWaiting {
+                release(waitingFor: ready[position].id, into: local)
+            }
         }
+    }
+
+    /// The priority of the queue a consumer reads: the last part of its tag (`warren.GEN.PRIORITY`).
+    static func priority(ofConsumer tag: String) -> JobPriority {
+        guard let dot = tag.utf8.lastIndex(of: UInt8(ascii: ".")) else { return .normal }
+        return JobPriority(name: String(tag[tag.utf8.index(after: dot)...])) ?? .normal
     }
 
     /// Enqueues a received job once every dependency is here; then the jobs that waited for it.
@@ -469,10 +510,10 @@ private final class Messages: Sendable {
         switch error {
         case .duplicate:
             // Finished here already (inside the dedup window): drop the copy.
-            ack(origins)
+            ack(origins, on: link)
         case .queueFull, .closed, .unavailable:
             // Back to the broker, for this or another consumer.
-            for origin in origins { link.reject(origin.tag, generation: origin.generation, requeue: true) }
+            origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
         case let .unknownDependency(_, dependency):
             deadLetter(properties: message.properties, body: message.body,
                        reason: .malformedMessage("it depends on job \(dependency), which this worker has not seen"), errors: job.errors, origins: origins)
@@ -484,18 +525,17 @@ private final class Messages: Sendable {
         }
     }
 
-    private func takeOrigins(_ id: JobID) -> [Origin]? {
-        state.withLock { state in
-            guard let entry = state.origins.removeValue(forKey: id) else { return nil }
-            return [entry.origin] + entry.duplicates
-        }
+    private func takeOrigins(_ id: JobID) -> Origins? {
+        state.withLock { $0.origins.removeValue(forKey: id) }
     }
 
     // MARK: Settling what leaves the local queue
 
     func settle(_ departures: [Departure]) {
-        for departure in departures {
-            guard let origins = takeOrigins(departure.job.id) else { continue }
+        let taken = state.withLock { state in departures.map { state.origins.removeValue(forKey: $0.job.id) } }
+        let connection = link
+        for (departure, origins) in zip(departures, taken) {
+            guard let origins else { continue }
             switch departure {
             case let .completed(job): announce(.completed, job)
             case let .cancelled(job): announce(.cancelled, job)
@@ -514,14 +554,14 @@ private final class Messages: Sendable {
                     // The job is done either way; a reply that cannot be delivered is not a reason to run it again.
                     settleAfter({ try? await $0.publish(reply, deadline: self.configuration.publishDeadline) }, origins: origins)
                 } else {
-                    ack(origins)
+                    ack(origins, on: connection)
                 }
             case .cancelled:
-                ack(origins)
+                ack(origins, on: connection)
             case let .retry(job):
                 settleAfter({ connection throws(AMQPError) in try await self.publish(job, on: connection) }, origins: origins)
             case let .deadLettered(job):
-                deadLetter(properties: origins[0].properties, body: Array(job.payload), reason: job.deadLetterReason ?? .malformedMessage("unknown"),
+                deadLetter(properties: origins.first.properties, body: Array(job.payload), reason: job.deadLetterReason ?? .malformedMessage("unknown"),
                            errors: job.errors, origins: origins, replyTo: job.metadata[WireFormat.replyToKey],
                            correlationID: job.metadata[WireFormat.correlationIDKey])
             }
@@ -541,7 +581,7 @@ private final class Messages: Sendable {
     func handBack(_ jobs: [Job]) {
         for job in jobs {
             guard let origins = takeOrigins(job.id) else { continue }
-            for origin in origins { link.reject(origin.tag, generation: origin.generation, requeue: true) }
+            origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
         }
         let waiting = state.withLock { state in
             defer { state.waitingForDependency.removeAll() }
@@ -549,21 +589,21 @@ private final class Messages: Sendable {
         }
         for entry in waiting {
             guard let origins = takeOrigins(entry.job.id) else { continue }
-            for origin in origins { link.reject(origin.tag, generation: origin.generation, requeue: true) }
+            origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
         }
     }
 
-    private func ack(_ origins: [Origin]) {
-        for origin in origins { link.ack(origin.tag, generation: origin.generation) }
+    private func ack(_ origins: Origins, on connection: AMQPConnection) {
+        origins.forEach { connection.ack($0.tag, generation: $0.generation) }
     }
 
     private func deadLetter(
-        properties: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError], origins: [Origin],
+        properties: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError], origins: Origins,
         replyTo: String? = nil, correlationID: String? = nil
     ) {
         let (deadProperties, deadBody) = WireFormat.deadLetter(
             properties: properties, body: body, reason: reason, errors: errors,
-            exchange: origins[0].exchange, routingKey: origins[0].routingKey)
+            exchange: origins.first.exchange, routingKey: origins.first.routingKey)
         let message = OutgoingMessage(
             exchange: Topology.deadExchange, routingKey: topology.deadRoutingKey, properties: deadProperties, body: deadBody, mandatory: true)
         settleAfter({ connection throws(AMQPError) in
@@ -583,16 +623,16 @@ private final class Messages: Sendable {
     }
 
     /// Runs `publish` (confirmed), then acks the origins; if it fails they go back to their queue.
-    private func settleAfter(_ publish: @escaping @Sendable (AMQPConnection) async throws(AMQPError) -> Void, origins: [Origin]) {
+    private func settleAfter(_ publish: @escaping @Sendable (AMQPConnection) async throws(AMQPError) -> Void, origins: Origins) {
         let connection = link
         settling.add()
         Task {
             do throws(AMQPError) {
                 try await publish(connection)
-                for origin in origins { connection.ack(origin.tag, generation: origin.generation) }
+                origins.forEach { connection.ack($0.tag, generation: $0.generation) }
             } catch {
                 // Not acked: the message returns (now, or when its channel is gone) and is settled again.
-                for origin in origins { connection.reject(origin.tag, generation: origin.generation, requeue: true) }
+                origins.forEach { connection.reject($0.tag, generation: $0.generation, requeue: true) }
             }
             settling.countDown()
         }
@@ -629,6 +669,7 @@ struct RecentIDs {
 
     init(capacity: Int) { self.capacity = capacity }
 
+    var isEmpty: Bool { members.isEmpty }
     func contains(_ id: JobID) -> Bool { members.contains(id) }
 
     mutating func insert(_ id: JobID) {
