@@ -57,6 +57,8 @@ public final class StopSignal: Sendable {
         var reason: Reason?
         var settled = false
         var action: (@Sendable (Reason) -> Void)?
+        /// The settlement a stop started (see `settleOnStop`).
+        var stopSettlement: Task<Void, Never>?
     }
     private let state = Mutex(State())
 
@@ -94,6 +96,30 @@ public final class StopSignal: Sendable {
         state.withLock { state in
             defer { state.settled = true; state.action = nil }
             return !state.settled
+        }
+    }
+
+    /// For a worker pool reacting to a stop: claims the settlement and starts it with `settle`,
+    /// unless the attempt was settled already. The task is kept for `claimOrStopSettlement`.
+    package func settleOnStop(_ settle: () -> Task<Void, Never>) {
+        state.withLock { state in
+            guard !state.settled else { return }
+            state.settled = true
+            state.action = nil
+            state.stopSettlement = settle()
+        }
+    }
+
+    /// For a worker pool whose handler returned: `.claimed` if it may settle the attempt now;
+    /// otherwise the settlement a stop started (nil if someone else settled it), to wait for.
+    package func claimOrStopSettlement() -> Task<Void, Never>?? {
+        state.withLock { state in
+            guard state.settled else {
+                state.settled = true
+                state.action = nil
+                return .none
+            }
+            return .some(state.stopSettlement)
         }
     }
 }

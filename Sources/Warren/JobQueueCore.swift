@@ -91,6 +91,12 @@ public enum Departure: Sendable {
         case let .completed(job), let .retry(job), let .deadLettered(job), let .cancelled(job): job
         }
     }
+
+    public var id: JobID {
+        switch self {
+        case let .completed(job), let .retry(job), let .deadLettered(job), let .cancelled(job): job.id
+        }
+    }
 }
 
 /// The queue contract as a synchronous state machine: dedup, priority order, delays, deadlines,

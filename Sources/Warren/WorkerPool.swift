@@ -161,8 +161,7 @@ public final class WorkerPool: Sendable {
         let pool = self
         // A stop (cancel, timeout, shutdown) settles the attempt at once, in its own task; the job's
         // task waits for that settlement before it frees the slot, so nothing outlives the pool.
-        let stopSettlement = Locked<Task<Void, Never>?>(nil)
-        let task = Task { await pool.execute(delivery, run: run, stopSettlement: stopSettlement) }
+        let task = Task { await pool.execute(delivery, run: run) }
         delivery.stop.onFire { [broker] reason in
             task.cancel()
             let outcome: AttemptOutcome = switch reason {
@@ -170,16 +169,13 @@ public final class WorkerPool: Sendable {
             case .timedOut: .timedOut
             case .shutdown: .failed("the worker shut down before the job finished")
             }
-            // Claimed under the same lock the job's task claims under: whoever loses finds the
+            // Claimed under the signal's lock, as the job's task claims: whoever loses finds the
             // winner's settlement already recorded.
-            stopSettlement.withLock { settlement in
-                guard delivery.stop.claimSettlement() else { return }
-                settlement = Task { await broker.settle(delivery, outcome) }
-            }
+            delivery.stop.settleOnStop { Task { await broker.settle(delivery, outcome) } }
         }
     }
 
-    private func execute(_ delivery: Delivery, run: UInt64, stopSettlement: Locked<Task<Void, Never>?>) async {
+    private func execute(_ delivery: Delivery, run: UInt64) async {
         let job = delivery.job
         let outcome: AttemptOutcome
         if let entry = registry.entry(job.name) {
@@ -198,10 +194,7 @@ public final class WorkerPool: Sendable {
         } else {
             outcome = .rejected(.unknownJobName(job.name))
         }
-        let stopped = stopSettlement.withLock { settlement -> Task<Void, Never>?? in
-            delivery.stop.claimSettlement() ? .none : .some(settlement)
-        }
-        if let stopped {
+        if let stopped = delivery.stop.claimOrStopSettlement() {
             await stopped?.value
         } else {
             await broker.settle(delivery, outcome)

@@ -532,15 +532,17 @@ private final class Messages: Sendable {
     // MARK: Settling what leaves the local queue
 
     func settle(_ departures: [Departure]) {
-        let taken = state.withLock { state in departures.map { state.origins.removeValue(forKey: $0.job.id) } }
+        let taken = state.withLock { state in departures.map { state.origins.removeValue(forKey: $0.id) } }
         let connection = link
         for (departure, origins) in zip(departures, taken) {
             guard let origins else { continue }
-            switch departure {
-            case let .completed(job): announce(.completed, job)
-            case let .cancelled(job): announce(.cancelled, job)
-            case let .retry(job): announce(.retrying, job)
-            case let .deadLettered(job): announce(.deadLettered, job)
+            if configuration.publishesEvents {
+                switch departure {
+                case let .completed(job): announce(.completed, job)
+                case let .cancelled(job): announce(.cancelled, job)
+                case let .retry(job): announce(.retrying, job)
+                case let .deadLettered(job): announce(.deadLettered, job)
+                }
             }
             switch departure {
             case let .completed(job):
