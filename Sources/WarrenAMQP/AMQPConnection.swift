@@ -223,7 +223,10 @@ private final class IOLoop: @unchecked Sendable {
     /// Acks asked for since the last flush, and when the first of them was.
     var unflushed = 0
     var firstUnflushed: ContinuousClock.Instant?
+    /// Deliveries count as streaming for 2 ms after the last one: a read that comes back empty
+    /// between two bursts does not end it (each ack would then wake this thread on its own).
     var streaming = false
+    var lastDelivery: ContinuousClock.Instant?
 
     init(
         configuration: AMQPConnection.Configuration, inbox: Locked<Inbox>, wake: EventFD, setup: @escaping AMQPConnection.Setup,
@@ -247,7 +250,12 @@ private final class IOLoop: @unchecked Sendable {
             do throws(AMQPError) {
                 try serveCommands(raw)
                 if acksDue() { try flushAcks(raw) }
-                streaming = try receive(raw) > 0
+                if try receive(raw) > 0 {
+                    lastDelivery = .now
+                    streaming = true
+                } else if streaming, let lastDelivery, ContinuousClock.now - lastDelivery >= .milliseconds(2) {
+                    streaming = false
+                }
                 if !raw.hasBufferedInput {
                     // Tell `send` whether unsignalled acks will be seen within a millisecond; when that
                     // changes to no, acks already waiting are served before sleeping.
@@ -298,6 +306,8 @@ private final class IOLoop: @unchecked Sendable {
         acks.reset()
         unflushed = 0
         firstUnflushed = nil
+        streaming = false
+        lastDelivery = nil
         publishSequence = 0
         returned.removeAll()
         try setup(ConnectionSession(raw: raw, generation: generation))
