@@ -3,13 +3,23 @@ import Foundation
 /// A job's identity. Producers may choose it (it is the deduplication key); otherwise Warren makes one.
 public struct JobID: Hashable, Sendable, Codable, CustomStringConvertible, ExpressibleByStringLiteral {
     public let rawValue: String
+    /// The string's hash, worked out once: a job's id is looked up in several dictionaries on its
+    /// way through a worker, and hashing a 36-character string each time is most of each lookup.
+    private let hash: Int
 
-    public init(_ rawValue: String) { self.rawValue = rawValue }
-    public init(stringLiteral value: String) { self.rawValue = value }
+    public init(_ rawValue: String) {
+        self.rawValue = rawValue
+        hash = rawValue.hashValue
+    }
+
+    public init(stringLiteral value: String) { self.init(value) }
 
     public init(from decoder: any Decoder) throws {
-        rawValue = try decoder.singleValueContainer().decode(String.self)
+        self.init(try decoder.singleValueContainer().decode(String.self))
     }
+
+    public static func == (lhs: JobID, rhs: JobID) -> Bool { lhs.rawValue == rhs.rawValue }
+    public func hash(into hasher: inout Hasher) { hasher.combine(hash) }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()

@@ -32,7 +32,11 @@ public struct DeliveryFilter: Sendable, Equatable {
     /// Critical jobs only (a reserved slot).
     public static let criticalOnly = DeliveryFilter(rooms: [Room(lowest: .critical)])
 
-    var lowestPriority: JobPriority { rooms.map(\.lowest).max() ?? .critical }
+    var lowestPriority: JobPriority {
+        var lowest = JobPriority.critical
+        for room in rooms where room.lowest > lowest { lowest = room.lowest }
+        return lowest
+    }
 
     func admits(_ job: Job) -> Bool {
         rooms.contains { room in

@@ -281,7 +281,16 @@ private struct PoolState {
         self.router = router
     }
 
-    func filter(servable: [Set<String>]) -> DeliveryFilter {
+    /// What the pool can take now. Kept until a group's room changes: it is asked for on every
+    /// pull and every release, but changes only when a group fills up or gets room again.
+    mutating func filter(servable: [Set<String>]) -> DeliveryFilter {
+        if let cachedFilter { return cachedFilter }
+        let filter = makeFilter(servable: servable)
+        cachedFilter = filter
+        return filter
+    }
+
+    private func makeFilter(servable: [Set<String>]) -> DeliveryFilter {
         var rooms: [DeliveryFilter.Room] = []
         for load in loads {
             if load.busy < load.group.concurrency {
@@ -299,7 +308,17 @@ private struct PoolState {
         return (index, .ordinary)
     }
 
+    private var cachedFilter: DeliveryFilter?
+
+    /// Whether a group has an ordinary room, a reserved one, or none (what its rooms depend on).
+    private func roomState(_ group: Int) -> Int {
+        let load = loads[group]
+        return load.busy < load.group.concurrency ? 2 : (load.reservedBusy < load.group.reservedForCritical ? 1 : 0)
+    }
+
     mutating func occupy(_ group: Int, _ slot: Slot) {
+        let before = roomState(group)
+        defer { if roomState(group) != before { cachedFilter = nil } }
         running += 1
         switch slot {
         case .ordinary: loads[group].busy += 1
@@ -308,6 +327,8 @@ private struct PoolState {
     }
 
     mutating func free(_ group: Int, _ slot: Slot) {
+        let before = roomState(group)
+        defer { if roomState(group) != before { cachedFilter = nil } }
         running -= 1
         switch slot {
         case .ordinary: loads[group].busy -= 1

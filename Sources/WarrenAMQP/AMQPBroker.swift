@@ -532,10 +532,9 @@ private final class Messages: Sendable {
     // MARK: Settling what leaves the local queue
 
     func settle(_ departures: [Departure]) {
-        let taken = state.withLock { state in departures.map { state.origins.removeValue(forKey: $0.id) } }
         let connection = link
-        for (departure, origins) in zip(departures, taken) {
-            guard let origins else { continue }
+        for departure in departures {
+            guard let origins = takeOrigins(departure.id) else { continue }
             if configuration.publishesEvents {
                 switch departure {
                 case let .completed(job): announce(.completed, job)
