@@ -15,10 +15,11 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Also measure against this RabbitMQ (amqp://…): the raw rabbitmq-c ceiling and Warren side by side.")
     var amqpURL: String?
     @Option(help: "Messages per AMQP run.") var amqpMessages = 100_000
+    @Option(help: "Rounds of ceiling-then-Warren; the median ratio is reported.") var amqpRounds = 3
 
     func run() async throws {
         if let amqpURL {
-            try await amqp(url: try AMQPURL(amqpURL), count: amqpMessages)
+            try await amqp(url: try AMQPURL(amqpURL), count: amqpMessages, rounds: amqpRounds)
             return
         }
         print("warren bench — in-memory engine, \(ProcessInfo.processInfo.activeProcessorCount) cores")
@@ -32,47 +33,74 @@ struct Bench: AsyncParsableCommand {
     }
 
     /// The raw consume-and-ack loop and Warren, each draining `count` no-op messages of ~100
-    /// bytes from the same broker, one after the other in this run.
-    func amqp(url: AMQPURL, count: Int) async throws {
-        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(count) messages per run")
-        let body = Array(#"{"n":0,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.utf8)
+    /// bytes from the same broker, one right after the other, `rounds` times: this machine's
+    /// speed swings between runs, so each round's ratio is printed and the median is the figure.
+    func amqp(url: AMQPURL, count: Int, rounds: Int) async throws {
+        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(count) messages per run, \(rounds) rounds")
+        var ratios: [Double] = [], warrenCPU: [Double] = [], rawCPU: [Double] = []
+        for round in 1...rounds {
+            let (ceiling, raw) = try await ceiling(url: url, count: count)
+            let (warren, cpu) = try await warrenDrain(url: url, count: count, events: false)
+            ratios.append(warren / ceiling)
+            warrenCPU.append(cpu)
+            rawCPU.append(raw)
+            print(String(format: "round %d: ceiling (raw rabbitmq-c consume + multiple ack) %6.0f msg/s, %.1f µs CPU per message;",
+                         round, ceiling, raw * 1e6))
+            print(String(format: "         Warren, no-op jobs, events off             %6.0f jobs/s, %.1f µs CPU per job: %.2f× the ceiling",
+                         warren, cpu * 1e6, warren / ceiling))
+        }
+        print(String(format: "Warren / ceiling, median of %d rounds: %.2f×  (CPU per job %.1f µs, raw loop %.1f µs per message)",
+                     rounds, median(ratios), median(warrenCPU) * 1e6, median(rawCPU) * 1e6))
+        // Lifecycle events on: one more publish per job.
+        let (ceiling, _) = try await ceiling(url: url, count: count)
+        let (warren, cpu) = try await warrenDrain(url: url, count: count, events: true)
+        print(String(format: "Warren, events on: %.0f jobs/s, %.1f µs CPU per job: %.2f× a ceiling of %.0f msg/s measured just before",
+                     warren, cpu * 1e6, warren / ceiling, ceiling))
+        try await latency(url: url, rate: 1_000, seconds: 5)
+    }
+
+    static let benchBody = Array(#"{"n":0,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.utf8)
+
+    /// Fills a plain queue with persistent ~100-byte JSON messages and drains it with the raw
+    /// rabbitmq-c loop: messages per second and the loop thread's CPU seconds per message.
+    func ceiling(url: AMQPURL, count: Int) async throws -> (rate: Double, cpuPerMessage: Double) {
         let plain = "warren-bench-ceiling"
         try AMQPBenchmarks.prepare(url: url, queue: plain)
-        // Both runs drain the same messages: persistent, ~100-byte JSON bodies.
-        let fillRate = try AMQPBenchmarks.fill(
+        _ = try AMQPBenchmarks.fill(
             url: url, exchange: "", routingKey: plain, count: count,
-            properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in body })
-        print(String(format: "publish with confirms (window 1,000):           %9.0f msg/s", fillRate))
-        let (ceiling, rawCPU) = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
-        print(String(format: "ceiling: raw rabbitmq-c consume + multiple ack: %9.0f msg/s  (%.1f µs CPU per message)", ceiling, rawCPU * 1e6))
+            properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in Self.benchBody })
+        return try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
+    }
 
-        // Warren as configured by default (lifecycle events off), then with events on: one more publish per job.
-        for events in [false, true] {
-            let topology = Topology(queue: "warren-bench")
-            try AMQPBenchmarks.prepare(url: url, topology: topology)
-            _ = try AMQPBenchmarks.fill(
-                url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
-                properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
-                body: { _ in body })
-            var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
-            configuration.publishesEvents = events
-            let broker = AMQPBroker(configuration)
-            try await broker.waitUntilReady()
-            let done = Latch(count)
-            var registry = HandlerRegistry()
-            try registry.registerRaw("noop") { _, _ in
-                done.countDown()
-                return Data()
-            }
-            let cpuBefore = AMQPBenchmarks.cpuSeconds()
-            let elapsed = await drain(broker, registry, concurrency: 32, until: done)
-            let cpu = AMQPBenchmarks.cpuSeconds() - cpuBefore
-            await broker.close()
-            let warren = Double(count) / elapsed.timeInterval
-            print(String(format: "Warren, no-op jobs, events %@:                %9.0f jobs/s  (%.2f× the ceiling; %.1f µs CPU per job)",
-                         events ? "on " : "off", warren, warren / ceiling, cpu / Double(count) * 1e6))
+    /// Fills Warren's normal queue with the same messages as no-op jobs and drains it through a
+    /// worker pool: jobs per second and the whole process's CPU seconds per job.
+    func warrenDrain(url: AMQPURL, count: Int, events: Bool) async throws -> (rate: Double, cpu: Double) {
+        let topology = Topology(queue: "warren-bench")
+        try AMQPBenchmarks.prepare(url: url, topology: topology)
+        _ = try AMQPBenchmarks.fill(
+            url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
+            properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
+            body: { _ in Self.benchBody })
+        var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
+        configuration.publishesEvents = events
+        let broker = AMQPBroker(configuration)
+        try await broker.waitUntilReady()
+        let done = Latch(count)
+        var registry = HandlerRegistry()
+        try registry.registerRaw("noop") { _, _ in
+            done.countDown()
+            return Data()
         }
-        try await latency(url: url, rate: 1_000, seconds: 5)
+        let cpuBefore = AMQPBenchmarks.cpuSeconds()
+        let elapsed = await drain(broker, registry, concurrency: 32, until: done)
+        let cpu = AMQPBenchmarks.cpuSeconds() - cpuBefore
+        await broker.close()
+        return (Double(count) / elapsed.timeInterval, cpu / Double(count))
+    }
+
+    func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
     }
 
     /// Publishes jobs at `rate` per second from a second connection and measures the time from
