@@ -110,8 +110,8 @@ public final class StopSignal: Sendable {
         }
     }
 
-    /// For a worker pool whose handler returned: `.claimed` if it may settle the attempt now;
-    /// otherwise the settlement a stop started (nil if someone else settled it), to wait for.
+    /// For a worker pool whose handler returned: nil if it may settle the attempt now; otherwise
+    /// the settlement a stop started, to wait for (itself nil if the attempt was settled elsewhere).
     package func claimOrStopSettlement() -> Task<Void, Never>?? {
         state.withLock { state in
             guard state.settled else {

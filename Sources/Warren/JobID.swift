@@ -5,11 +5,11 @@ public struct JobID: Hashable, Sendable, Codable, CustomStringConvertible, Expre
     public let rawValue: String
     /// The string's hash, worked out once: a job's id is looked up in several dictionaries on its
     /// way through a worker, and hashing a 36-character string each time is most of each lookup.
-    private let hash: Int
+    private let cachedHash: Int
 
     public init(_ rawValue: String) {
         self.rawValue = rawValue
-        hash = rawValue.hashValue
+        cachedHash = rawValue.hashValue
     }
 
     public init(stringLiteral value: String) { self.init(value) }
@@ -19,7 +19,7 @@ public struct JobID: Hashable, Sendable, Codable, CustomStringConvertible, Expre
     }
 
     public static func == (lhs: JobID, rhs: JobID) -> Bool { lhs.rawValue == rhs.rawValue }
-    public func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+    public func hash(into hasher: inout Hasher) { hasher.combine(cachedHash) }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()

@@ -275,6 +275,8 @@ private struct PoolState {
     var pull: (filter: DeliveryFilter, task: Task<Delivery?, Never>)?
     var drainWaiter: CheckedContinuation<Void, Never>?
     var stopping = false
+    /// `filter`'s answer until a group's room changes.
+    private var cachedFilter: DeliveryFilter?
 
     init(loads: [GroupLoad], router: Router) {
         self.loads = loads
@@ -307,8 +309,6 @@ private struct PoolState {
         let index = capable.min { loads[$0].load < loads[$1].load } ?? 0
         return (index, .ordinary)
     }
-
-    private var cachedFilter: DeliveryFilter?
 
     /// Whether a group has an ordinary room, a reserved one, or none (what its rooms depend on).
     private func roomState(_ group: Int) -> Int {

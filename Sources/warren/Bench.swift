@@ -17,6 +17,10 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Messages per AMQP run.") var amqpMessages = 100_000
     @Option(help: "Rounds of ceiling-then-Warren; the median ratio is reported.") var amqpRounds = 3
 
+    func validate() throws {
+        guard amqpRounds >= 1 else { throw ValidationError("--amqp-rounds must be 1 or more") }
+    }
+
     func run() async throws {
         if let amqpURL {
             try await amqp(url: try AMQPURL(amqpURL), count: amqpMessages, rounds: amqpRounds)
@@ -39,7 +43,8 @@ struct Bench: AsyncParsableCommand {
         print("warren bench — RabbitMQ at \(url.host):\(url.port), \(count) messages per run, \(rounds) rounds")
         var ratios: [Double] = [], warrenCPU: [Double] = [], rawCPU: [Double] = []
         for round in 1...rounds {
-            let (ceiling, raw) = try await ceiling(url: url, count: count)
+            let (ceiling, raw, published) = try await ceiling(url: url, count: count)
+            if round == 1 { print(String(format: "publish with confirms (window 1,000): %.0f msg/s", published)) }
             let (warren, cpu) = try await warrenDrain(url: url, count: count, events: false)
             ratios.append(warren / ceiling)
             warrenCPU.append(cpu)
@@ -52,7 +57,7 @@ struct Bench: AsyncParsableCommand {
         print(String(format: "Warren / ceiling, median of %d rounds: %.2f×  (CPU per job %.1f µs, raw loop %.1f µs per message)",
                      rounds, median(ratios), median(warrenCPU) * 1e6, median(rawCPU) * 1e6))
         // Lifecycle events on: one more publish per job.
-        let (ceiling, _) = try await ceiling(url: url, count: count)
+        let (ceiling, _, _) = try await ceiling(url: url, count: count)
         let (warren, cpu) = try await warrenDrain(url: url, count: count, events: true)
         print(String(format: "Warren, events on: %.0f jobs/s, %.1f µs CPU per job: %.2f× a ceiling of %.0f msg/s measured just before",
                      warren, cpu * 1e6, warren / ceiling, ceiling))
@@ -62,14 +67,16 @@ struct Bench: AsyncParsableCommand {
     static let benchBody = Array(#"{"n":0,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.utf8)
 
     /// Fills a plain queue with persistent ~100-byte JSON messages and drains it with the raw
-    /// rabbitmq-c loop: messages per second and the loop thread's CPU seconds per message.
-    func ceiling(url: AMQPURL, count: Int) async throws -> (rate: Double, cpuPerMessage: Double) {
+    /// rabbitmq-c loop: messages per second, the loop thread's CPU seconds per message, and how
+    /// fast the queue was filled.
+    func ceiling(url: AMQPURL, count: Int) async throws -> (rate: Double, cpuPerMessage: Double, published: Double) {
         let plain = "warren-bench-ceiling"
         try AMQPBenchmarks.prepare(url: url, queue: plain)
-        _ = try AMQPBenchmarks.fill(
+        let published = try AMQPBenchmarks.fill(
             url: url, exchange: "", routingKey: plain, count: count,
             properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in Self.benchBody })
-        return try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
+        let (rate, cpu) = try AMQPBenchmarks.rawDrain(url: url, queue: plain, count: count)
+        return (rate, cpu, published)
     }
 
     /// Fills Warren's normal queue with the same messages as no-op jobs and drains it through a
