@@ -191,6 +191,22 @@ struct HandlerTests {
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func aCommandThatCannotStartFailsClearlyAndLeaksNoDescriptor() async throws {
+        func openDescriptors() throws -> Int { try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count }
+        let missing = "/nonexistent/warren-no-such-program"
+        func attempt() async throws -> JobOutcome? { try await run(Job(name: "exec", maxRetries: 0), register: exec([missing, "--flag"])) }
+        _ = try await attempt()  // the first run opens what the libraries keep open
+        let before = try openDescriptors()
+        for _ in 0..<20 {
+            let outcome = try await attempt()
+            guard case let .deadLettered(_, errors)? = outcome else { Issue.record("\(String(describing: outcome))"); return }
+            #expect(errors.first?.message.contains(missing) == true, "\(errors)")
+        }
+        let after = try openDescriptors()
+        #expect(after <= before + 2, "20 failed starts left \(after - before) more descriptors open")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func httpStatusesDecideSuccessRetryOrDeadLetter() async throws {
         let attempts = Locked<[String: Int]>([:])
         let service = try await FakeService { call in
