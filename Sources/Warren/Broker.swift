@@ -93,10 +93,7 @@ public final class StopSignal: Sendable {
 
     /// Claims the right to settle the attempt: true exactly once.
     public func claimSettlement() -> Bool {
-        state.withLock { state in
-            defer { state.settled = true; state.action = nil }
-            return !state.settled
-        }
+        if case .none = claimOrStopSettlement() { true } else { false }
     }
 
     /// For a worker pool reacting to a stop: claims the settlement and starts it with `settle`,

@@ -96,6 +96,7 @@ public enum Departure: Sendable {
         }
     }
 
+    /// The job's id, without copying the whole job as `job` does.
     public var id: JobID {
         switch self {
         case let .completed(job), let .retry(job), let .deadLettered(job), let .cancelled(job): job.id

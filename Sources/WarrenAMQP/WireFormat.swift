@@ -324,8 +324,10 @@ struct JSONObjectWriter {
         bytes.append(UInt8(ascii: ":"))
     }
 
+    private static let hex = Array("0123456789abcdef".utf8)
+
     private mutating func appendString(_ text: String) {
-        let hex = Array("0123456789abcdef".utf8)
+        let hex = Self.hex
         bytes.append(UInt8(ascii: "\""))
         for byte in text.utf8 {
             switch byte {

@@ -107,7 +107,7 @@ func take(_ broker: any Broker, _ filter: DeliveryFilter = .any, within seconds:
 }
 
 func outcome(_ broker: any Broker, _ id: JobID, within seconds: Double = 10) async throws -> JobOutcome {
-    let outcome: JobOutcome??
+    let outcome: JobOutcome?
     do {
         outcome = try await within(seconds, "the outcome of \(id)", { await broker.outcome(of: id) })
     } catch {
@@ -115,7 +115,7 @@ func outcome(_ broker: any Broker, _ id: JobID, within seconds: Double = 10) asy
         let job = await broker.snapshot(id)
         throw ConformanceFailure("\(error); the job is \(job.map { "\($0), needing \($0.requiredCapabilities.sorted())" } ?? "unknown to the broker")")
     }
-    guard let outcome = outcome ?? nil else {
+    guard let outcome else {
         throw ConformanceFailure("no outcome for \(id): the broker does not know the job")
     }
     return outcome
