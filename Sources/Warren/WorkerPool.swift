@@ -47,6 +47,8 @@ public final class WorkerPool: Sendable {
     private let timeouts: Timeouts
     private let state: Locked<PoolState>
     private let servable: [Set<String>]
+    /// With a single group: what a slot that just finished a job takes next, ordinary and reserved.
+    private let slotFilters: SlotFilters?
 
     public init(
         broker: any Broker, registry: HandlerRegistry, configuration: WorkerPoolConfiguration = WorkerPoolConfiguration(),
@@ -58,6 +60,7 @@ public final class WorkerPool: Sendable {
         self.clock = clock
         timeouts = Timeouts(clock: clock)
         servable = configuration.groups.map(\.capabilities)
+        slotFilters = configuration.groups.count == 1 ? SlotFilters(configuration.groups[0], servable: servable) : nil
         state = Locked(PoolState(
             loads: configuration.groups.map { GroupLoad(group: $0) }, router: Router(strategy: configuration.routing)))
     }
@@ -148,22 +151,55 @@ public final class WorkerPool: Sendable {
 
     private func start(_ delivery: Delivery) {
         let job = delivery.job
-        let run = state.withLock { state -> UInt64 in
+        let (run, place) = state.withLock { state -> (UInt64, Place) in
             // Only the dispatcher takes slots, so the room the filter promised is still there; if a
             // job slipped through anyway it runs in the least busy capable group rather than being lost.
             let choice = state.router.route(job, among: state.loads) ?? state.fallback(for: job)
             state.occupy(choice.group, choice.slot)
-            // Keyed per run, not per job: a retry can start while its timed-out attempt still runs.
-            state.nextRun &+= 1
-            state.handlers[state.nextRun] = (choice.group, choice.slot, delivery.stop)
-            return state.nextRun
+            return (state.register(delivery.stop, in: choice.group, choice.slot), Place(group: choice.group, slot: choice.slot))
         }
         let pool = self
-        // A stop (cancel, timeout, shutdown) settles the attempt at once, in its own task; the job's
-        // task waits for that settlement before it frees the slot, so nothing outlives the pool.
-        let task = Task { await pool.execute(delivery, run: run) }
+        let worker = WorkerTask()
+        worker.attach(Task { await pool.work(delivery, run: run, in: place, worker: worker) })
+    }
+
+    /// Runs a job in its slot; then, while ready jobs fit that slot, runs them in turn in the same
+    /// task, without giving the slot back to the dispatcher: a busy pool starts a job without a
+    /// new task or a thread hand-off.
+    private func work(_ first: Delivery, run: UInt64, in place: Place, worker: WorkerTask) async {
+        var delivery = first, run = run, chained = 0
+        while true {
+            watch(delivery, worker: worker)
+            await execute(delivery)
+            guard let (next, nextRun) = await following(run, in: place, chained: &chained) else { break }
+            (delivery, run) = (next, nextRun)
+        }
+        release(run)
+    }
+
+    /// The next job for a slot that just finished one, registered under a new run; nil when the
+    /// slot goes back (nothing ready fits it, the pool is stopping, or the task was cancelled by a
+    /// stop and so cannot run anything else).
+    private func following(_ run: UInt64, in place: Place, chained: inout Int) async -> (Delivery, UInt64)? {
+        // With several groups each job goes through the router, which may choose another group.
+        guard let filter = slotFilters?.filter(for: place.slot) else { return nil }
+        // Let other tasks (settlements, timers) have the thread now and then.
+        chained += 1
+        if chained.isMultiple(of: 32) { await Task.yield() }
+        guard !Task.isCancelled, !state.withLock({ $0.stopping }), let next = await broker.tryNext(filter) else { return nil }
+        let nextRun = state.withLock { state in
+            let (group, slot, _) = state.handlers.removeValue(forKey: run)!
+            return state.register(next.stop, in: group, slot)
+        }
+        return (next, nextRun)
+    }
+
+    /// A stop (cancel, timeout, shutdown) cancels the job's task and settles the attempt at once,
+    /// in its own task; the job's task waits for that settlement before it frees the slot, so
+    /// nothing outlives the pool.
+    private func watch(_ delivery: Delivery, worker: WorkerTask) {
         delivery.stop.onFire { [broker] reason in
-            task.cancel()
+            worker.cancel()
             let outcome: AttemptOutcome = switch reason {
             case .cancelled: .cancelled
             case .timedOut: .timedOut
@@ -175,7 +211,7 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    private func execute(_ delivery: Delivery, run: UInt64) async {
+    private func execute(_ delivery: Delivery) async {
         let job = delivery.job
         let outcome: AttemptOutcome
         if let entry = registry.entry(job.name) {
@@ -199,7 +235,6 @@ public final class WorkerPool: Sendable {
         } else {
             await broker.settle(delivery, outcome)
         }
-        release(run)
     }
 
     private func release(_ run: UInt64) {
@@ -264,6 +299,51 @@ func describeFailure(_ error: any Error) -> String {
     return String(describing: error)
 }
 
+/// Where a job runs: its group and the kind of slot it holds there.
+private struct Place {
+    let group: Int
+    let slot: Slot
+}
+
+private struct SlotFilters {
+    let ordinary: DeliveryFilter
+    let reserved: DeliveryFilter
+
+    init(_ group: WorkerGroup, servable: [Set<String>]) {
+        ordinary = DeliveryFilter(rooms: [.init(lowest: .background, capabilities: group.capabilities)], servable: servable)
+        reserved = DeliveryFilter(rooms: [.init(lowest: .critical, capabilities: group.capabilities)], servable: servable)
+    }
+
+    func filter(for slot: Slot) -> DeliveryFilter {
+        switch slot {
+        case .ordinary: ordinary
+        case .reserved: reserved
+        }
+    }
+}
+
+/// The task running a slot's jobs, for a stop to cancel. A stop can come before the dispatcher
+/// has attached the task; it is then cancelled as it is attached.
+private final class WorkerTask: Sendable {
+    private let state = Mutex<(task: Task<Void, Never>?, cancelled: Bool)>((nil, false))
+
+    func attach(_ task: Task<Void, Never>) {
+        let cancel = state.withLock { state -> Bool in
+            state.task = task
+            return state.cancelled
+        }
+        if cancel { task.cancel() }
+    }
+
+    func cancel() {
+        let task = state.withLock { state -> Task<Void, Never>? in
+            state.cancelled = true
+            return state.task
+        }
+        task?.cancel()
+    }
+}
+
 private struct PoolState {
     var loads: [GroupLoad]
     var router: Router
@@ -285,6 +365,14 @@ private struct PoolState {
 
     /// What the pool can take now. Kept until a group's room changes: it is asked for on every
     /// pull and every release, but changes only when a group fills up or gets room again.
+    /// Notes a job now running in a slot; returns its run. Keyed per run, not per job: a retry can
+    /// start while its timed-out attempt still runs.
+    mutating func register(_ stop: StopSignal, in group: Int, _ slot: Slot) -> UInt64 {
+        nextRun &+= 1
+        handlers[nextRun] = (group, slot, stop)
+        return nextRun
+    }
+
     mutating func filter(servable: [Set<String>]) -> DeliveryFilter {
         if let cachedFilter { return cachedFilter }
         let filter = makeFilter(servable: servable)

@@ -133,6 +133,44 @@ extension ConformanceSuite {
                 try await within(5, "both slots to free") { while pool.running > 0 { await Task.yield() } }
             }
         },
+        test("a slot runs ready jobs one after another; a stop there ends only its own job") { broker in
+            var registry = HandlerRegistry()
+            let gate = Latch(1), sawCancellation = Counter()
+            try registry.registerRaw("conformance.gate") { _, _ in
+                await gate.wait()
+                return Data()
+            }
+            try registry.registerRaw("conformance.chain") { payload, _ in
+                if payload == Data(#""stuck""#.utf8) {
+                    do { try await Task.sleep(for: .seconds(30)) } catch { _ = sawCancellation.increment(); throw error }
+                }
+                return Data(Task.isCancelled ? #""cancelled""#.utf8 : #""clear""#.utf8)
+            }
+            try await withPool(broker, registry, WorkerPoolConfiguration(concurrency: 1)) { queue, pool in
+                defer { gate.countDown() }
+                // The gate holds the only slot until the three jobs are all ready here, so they
+                // follow it in that slot: highest priority first.
+                try await queue.submit(batch: [Job(name: "conformance.gate")])
+                try await within(5, "the gate to start") { while pool.running < 1 { await Task.yield() } }
+                let first = Job(name: "conformance.chain", payload: Data(#""first""#.utf8), priority: .critical)
+                let stuck = Job(name: "conformance.chain", payload: Data(#""stuck""#.utf8), priority: .high,
+                                timeout: .milliseconds(200), maxRetries: 0)
+                let last = Job(name: "conformance.chain", payload: Data(#""last""#.utf8), priority: .normal)
+                try await queue.submit(batch: [first, stuck, last])
+                try await within(10, "the three jobs to be ready") { while await broker.statistics().depth < 3 { await Task.yield() } }
+                gate.countDown()
+                try expectEqual(try await outcome(broker, first.id), .completed(Data(#""clear""#.utf8)), "the first job")
+                guard case let .deadLettered(reason, errors) = try await outcome(broker, stuck.id) else {
+                    throw ConformanceFailure("the stuck job must time out and, with no retries, be dead-lettered")
+                }
+                try expectEqual(reason.code, "retries_exhausted", "reason")
+                try expect(errors.first?.timedOut == true, "the attempt is recorded as timed out")
+                // Its handler must see the cancellation, or the slot stays taken for 30 s.
+                try expectEqual(try await outcome(broker, last.id), .completed(Data(#""clear""#.utf8)),
+                                "the job after the stopped one runs in a task nobody cancelled")
+                try expectEqual(sawCancellation.current, 1, "the stuck handler was cancelled")
+            }
+        },
         test("never more handlers at once than the concurrency limit") { broker in
             var registry = HandlerRegistry()
             let now = Counter(), peak = Locked(0)
