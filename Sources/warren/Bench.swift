@@ -84,24 +84,30 @@ struct Bench: AsyncParsableCommand {
     func warrenDrain(url: AMQPURL, count: Int, events: Bool) async throws -> (rate: Double, cpu: Double) {
         let topology = Topology(queue: "warren-bench")
         try AMQPBenchmarks.prepare(url: url, topology: topology)
+        var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
+        configuration.publishesEvents = events
+        // Connected before the fill, so consumption starts as soon after it as the raw loop's does:
+        // RabbitMQ pages an idle queue out to disk, and a longer pause makes that likelier.
+        let broker = AMQPBroker(configuration)
+        try await broker.waitUntilReady()
         _ = try AMQPBenchmarks.fill(
             url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
             properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
             body: { _ in Self.benchBody })
-        var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
-        configuration.publishesEvents = events
-        let broker = AMQPBroker(configuration)
-        try await broker.waitUntilReady()
         let done = Latch(count)
+        // Timed from the first job's start, as the raw loop is timed from its first message.
+        let firstStart = Mutex<ContinuousClock.Instant?>(nil)
         var registry = HandlerRegistry()
         try registry.registerRaw("noop") { _, _ in
+            firstStart.withLock { if $0 == nil { $0 = .now } }
             done.countDown()
             return Data()
         }
         let cpuBefore = AMQPBenchmarks.cpuSeconds()
-        let elapsed = await drain(broker, registry, concurrency: 32, until: done)
+        let finished = await drain(broker, registry, concurrency: 32, until: done).finished
         let cpu = AMQPBenchmarks.cpuSeconds() - cpuBefore
         await broker.close()
+        let elapsed = finished - (firstStart.withLock { $0 } ?? finished)
         return (Double(count) / elapsed.timeInterval, cpu / Double(count))
     }
 
@@ -186,22 +192,26 @@ struct Bench: AsyncParsableCommand {
         for start in stride(from: 0, to: count, by: 10_000) {
             try await broker.enqueue(Array(jobs[start..<min(count, start + 10_000)]))
         }
-        let elapsed = await drain(broker, registry, concurrency: concurrency, until: done)
+        let (started, finished) = await drain(broker, registry, concurrency: concurrency, until: done)
+        let elapsed = finished - started
         let stats = await broker.statistics()
         precondition(stats.completed == count, "every job must complete, got \(stats.completed)")
         return Double(count) / elapsed.timeInterval
     }
 
     /// Runs a worker pool over `broker` until `done` is released; how long that took.
-    func drain(_ broker: any Broker, _ registry: HandlerRegistry, concurrency: Int, until done: Latch) async -> Duration {
+    /// Runs a pool on `broker` until `done`; when it started and when `done` was reached.
+    func drain(_ broker: any Broker, _ registry: HandlerRegistry, concurrency: Int, until done: Latch) async
+        -> (started: ContinuousClock.Instant, finished: ContinuousClock.Instant)
+    {
         let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: concurrency))
         let started = ContinuousClock.now
         let runner = Task { await pool.run() }
         await done.wait()
-        let elapsed = ContinuousClock.now - started
+        let finished = ContinuousClock.now
         pool.shutdown()
         await runner.value
-        return elapsed
+        return (started, finished)
     }
 
     /// Every ordinary slot runs a long low job and 10,000 more wait; a critical job is submitted and
