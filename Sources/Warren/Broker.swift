@@ -18,6 +18,9 @@ public protocol Broker: Sendable {
     func tryNext(_ filter: DeliveryFilter) async -> Delivery?
     /// Ends the attempt of a delivery: completes, retries with backoff, or dead-letters it.
     func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) async
+    /// `settle`, then `tryNext(filter)`, in one step where the broker can: how a worker that just
+    /// finished a job takes the next one.
+    func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery?
     /// Cancels a job: one that has not started never runs; a running one's `stop` signal fires.
     func cancel(_ id: JobID) async -> CancelResult
     func reportProgress(_ id: JobID, _ percent: Double) async
@@ -30,6 +33,13 @@ public protocol Broker: Sendable {
     func statistics() async -> QueueStatistics
     /// Stops serving: waiting consumers get nil, event streams finish.
     func close() async
+}
+
+extension Broker {
+    public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery? {
+        await settle(delivery, outcome)
+        return await tryNext(filter)
+    }
 }
 
 /// A job handed to a worker, with the signal that tells the worker to stop it.

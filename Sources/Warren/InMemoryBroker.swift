@@ -15,6 +15,9 @@ public final class InMemoryBroker: Broker {
     public func next(_ filter: DeliveryFilter) async -> Delivery? { await local.next(filter) }
     public func tryNext(_ filter: DeliveryFilter) async -> Delivery? { local.tryNext(filter) }
     public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) async { local.settle(delivery, outcome) }
+    public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery? {
+        local.settle(delivery, outcome, thenTryNext: filter)
+    }
     public func cancel(_ id: JobID) async -> CancelResult { local.cancel(id) }
     public func reportProgress(_ id: JobID, _ percent: Double) async { local.reportProgress(id, percent) }
     public func events() -> AsyncStream<JobEvent> { local.events() }

@@ -122,6 +122,16 @@ package final class LocalQueue: Sendable {
         }
     }
 
+    /// Settles a delivery and takes the best ready job `filter` admits, under one lock.
+    package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) -> Delivery? {
+        change { state, now in
+            state.stops[delivery.job.id] = nil
+            state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
+            guard !state.closed, let job = state.core.dequeue(filter, now: now) else { return nil }
+            return state.deliver(job)
+        }
+    }
+
     package func cancel(_ id: JobID) -> CancelResult {
         let (result, stop) = change { state, now -> (CancelResult, StopSignal?) in
             let result = state.core.cancel(id, now: now)

@@ -33,7 +33,12 @@ public struct WorkerPoolConfiguration: Sendable {
 }
 
 /// Runs handlers for the jobs of a broker: pulls a job only when a slot is free (back-pressure),
-/// routes it to a worker group, runs it in its own task with its timeout, and settles the attempt.
+/// runs it with its timeout, and settles the attempt.
+///
+/// A pool of one group runs a long-lived task per slot, each taking the next job that fits it
+/// (parked in the broker while there is none): a busy pool starts a job without a new task or a
+/// hand-off between tasks. A pool of several groups has a dispatcher that pulls each job and
+/// routes it to a group, where it runs in a task of its own.
 ///
 /// Cancellation and timeouts are cooperative: the handler's task is cancelled, and the attempt is
 /// settled at once (`cancelled` or `timed out`). A handler that ignores cancellation keeps running
@@ -47,7 +52,7 @@ public final class WorkerPool: Sendable {
     private let timeouts: Timeouts
     private let state: Locked<PoolState>
     private let servable: [Set<String>]
-    /// With a single group: what a slot that just finished a job takes next, ordinary and reserved.
+    /// With a single group: what its ordinary and reserved slots take.
     private let slotFilters: SlotFilters?
 
     public init(
@@ -75,7 +80,7 @@ public final class WorkerPool: Sendable {
     /// up to the grace period for running ones, stops the rest (they are retried) and returns.
     public func run() async {
         await withTaskCancellationHandler {
-            await dispatch()
+            if let slotFilters { await runSlots(slotFilters) } else { await dispatch() }
         } onCancel: {
             shutdown()
         }
@@ -85,13 +90,116 @@ public final class WorkerPool: Sendable {
 
     /// Asks `run()` to stop taking jobs and return once running ones end.
     public func shutdown() {
-        let (wake, pull) = state.withLock { state in
+        let (wake, pull, stopWaiter, idle) = state.withLock { state in
             state.stopping = true
-            defer { state.roomWaiter = nil }
-            return (state.roomWaiter, state.pull)
+            defer {
+                state.roomWaiter = nil
+                state.stopWaiter = nil
+                state.idleSlots.removeAll()
+            }
+            return (state.roomWaiter, state.pull, state.stopWaiter, Array(state.idleSlots.values))
         }
         wake?.resume()
         pull?.task.cancel()
+        stopWaiter?.resume()
+        // Only slots waiting for a job are cancelled; running ones finish within the grace period.
+        for slot in idle { slot.cancel() }
+    }
+
+    // MARK: Slots (a pool of one group)
+
+    /// Starts a task for each slot and waits for `shutdown()`.
+    private func runSlots(_ filters: SlotFilters) async {
+        let group = configuration.groups[0]
+        for _ in 0..<group.concurrency { spawnSlot(.ordinary, filters.ordinary) }
+        for _ in 0..<group.reservedForCritical { spawnSlot(.reserved, filters.reserved) }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let stopped = state.withLock { state -> Bool in
+                if state.stopping { return true }
+                state.stopWaiter = continuation
+                return false
+            }
+            if stopped { continuation.resume() }
+        }
+    }
+
+    private func spawnSlot(_ slot: Slot, _ filter: DeliveryFilter) {
+        let id = state.withLock { state -> UInt64 in
+            state.nextSlotTask &+= 1
+            return state.nextSlotTask
+        }
+        let pool = self
+        let worker = WorkerTask()
+        worker.attach(Task { await pool.serve(slot, filter, id: id, worker: worker) })
+    }
+
+    /// One slot's task: takes the next job that fits the slot (waiting in the broker while there is
+    /// none), runs it, settles it while taking the next ready one, and again, until shutdown.
+    private func serve(_ slot: Slot, _ filter: DeliveryFilter, id: UInt64, worker: WorkerTask) async {
+        var unyielded = 0
+        var taken: (delivery: Delivery, run: UInt64)?
+        while true {
+            let (delivery, run): (Delivery, UInt64)
+            if let taken {
+                (delivery, run) = taken
+            } else {
+                // Waiting for a job is the only time shutdown cancels this task.
+                guard state.withLock({ state -> Bool in
+                    guard !state.stopping else { return false }
+                    state.idleSlots[id] = worker
+                    return true
+                }) else { return }
+                let next = await broker.next(filter)
+                let nextRun = state.withLock { state -> UInt64? in
+                    state.idleSlots[id] = nil
+                    guard let next else { return nil }
+                    state.occupy(0, slot)
+                    return state.register(next.stop, in: 0, slot)
+                }
+                // The broker closed, or shutdown cancelled the wait.
+                guard let next, let nextRun else { return }
+                if Task.isCancelled {
+                    // Shutdown cancelled the wait as the job arrived: it runs in a task nobody cancelled.
+                    let fresh = WorkerTask()
+                    fresh.attach(Task { [self] in await runAndRelease(next, run: nextRun, worker: fresh) })
+                    return
+                }
+                (delivery, run) = (next, nextRun)
+            }
+            taken = nil
+            watch(delivery, worker: worker)
+            let outcome = await attempt(delivery)
+            // A stop (cancel, timeout) cancels this task, now or in a moment: a new task takes the
+            // slot. A stop cannot fire once the attempt is settled, so `reason` is final here.
+            let goesOn = delivery.stop.reason == nil && !Task.isCancelled
+            if let outcome {
+                if goesOn, !state.withLock({ $0.stopping }) {
+                    if let next = await broker.settle(delivery, outcome, thenTryNext: filter) {
+                        // The slot passes from one run to the next without being freed.
+                        taken = (next, state.withLock { state in
+                            state.handlers[run] = nil
+                            return state.register(next.stop, in: 0, slot)
+                        })
+                    }
+                } else {
+                    await broker.settle(delivery, outcome)
+                }
+            }
+            guard taken != nil else {
+                release(run)
+                if !goesOn {
+                    if !state.withLock({ $0.stopping }) { spawnSlot(slot, filter) }
+                    return
+                }
+                continue
+            }
+            // Jobs that are ready at once never suspend this task: let others have the thread.
+            unyielded += 1
+            if unyielded == 32 {
+                unyielded = 0
+                await Task.yield()
+            }
+        }
     }
 
     // MARK: Dispatch
@@ -151,47 +259,24 @@ public final class WorkerPool: Sendable {
 
     private func start(_ delivery: Delivery) {
         let job = delivery.job
-        let (run, place) = state.withLock { state -> (UInt64, Place) in
+        let run = state.withLock { state -> UInt64 in
             // Only the dispatcher takes slots, so the room the filter promised is still there; if a
             // job slipped through anyway it runs in the least busy capable group rather than being lost.
             let choice = state.router.route(job, among: state.loads) ?? state.fallback(for: job)
             state.occupy(choice.group, choice.slot)
-            return (state.register(delivery.stop, in: choice.group, choice.slot), Place(group: choice.group, slot: choice.slot))
+            return state.register(delivery.stop, in: choice.group, choice.slot)
         }
         let pool = self
         let worker = WorkerTask()
-        worker.attach(Task { await pool.work(delivery, run: run, in: place, worker: worker) })
+        worker.attach(Task { await pool.runAndRelease(delivery, run: run, worker: worker) })
     }
 
-    /// Runs a job in its slot; then, while ready jobs fit that slot, runs them in turn in the same
-    /// task, without giving the slot back to the dispatcher: a busy pool starts a job without a
-    /// new task or a thread hand-off.
-    private func work(_ first: Delivery, run: UInt64, in place: Place, worker: WorkerTask) async {
-        var delivery = first, run = run, chained = 0
-        while true {
-            watch(delivery, worker: worker)
-            await execute(delivery)
-            guard let (next, nextRun) = await following(run, in: place, chained: &chained) else { break }
-            (delivery, run) = (next, nextRun)
-        }
+    // MARK: Running a job
+
+    private func runAndRelease(_ delivery: Delivery, run: UInt64, worker: WorkerTask) async {
+        watch(delivery, worker: worker)
+        if let outcome = await attempt(delivery) { await broker.settle(delivery, outcome) }
         release(run)
-    }
-
-    /// The next job for a slot that just finished one, registered under a new run; nil when the
-    /// slot goes back (nothing ready fits it, the pool is stopping, or the task was cancelled by a
-    /// stop and so cannot run anything else).
-    private func following(_ run: UInt64, in place: Place, chained: inout Int) async -> (Delivery, UInt64)? {
-        // With several groups each job goes through the router, which may choose another group.
-        guard let filter = slotFilters?.filter(for: place.slot) else { return nil }
-        // Let other tasks (settlements, timers) have the thread now and then.
-        chained += 1
-        if chained.isMultiple(of: 32) { await Task.yield() }
-        guard !Task.isCancelled, !state.withLock({ $0.stopping }), let next = await broker.tryNext(filter) else { return nil }
-        let nextRun = state.withLock { state in
-            let (group, slot, _) = state.handlers.removeValue(forKey: run)!
-            return state.register(next.stop, in: group, slot)
-        }
-        return (next, nextRun)
     }
 
     /// A stop (cancel, timeout, shutdown) cancels the job's task and settles the attempt at once,
@@ -211,7 +296,9 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    private func execute(_ delivery: Delivery) async {
+    /// Runs the job's handler and claims the settlement: the outcome to settle, or nil when a stop
+    /// settled the attempt (once that settlement is done).
+    private func attempt(_ delivery: Delivery) async -> AttemptOutcome? {
         let job = delivery.job
         let outcome: AttemptOutcome
         if let entry = registry.entry(job.name) {
@@ -232,9 +319,9 @@ public final class WorkerPool: Sendable {
         }
         if let stopped = delivery.stop.claimOrStopSettlement() {
             await stopped?.value
-        } else {
-            await broker.settle(delivery, outcome)
+            return nil
         }
+        return outcome
     }
 
     private func release(_ run: UInt64) {
@@ -299,12 +386,6 @@ func describeFailure(_ error: any Error) -> String {
     return String(describing: error)
 }
 
-/// Where a job runs: its group and the kind of slot it holds there.
-private struct Place {
-    let group: Int
-    let slot: Slot
-}
-
 private struct SlotFilters {
     let ordinary: DeliveryFilter
     let reserved: DeliveryFilter
@@ -322,8 +403,8 @@ private struct SlotFilters {
     }
 }
 
-/// The task running a slot's jobs, for a stop to cancel. A stop can come before the dispatcher
-/// has attached the task; it is then cancelled as it is attached.
+/// The task running a job (or a slot's jobs), for a stop or shutdown to cancel. A cancel can come
+/// before the task is attached; it is then cancelled as it is attached.
 private final class WorkerTask: Sendable {
     private let state = Mutex<(task: Task<Void, Never>?, cancelled: Bool)>((nil, false))
 
@@ -355,6 +436,11 @@ private struct PoolState {
     var pull: (filter: DeliveryFilter, task: Task<Delivery?, Never>)?
     var drainWaiter: CheckedContinuation<Void, Never>?
     var stopping = false
+    /// A one-group pool: waits for shutdown.
+    var stopWaiter: CheckedContinuation<Void, Never>?
+    /// A one-group pool: the slot tasks waiting for a job, which shutdown cancels.
+    var idleSlots: [UInt64: WorkerTask] = [:]
+    var nextSlotTask: UInt64 = 0
     /// `filter`'s answer until a group's room changes.
     private var cachedFilter: DeliveryFilter?
 

@@ -201,6 +201,9 @@ public final class AMQPBroker: Broker {
         return local.tryNext(filter)
     }
     public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) async { local.settle(delivery, outcome) }
+    public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery? {
+        local.settle(delivery, outcome, thenTryNext: filter)
+    }
 
     public func cancel(_ id: JobID) async -> CancelResult {
         let result = local.cancel(id)

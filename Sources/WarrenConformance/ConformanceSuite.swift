@@ -84,6 +84,28 @@ public enum ConformanceSuite {
             try expectEqual(await broker.statistics().inFlight, 0, "in flight after ack")
             try expectEqual(await broker.snapshot(one.id)?.status, .completed, "status after ack")
         },
+        test("settling while taking the next job: the outcome is kept and the best job the filter admits comes next") { broker in
+            let first = job(priority: .high), low = job(priority: .low)
+            var gpu = job(priority: .critical)
+            gpu.requiredCapabilities = ["gpu"]
+            try await broker.enqueue([first])
+            let delivery = try await take(broker)
+            try await broker.enqueue([low, gpu])
+            try await within(10, "both jobs to be ready") { while await broker.statistics().depth < 2 { await Task.yield() } }
+            let plain = DeliveryFilter(rooms: [.init(lowest: .background, capabilities: [])])
+            let second = await broker.settle(delivery, .completed(Data("1".utf8)), thenTryNext: plain)
+            try expectEqual(second?.job.id, low.id, "the job a room without a GPU admits")
+            try expectEqual(try await outcome(broker, first.id), .completed(Data("1".utf8)), "the settled job's outcome")
+            guard let second else { return }
+            let gpuRoom = DeliveryFilter(rooms: [.init(lowest: .critical, capabilities: ["gpu"])])
+            let third = await broker.settle(second, .completed(Data("2".utf8)), thenTryNext: gpuRoom)
+            try expectEqual(third?.job.id, gpu.id, "the critical GPU job")
+            guard let third else { return }
+            let none = await broker.settle(third, .completed(Data("3".utf8)), thenTryNext: .any)
+            try expect(none == nil, "nothing is left to take")
+            try expectEqual(try await outcome(broker, gpu.id), .completed(Data("3".utf8)), "the last outcome")
+            try expectEqual(await broker.statistics().inFlight, 0, "in flight at the end")
+        },
         test("nack retries with backoff, then dead-letters with every error") { broker in
             var flaky = job(maxRetries: 2)
             flaky.metadata["case"] = "retry"
