@@ -87,7 +87,7 @@ struct Bench: AsyncParsableCommand {
         var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
         configuration.publishesEvents = events
         // Connected before the fill, so consumption starts as soon after it as the raw loop's does:
-        // RabbitMQ pages an idle queue out to disk, and a longer pause makes that likelier.
+        // how fast RabbitMQ serves a freshly filled queue depends on how long ago it was filled.
         let broker = AMQPBroker(configuration)
         try await broker.waitUntilReady()
         _ = try AMQPBenchmarks.fill(
