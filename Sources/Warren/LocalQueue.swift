@@ -74,7 +74,22 @@ package final class LocalQueue: Sendable {
         }
         apply(effects)
         if let fast { return fast }
-        return await park(filter)
+        let delivery = await park(filter)
+        if delivery != nil { handOn() }
+        return delivery
+    }
+
+    /// Hands one more ready job to a parked consumer. Every change to the queue wakes at most one
+    /// parked consumer, which wakes the next as it takes its job, and so on while jobs are ready:
+    /// the thread that made a burst ready (a transport's I/O thread) resumes one task, not every
+    /// parked one, and jobs do not sit handed to tasks still queued on the executor while running
+    /// tasks take later ones (out of order, which holds back a transport's contiguous acks).
+    private func handOn() {
+        let effects = state.withLock { state -> Effects? in
+            guard !state.waiters.isEmpty, state.core.readyCount > 0 else { return nil }
+            return state.settle(now: clock.now())
+        }
+        if let effects { apply(effects) }
     }
 
     package func tryNext(_ filter: DeliveryFilter) -> Delivery? {
@@ -319,11 +334,12 @@ private struct State {
         core.recordsEvents = !subscribers.isEmpty || !outcomeWaiters.isEmpty
     }
 
-    /// Hands ready jobs to parked consumers, gathers events and finished jobs' waiters.
+    /// Hands a ready job to a parked consumer (one: it hands on the next, see `handOn`), gathers
+    /// events and finished jobs' waiters.
     mutating func settle(now: Date) -> Effects {
         var effects = Effects()
         var index = waiters.startIndex
-        while index < waiters.endIndex, core.readyCount > 0 {
+        while index < waiters.endIndex, core.readyCount > 0, effects.deliveries.isEmpty {
             if let job = core.dequeue(waiters[index].filter, now: now) {
                 effects.deliveries.append((waiters.remove(at: index).continuation, deliver(job)))
             } else {

@@ -150,6 +150,7 @@ public final class WorkerPool: Sendable {
                     return true
                 }) else { return }
                 let next = await broker.next(filter)
+                unyielded = 0
                 let nextRun = state.withLock { state -> UInt64? in
                     state.idleSlots[id] = nil
                     guard let next else { return nil }
@@ -172,8 +173,14 @@ public final class WorkerPool: Sendable {
             // A stop (cancel, timeout) cancels this task, now or in a moment: a new task takes the
             // slot. A stop cannot fire once the attempt is settled, so `reason` is final here.
             let goesOn = delivery.stop.reason == nil && !Task.isCancelled
+            // Jobs that are ready at once never suspend this task: now and then let others have the
+            // thread, with no job taken (a job held across the yield would hold back the acks of
+            // every later delivery, as a transport acks contiguous runs).
+            unyielded += 1
+            let yields = unyielded == 32
+            if yields { unyielded = 0 }
             if let outcome {
-                if goesOn, !state.withLock({ $0.stopping }) {
+                if goesOn, !yields, !state.withLock({ $0.stopping }) {
                     if let next = await broker.settle(delivery, outcome, thenTryNext: filter) {
                         // The slot passes from one run to the next without being freed.
                         taken = (next, state.withLock { state in
@@ -185,20 +192,13 @@ public final class WorkerPool: Sendable {
                     await broker.settle(delivery, outcome)
                 }
             }
-            guard taken != nil else {
-                release(run)
-                if !goesOn {
-                    if !state.withLock({ $0.stopping }) { spawnSlot(slot, filter) }
-                    return
-                }
-                continue
+            guard taken == nil else { continue }
+            release(run)
+            if !goesOn {
+                if !state.withLock({ $0.stopping }) { spawnSlot(slot, filter) }
+                return
             }
-            // Jobs that are ready at once never suspend this task: let others have the thread.
-            unyielded += 1
-            if unyielded == 32 {
-                unyielded = 0
-                await Task.yield()
-            }
+            if yields { await Task.yield() }
         }
     }
 

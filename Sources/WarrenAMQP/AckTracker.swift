@@ -2,12 +2,21 @@ import DequeModule
 
 /// Which deliveries of one channel are finished, and the fewest acks that tell the broker so: one
 /// `multiple = true` ack up to the highest contiguous finished tag, and single acks for tags that
-/// stayed out of order for a whole round (so a long job at the head never holds the prefetch window).
+/// stayed out of order for `roundsBeforeAckingAlone` flushes (so a long job at the head never holds
+/// the prefetch window).
+///
+/// Several workers finish jobs a little out of order all the time (a thread preempted mid-job holds
+/// its tag for a scheduler time slice); acking alone after one round turned those short gaps into
+/// 5-10 single acks per 100 messages, each a frame the broker must handle. A few rounds (a few
+/// milliseconds while messages stream, a round being a batch of acks or 2 ms) let the gap close.
 struct AckTracker {
+    static let roundsBeforeAckingAlone = 4
+
     private var outstanding = Deque<UInt64>()
     private var finished = Set<UInt64>()
     private var ackedAlone = Set<UInt64>()
-    private var waitedOneRound = Set<UInt64>()
+    /// Finished tags behind an unfinished one, and how many flushes they have waited.
+    private var roundsWaited: [UInt64: Int] = [:]
 
     var isEmpty: Bool { outstanding.isEmpty }
     var hasDeferred: Bool { !finished.isEmpty }
@@ -33,12 +42,18 @@ struct AckTracker {
             outstanding.removeFirst()
         }
         if let upTo { acks.append((upTo, true)) }
-        for tag in finished where waitedOneRound.contains(tag) {
-            acks.append((tag, false))
-            ackedAlone.insert(tag)
+        var waited: [UInt64: Int] = [:]
+        for tag in finished {
+            let rounds = roundsWaited[tag, default: 0] + 1
+            if rounds > Self.roundsBeforeAckingAlone {
+                acks.append((tag, false))
+                ackedAlone.insert(tag)
+            } else {
+                waited[tag] = rounds
+            }
         }
         finished.subtract(ackedAlone)
-        waitedOneRound = finished
+        roundsWaited = waited
         return acks
     }
 
