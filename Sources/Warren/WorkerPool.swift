@@ -394,13 +394,6 @@ private struct SlotFilters {
         ordinary = DeliveryFilter(rooms: [.init(lowest: .background, capabilities: group.capabilities)], servable: servable)
         reserved = DeliveryFilter(rooms: [.init(lowest: .critical, capabilities: group.capabilities)], servable: servable)
     }
-
-    func filter(for slot: Slot) -> DeliveryFilter {
-        switch slot {
-        case .ordinary: ordinary
-        case .reserved: reserved
-        }
-    }
 }
 
 /// The task running a job (or a slot's jobs), for a stop or shutdown to cancel. A cancel can come
@@ -449,8 +442,6 @@ private struct PoolState {
         self.router = router
     }
 
-    /// What the pool can take now. Kept until a group's room changes: it is asked for on every
-    /// pull and every release, but changes only when a group fills up or gets room again.
     /// Notes a job now running in a slot; returns its run. Keyed per run, not per job: a retry can
     /// start while its timed-out attempt still runs.
     mutating func register(_ stop: StopSignal, in group: Int, _ slot: Slot) -> UInt64 {
@@ -459,6 +450,8 @@ private struct PoolState {
         return nextRun
     }
 
+    /// What the pool can take now. Kept until a group's room changes: it is asked for on every
+    /// pull and every release, but changes only when a group fills up or gets room again.
     mutating func filter(servable: [Set<String>]) -> DeliveryFilter {
         if let cachedFilter { return cachedFilter }
         let filter = makeFilter(servable: servable)

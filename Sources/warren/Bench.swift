@@ -200,8 +200,7 @@ struct Bench: AsyncParsableCommand {
         return Double(count) / elapsed.timeInterval
     }
 
-    /// Runs a worker pool over `broker` until `done` is released; how long that took.
-    /// Runs a pool on `broker` until `done`; when it started and when `done` was reached.
+    /// Runs a worker pool over `broker` until `done` is released: when it started and when `done` was reached.
     func drain(_ broker: any Broker, _ registry: HandlerRegistry, concurrency: Int, until done: Latch) async
         -> (started: ContinuousClock.Instant, finished: ContinuousClock.Instant)
     {
