@@ -131,18 +131,15 @@ package final class LocalQueue: Sendable {
     }
 
     package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) {
-        change { state, now in
-            state.stops[delivery.job.id] = nil
-            state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
-        }
+        _ = settle(delivery, outcome, thenTryNext: nil)
     }
 
-    /// Settles a delivery and takes the best ready job `filter` admits, under one lock.
-    package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) -> Delivery? {
+    /// Settles a delivery and, given a filter, takes the best ready job it admits, under one lock.
+    package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter?) -> Delivery? {
         change { state, now in
             state.stops[delivery.job.id] = nil
             state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
-            guard !state.closed, let job = state.core.dequeue(filter, now: now) else { return nil }
+            guard let filter, !state.closed, let job = state.core.dequeue(filter, now: now) else { return nil }
             return state.deliver(job)
         }
     }

@@ -124,18 +124,15 @@ public final class WorkerPool: Sendable {
     }
 
     private func spawnSlot(_ slot: Slot, _ filter: DeliveryFilter) {
-        let id = state.withLock { state -> UInt64 in
-            state.nextSlotTask &+= 1
-            return state.nextSlotTask
-        }
         let pool = self
         let worker = WorkerTask()
-        worker.attach(Task { await pool.serve(slot, filter, id: id, worker: worker) })
+        worker.attach(Task { await pool.serve(slot, filter, worker: worker) })
     }
 
     /// One slot's task: takes the next job that fits the slot (waiting in the broker while there is
     /// none), runs it, settles it while taking the next ready one, and again, until shutdown.
-    private func serve(_ slot: Slot, _ filter: DeliveryFilter, id: UInt64, worker: WorkerTask) async {
+    private func serve(_ slot: Slot, _ filter: DeliveryFilter, worker: WorkerTask) async {
+        let id = ObjectIdentifier(worker)
         var unyielded = 0
         var taken: (delivery: Delivery, run: UInt64)?
         while true {
@@ -432,8 +429,7 @@ private struct PoolState {
     /// A one-group pool: waits for shutdown.
     var stopWaiter: CheckedContinuation<Void, Never>?
     /// A one-group pool: the slot tasks waiting for a job, which shutdown cancels.
-    var idleSlots: [UInt64: WorkerTask] = [:]
-    var nextSlotTask: UInt64 = 0
+    var idleSlots: [ObjectIdentifier: WorkerTask] = [:]
     /// `filter`'s answer until a group's room changes.
     private var cachedFilter: DeliveryFilter?
 

@@ -7,16 +7,15 @@ import DequeModule
 ///
 /// Several workers finish jobs a little out of order all the time (a thread preempted mid-job holds
 /// its tag for a scheduler time slice); acking alone after one round turned those short gaps into
-/// 5-10 single acks per 100 messages, each a frame the broker must handle. A few rounds (a few
+/// 5-14 single acks per 100 messages, each a frame the broker must handle. A few rounds (a few
 /// milliseconds while messages stream, a round being a batch of acks or 2 ms) let the gap close.
 struct AckTracker {
     static let roundsBeforeAckingAlone = 4
 
     private var outstanding = Deque<UInt64>()
-    private var finished = Set<UInt64>()
+    /// Finished tags not acked yet, and how many flushes each has waited behind an unfinished one.
+    private var finished: [UInt64: Int] = [:]
     private var ackedAlone = Set<UInt64>()
-    /// Finished tags behind an unfinished one, and how many flushes they have waited.
-    private var roundsWaited: [UInt64: Int] = [:]
 
     var isEmpty: Bool { outstanding.isEmpty }
     var hasDeferred: Bool { !finished.isEmpty }
@@ -24,7 +23,7 @@ struct AckTracker {
     mutating func delivered(_ tag: UInt64) { outstanding.append(tag) }
 
     /// Marks a delivery to be acked.
-    mutating func finish(_ tag: UInt64) { finished.insert(tag) }
+    mutating func finish(_ tag: UInt64) { finished[tag] = 0 }
 
     /// Marks a delivery settled by other means (rejected, handed back): never ack it.
     mutating func settledElsewhere(_ tag: UInt64) { ackedAlone.insert(tag) }
@@ -34,7 +33,7 @@ struct AckTracker {
         var acks: [(tag: UInt64, multiple: Bool)] = []
         var upTo: UInt64?
         while let first = outstanding.first {
-            if finished.remove(first) != nil {
+            if finished.removeValue(forKey: first) != nil {
                 upTo = first
             } else if ackedAlone.remove(first) == nil {
                 break
@@ -42,18 +41,12 @@ struct AckTracker {
             outstanding.removeFirst()
         }
         if let upTo { acks.append((upTo, true)) }
-        var waited: [UInt64: Int] = [:]
-        for tag in finished {
-            let rounds = roundsWaited[tag, default: 0] + 1
-            if rounds > Self.roundsBeforeAckingAlone {
-                acks.append((tag, false))
-                ackedAlone.insert(tag)
-            } else {
-                waited[tag] = rounds
-            }
+        for (tag, rounds) in finished where rounds == Self.roundsBeforeAckingAlone {
+            acks.append((tag, false))
+            ackedAlone.insert(tag)
         }
-        finished.subtract(ackedAlone)
-        roundsWaited = waited
+        for (tag, multiple) in acks where !multiple { finished[tag] = nil }
+        for index in finished.indices { finished.values[index] += 1 }
         return acks
     }
 
