@@ -274,6 +274,24 @@ public struct JobQueueCore {
     /// Takes the best ready job the filter admits (highest priority, then arrival) and marks it
     /// running. Jobs whose deadline passed are dead-lettered on the way, never returned.
     public mutating func dequeue(_ filter: DeliveryFilter = .any, now: Date) -> Job? {
+        dequeueRecord(filter, now: now)?.job
+    }
+
+    /// `dequeue`, as a delivery whose stop signal the record keeps while the attempt runs (for
+    /// `stopSignal(of:)`).
+    package mutating func deliver(_ filter: DeliveryFilter, now: Date) -> Delivery? {
+        guard let record = dequeueRecord(filter, now: now) else { return nil }
+        let delivery = Delivery(job: record.job)
+        record.stop = delivery.stop
+        return delivery
+    }
+
+    /// The stop signal of a job's running attempt, when it was taken with `deliver`.
+    package func stopSignal(of id: JobID) -> StopSignal? {
+        records[id]?.stop
+    }
+
+    private mutating func dequeueRecord(_ filter: DeliveryFilter, now: Date) -> JobRecord? {
         guard !filter.rooms.isEmpty else { return nil }
         while let record = ready.removeFirst(lowest: filter.lowestPriority, where: { record in
             guard record.job.status == .queued else { return .drop }
@@ -294,7 +312,7 @@ public struct JobQueueCore {
             totals.started += 1
             waitDurations.record(seconds: now.timeIntervalSince(record.queuedAt))
             emit(.started(attempt: record.job.attempt), record, now)
-            return record.job
+            return record
         }
         return nil
     }
@@ -306,6 +324,7 @@ public struct JobQueueCore {
     public mutating func settle(_ id: JobID, attempt: Int? = nil, _ outcome: AttemptOutcome, now: Date) -> Bool {
         guard let record = records[id], record.job.status == .running else { return false }
         if let attempt, attempt != record.job.attempt { return false }
+        record.stop = nil
         // A job asked to stop ends cancelled, whatever its handler returned (a rejection still says why).
         if record.cancelling {
             if case .rejected = outcome {} else {
@@ -662,6 +681,8 @@ final class JobRecord {
     var timers = 0
     /// Handed to the transport for a retry: no longer held here.
     var handedOff = false
+    /// The running attempt's stop signal (see `deliver`).
+    var stop: StopSignal?
 
     /// Finished, or handed off: timers pointing here are stale.
     var isGone: Bool { handedOff || job.status.isTerminal }

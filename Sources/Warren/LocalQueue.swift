@@ -9,6 +9,8 @@ package final class LocalQueue: Sendable {
     private let state: Locked<State>
     private let clock: any WarrenClock
     private let alarm: Alarm
+    /// Identifies a parked consumer or an outcome waiter, for its cancellation to find it.
+    private let waiterIDs = Atomic<UInt64>(0)
 
     /// - Parameter departures: when set, receives every job leaving the queue (in order, outside
     ///   the lock), for a transport to settle its message.
@@ -69,8 +71,8 @@ package final class LocalQueue: Sendable {
         let now = clock.now()
         let (fast, effects) = state.withLock { state -> (Delivery??, Effects) in
             if state.closed { return (.some(nil), Effects()) }
-            guard let job = state.core.dequeue(filter, now: now) else { return (nil, state.settle(now: now)) }
-            return (.some(state.deliver(job)), state.settle(now: now))
+            guard let delivery = state.core.deliver(filter, now: now) else { return (nil, state.settle(now: now)) }
+            return (.some(delivery), state.settle(now: now))
         }
         apply(effects)
         if let fast { return fast }
@@ -95,25 +97,22 @@ package final class LocalQueue: Sendable {
     package func tryNext(_ filter: DeliveryFilter) -> Delivery? {
         let now = clock.now()
         let (delivery, effects) = state.withLock { state -> (Delivery?, Effects) in
-            guard !state.closed, let job = state.core.dequeue(filter, now: now) else { return (nil, Effects()) }
-            return (state.deliver(job), state.settle(now: now))
+            guard !state.closed, let delivery = state.core.deliver(filter, now: now) else { return (nil, Effects()) }
+            return (delivery, state.settle(now: now))
         }
         apply(effects)
         return delivery
     }
 
     private func park(_ filter: DeliveryFilter) async -> Delivery? {
-        let id = state.withLock { state -> UInt64 in
-            state.nextWaiter &+= 1
-            return state.nextWaiter
-        }
+        let id = waiterIDs.wrappingAdd(1, ordering: .relaxed).newValue
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Delivery?, Never>) in
                 let now = clock.now()
                 let (immediate, effects) = state.withLock { state -> (Delivery??, Effects) in
                     if state.closed || Task.isCancelled { return (.some(nil), Effects()) }
-                    if let job = state.core.dequeue(filter, now: now) {
-                        return (.some(state.deliver(job)), state.settle(now: now))
+                    if let delivery = state.core.deliver(filter, now: now) {
+                        return (.some(delivery), state.settle(now: now))
                     }
                     state.waiters.append(Waiter(id: id, filter: filter, continuation: continuation))
                     return (nil, state.settle(now: now))
@@ -137,17 +136,16 @@ package final class LocalQueue: Sendable {
     /// Settles a delivery and, given a filter, takes the best ready job it admits, under one lock.
     package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter?) -> Delivery? {
         change { state, now in
-            state.stops[delivery.job.id] = nil
             state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
-            guard let filter, !state.closed, let job = state.core.dequeue(filter, now: now) else { return nil }
-            return state.deliver(job)
+            guard let filter, !state.closed else { return nil }
+            return state.core.deliver(filter, now: now)
         }
     }
 
     package func cancel(_ id: JobID) -> CancelResult {
         let (result, stop) = change { state, now -> (CancelResult, StopSignal?) in
             let result = state.core.cancel(id, now: now)
-            return (result, result == .cancelling ? state.stops[id] : nil)
+            return (result, result == .cancelling ? state.core.stopSignal(of: id) : nil)
         }
         stop?.fire(.cancelled)
         return result
@@ -193,10 +191,7 @@ package final class LocalQueue: Sendable {
             return .wait
         }
         if case let .done(outcome) = now { return outcome }
-        let waiter = state.withLock { state -> UInt64 in
-            state.nextWaiter &+= 1
-            return state.nextWaiter
-        }
+        let waiter = waiterIDs.wrappingAdd(1, ordering: .relaxed).newValue
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<JobOutcome?, Never>) in
                 let immediate = state.withLock { state -> JobOutcome?? in
@@ -308,8 +303,6 @@ private struct Effects {
 private struct State {
     var core: JobQueueCore
     var waiters = Deque<Waiter>()
-    var nextWaiter: UInt64 = 0
-    var stops: [JobID: StopSignal] = [:]
     var subscribers: [UInt64: AsyncStream<JobEvent>.Continuation] = [:]
     var nextSubscriber: UInt64 = 0
     var outcomeWaiters: [JobID: [(UInt64, CheckedContinuation<JobOutcome?, Never>)]] = [:]
@@ -319,12 +312,6 @@ private struct State {
     init(core: JobQueueCore, departures: (@Sendable ([Departure]) -> Void)?) {
         self.core = core
         self.departures = departures
-    }
-
-    mutating func deliver(_ job: Job) -> Delivery {
-        let delivery = Delivery(job: job)
-        stops[job.id] = delivery.stop
-        return delivery
     }
 
     mutating func updateEventRecording() {
@@ -337,8 +324,8 @@ private struct State {
         var effects = Effects()
         var index = waiters.startIndex
         while index < waiters.endIndex, core.readyCount > 0, effects.deliveries.isEmpty {
-            if let job = core.dequeue(waiters[index].filter, now: now) {
-                effects.deliveries.append((waiters.remove(at: index).continuation, deliver(job)))
+            if let delivery = core.deliver(waiters[index].filter, now: now) {
+                effects.deliveries.append((waiters.remove(at: index).continuation, delivery))
             } else {
                 index += 1
             }

@@ -51,6 +51,9 @@ public final class WorkerPool: Sendable {
     private let clock: any WarrenClock
     private let timeouts: Timeouts
     private let state: Locked<PoolState>
+    /// `PoolState.stopping`, readable without the lock: a slot running jobs back to back checks it
+    /// before every next job.
+    private let stopping = Atomic(false)
     private let servable: [Set<String>]
     /// With a single group: what its ordinary and reserved slots take.
     private let slotFilters: SlotFilters?
@@ -90,6 +93,7 @@ public final class WorkerPool: Sendable {
 
     /// Asks `run()` to stop taking jobs and return once running ones end.
     public func shutdown() {
+        stopping.store(true, ordering: .releasing)
         let (wake, pull, stopWaiter, idle) = state.withLock { state in
             state.stopping = true
             defer {
@@ -177,13 +181,11 @@ public final class WorkerPool: Sendable {
             let yields = unyielded == 32
             if yields { unyielded = 0 }
             if let outcome {
-                if goesOn, !yields, !state.withLock({ $0.stopping }) {
+                if goesOn, !yields, !stopping.load(ordering: .acquiring) {
                     if let next = await broker.settle(delivery, outcome, thenTryNext: filter) {
-                        // The slot passes from one run to the next without being freed.
-                        taken = (next, state.withLock { state in
-                            state.handlers[run] = nil
-                            return state.register(next.stop, in: 0, slot)
-                        })
+                        // The slot passes from one run to the next without being freed, under the same run.
+                        state.withLock { $0.handlers[run] = (0, slot, next.stop) }
+                        taken = (next, run)
                     }
                 } else {
                     await broker.settle(delivery, outcome)
@@ -439,7 +441,8 @@ private struct PoolState {
     }
 
     /// Notes a job now running in a slot; returns its run. Keyed per run, not per job: a retry can
-    /// start while its timed-out attempt still runs.
+    /// start while its timed-out attempt still runs. (A slot that takes its next job as it settles
+    /// one keeps its run.)
     mutating func register(_ stop: StopSignal, in group: Int, _ slot: Slot) -> UInt64 {
         nextRun &+= 1
         handlers[nextRun] = (group, slot, stop)

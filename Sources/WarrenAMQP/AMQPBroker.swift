@@ -394,11 +394,21 @@ private final class Messages: Sendable {
             for message in burst { link.reject(message.deliveryTag, generation: generation, requeue: true) }
             return
         }
-        // Decoded jobs, with the index of their message in the burst.
-        var decoded: [(job: Job, index: Int)] = []
-        decoded.reserveCapacity(burst.count)
+        // Decoded jobs, with where each came from and the index of its message in the burst.
+        var jobs: [Job] = [], origins: [Origin] = [], indices: [Int] = []
+        jobs.reserveCapacity(burst.count)
+        origins.reserveCapacity(burst.count)
+        indices.reserveCapacity(burst.count)
+        var consumer: (tag: String, priority: JobPriority)?
         for (index, message) in burst.enumerated() {
-            let priority = Self.priority(ofConsumer: message.consumerTag)
+            // Bursts come mostly from one consumer: its tag is parsed once.
+            let priority: JobPriority
+            if let consumer, consumer.tag == message.consumerTag {
+                priority = consumer.priority
+            } else {
+                priority = Self.priority(ofConsumer: message.consumerTag)
+                consumer = (message.consumerTag, priority)
+            }
             switch WireFormat.decode(
                 message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
                 limits: configuration.limits, defaults: configuration.jobDefaults)
@@ -406,7 +416,9 @@ private final class Messages: Sendable {
             case let .success(job):
                 // A replay of a job that died here: its id is in the dedup window, but it must run.
                 if job.metadata[WireFormat.replayedKey] != nil { local.forgetFinished(job.id) }
-                decoded.append((job, index))
+                jobs.append(job)
+                origins.append(Origin(message, generation: generation))
+                indices.append(index)
             case let .failure(reason):
                 state.withLock { $0.malformed += 1 }
                 deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [],
@@ -419,43 +431,55 @@ private final class Messages: Sendable {
                 announce(.deadLettered, rejected, reason: reason)
             }
         }
+        guard !jobs.isEmpty else { return }
         // Register where each job came from; a copy of a job held here (a redelivery after a
         // reconnection) is settled with the original. Jobs whose dependencies have not all arrived
         // wait (rare); the rest go in together. One dictionary lookup per job.
-        var ready: [Job] = [], readyIndex: [Int] = [], waiting: [(job: Job, index: Int)] = []
-        ready.reserveCapacity(decoded.count)
-        readyIndex.reserveCapacity(decoded.count)
-        let cancelled = state.withLock { state -> Set<JobID> in
+        var setAside: [Int] = [], waiting: [Int] = []
+        let (cancelled, anyWaiting) = state.withLock { state -> (Set<JobID>, Bool) in
             var cancelled = Set<JobID>()
-            for (job, index) in decoded {
+            for (position, job) in jobs.enumerated() {
                 if !state.published.isEmpty { state.published[job.id] = nil }
                 let before = state.origins.count
-                let origin = Origin(burst[index], generation: generation)
+                let origin = origins[position]
                 state.origins[job.id, default: Origins(first: origin)].add(origin)
-                guard state.origins.count > before else { continue }
+                guard state.origins.count > before else {
+                    setAside.append(position)
+                    continue
+                }
                 if !state.tombstones.isEmpty, state.tombstones.remove(job.id) { cancelled.insert(job.id) }
-                if job.dependencies.isEmpty {
-                    ready.append(job)
-                    readyIndex.append(index)
-                } else {
+                if !job.dependencies.isEmpty {
                     // Not in the local queue until its dependencies are: the window remembers it meanwhile.
                     state.known.insert(job.id)
-                    waiting.append((job, index))
+                    setAside.append(position)
+                    waiting.append(position)
                 }
             }
-            return cancelled
+            return (cancelled, !state.waitingForDependency.isEmpty)
         }
-        for entry in waiting {
-            admit(entry.job, burst[entry.index], into: local, cancelled: cancelled.contains(entry.job.id))
+        for position in waiting {
+            admit(jobs[position], burst[indices[position]], into: local, cancelled: cancelled.contains(jobs[position].id))
+        }
+        // Usually every job goes in: the array is passed on as it is.
+        var ready = jobs
+        if !setAside.isEmpty {
+            let aside = Set(setAside)
+            var kept: [Int] = []
+            ready = []
+            for (position, job) in jobs.enumerated() where !aside.contains(position) {
+                ready.append(job)
+                kept.append(indices[position])
+            }
+            indices = kept
         }
         guard !ready.isEmpty else { return }
         // Asked after this burst's own dependents have started waiting.
-        let anyWaiting = state.withLock { !$0.waitingForDependency.isEmpty }
+        let releases = anyWaiting || (!waiting.isEmpty && state.withLock { !$0.waitingForDependency.isEmpty })
         let refusals = local.enqueueEach(ready, cancelling: cancelled)
         for (position, refusal) in refusals.enumerated() {
             if let refusal {
-                refuse(ready[position], burst[readyIndex[position]], refusal)
-            } else if anyWaiting {
+                refuse(ready[position], burst[indices[position]], refusal)
+            } else if releases {
                 release(waitingFor: ready[position].id, into: local)
             }
         }

@@ -184,9 +184,10 @@ private struct Inbox {
     var closed = false
 }
 
+/// Small (publishes are boxed): acks, by far the most frequent, are copied into and out of the inbox.
 private enum Command: Sendable {
-    case publish(OutgoingMessage, CheckedContinuation<Result<Void, AMQPError>, Never>)
-    case notify(OutgoingMessage)
+    indirect case publish(OutgoingMessage, CheckedContinuation<Result<Void, AMQPError>, Never>)
+    indirect case notify(OutgoingMessage)
     case ack(UInt64, UInt64)
     case reject(UInt64, UInt64, Bool)
     case perform(@Sendable (ConnectionSession) -> Void, failed: @Sendable (AMQPError) -> Void)
