@@ -38,17 +38,19 @@ public struct DeliveryFilter: Sendable, Equatable {
         return lowest
     }
 
-    func admits(_ job: Job) -> Bool {
+    // Both take the fields they look at, not the job: passing a job held in a record would copy it.
+
+    func admits(priority: JobPriority, requiring required: Set<String>) -> Bool {
         rooms.contains { room in
-            guard job.priority <= room.lowest else { return false }
-            guard let capabilities = room.capabilities, !job.requiredCapabilities.isEmpty else { return true }
-            return job.requiredCapabilities.isSubset(of: capabilities)
+            guard priority <= room.lowest else { return false }
+            guard let capabilities = room.capabilities, !required.isEmpty else { return true }
+            return required.isSubset(of: capabilities)
         }
     }
 
-    func canEverServe(_ job: Job) -> Bool {
-        guard let servable, !job.requiredCapabilities.isEmpty else { return true }
-        return servable.contains { job.requiredCapabilities.isSubset(of: $0) }
+    func canEverServe(requiring required: Set<String>) -> Bool {
+        guard let servable, !required.isEmpty else { return true }
+        return servable.contains { required.isSubset(of: $0) }
     }
 }
 
@@ -143,13 +145,14 @@ public struct JobQueueCore {
     /// Enqueues one job (see `enqueue(_:now:)` for batches).
     public mutating func enqueue(_ job: Job, now: Date) throws(EnqueueRefusal) {
         try validate(job)
-        guard isNew(job) else { throw .duplicate(job.id) }
+        let known = records[job.id]
+        guard isNew(job, known: known) else { throw .duplicate(job.id) }
         guard liveCount < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
         if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
         for dependency in job.dependencies where records[dependency] == nil {
             throw .unknownDependency(job: job.id, dependency: dependency)
         }
-        insert(job, now: now)
+        insert(job, returning: known, now: now)
     }
 
     /// Enqueues a batch atomically: all of it, or (with the reason) none of it. Jobs in the batch may
@@ -159,7 +162,7 @@ public struct JobQueueCore {
         var batch: [JobID: Job] = [:]
         for job in jobs {
             try validate(job)
-            guard isNew(job), batch[job.id] == nil else { throw .duplicate(job.id) }
+            guard isNew(job, known: records[job.id]), batch[job.id] == nil else { throw .duplicate(job.id) }
             batch[job.id] = job
         }
         guard liveCount + jobs.count <= configuration.capacity else {
@@ -171,13 +174,13 @@ public struct JobQueueCore {
                 throw .unknownDependency(job: job.id, dependency: dependency)
             }
         }
-        for job in try Self.topologicalOrder(jobs, batch: batch) { insert(job, now: now) }
+        for job in try Self.topologicalOrder(jobs, batch: batch) { insert(job, returning: records[job.id], now: now) }
     }
 
     /// A job is new when its id is unknown, or when it is the next attempt of a job this queue
     /// handed off for a retry.
-    private func isNew(_ job: Job) -> Bool {
-        guard let known = records[job.id] else { return true }
+    private func isNew(_ job: Job, known: JobRecord?) -> Bool {
+        guard let known else { return true }
         return known.handedOff && job.attempt > known.job.attempt
     }
 
@@ -223,9 +226,9 @@ public struct JobQueueCore {
         return order
     }
 
-    private mutating func insert(_ job: Job, now: Date) {
+    /// `returning`: the record already under the job's id (a job handed off for a retry), looked up by the caller.
+    private mutating func insert(_ job: Job, returning: JobRecord?, now: Date) {
         let record = JobRecord(job)
-        let returning = records[job.id]
         if let returning, record.job.errors.isEmpty {
             // The next attempt of a job handed off for a retry keeps the earlier attempts' errors.
             record.job.errors = returning.job.errors
@@ -295,15 +298,16 @@ public struct JobQueueCore {
         guard !filter.rooms.isEmpty else { return nil }
         while let record = ready.removeFirst(lowest: filter.lowestPriority, where: { record in
             guard record.job.status == .queued else { return .drop }
-            if !filter.canEverServe(record.job) { return .take }
-            return filter.admits(record.job) ? .take : .skip
+            let required = record.job.requiredCapabilities
+            if !filter.canEverServe(requiring: required) { return .take }
+            return filter.admits(priority: record.job.priority, requiring: required) ? .take : .skip
         }) {
             queuedByPriority[record.job.priority.rawValue] -= 1
             if let deadline = record.job.deadline, deadline <= now {
                 deadLetter(record, .deadline(deadline), now: now)
                 continue
             }
-            if !filter.canEverServe(record.job) {
+            if !filter.canEverServe(requiring: record.job.requiredCapabilities) {
                 deadLetter(record, .noCapableWorker(required: Array(record.job.requiredCapabilities)), now: now)
                 continue
             }

@@ -50,6 +50,8 @@ final class RawConnection {
     private(set) var channelOpen = false
     /// Goes up each time the channel is opened: whoever set the channel up can tell it is new.
     private(set) var channelSerial = 0
+    /// Strings every delivery carries again (exchange, routing key, consumer tag, content type, type).
+    private var recurring = RecurringStrings()
 
     init(url: AMQPURL) throws(AMQPError) {
         self.url = url
@@ -210,7 +212,7 @@ final class RawConnection {
         let reply = amqp_consume_message(state, &envelope, &zero, 0)
         if reply.reply_type == AMQP_RESPONSE_NORMAL {
             defer { amqp_destroy_envelope(&envelope) }
-            return .message(Self.copy(envelope))
+            return .message(copy(envelope))
         }
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
             if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return .nothing }
@@ -378,18 +380,24 @@ final class RawConnection {
         return Array(UnsafeRawBufferPointer(start: base, count: bytes.len))
     }
 
-    static func copy(_ envelope: amqp_envelope_t) -> IncomingMessage {
-        IncomingMessage(
+    /// A delivery as Swift values. The fields that repeat from one delivery to the next come from
+    /// `recurring`, without a new allocation and UTF-8 check each time.
+    private func copy(_ envelope: amqp_envelope_t) -> IncomingMessage {
+        let properties = Self.properties(envelope.message.properties, recurring: { recurring.string($0) })
+        return IncomingMessage(
             deliveryTag: envelope.delivery_tag, redelivered: envelope.redelivered != 0,
-            exchange: string(envelope.exchange), routingKey: string(envelope.routing_key),
-            consumerTag: string(envelope.consumer_tag), properties: properties(envelope.message.properties),
-            body: array(envelope.message.body))
+            exchange: recurring.string(envelope.exchange), routingKey: recurring.string(envelope.routing_key),
+            consumerTag: recurring.string(envelope.consumer_tag), properties: properties,
+            body: Self.array(envelope.message.body))
     }
 
-    static func properties(_ p: amqp_basic_properties_t) -> MessageProperties {
+    /// - Parameter recurring: makes the fields that repeat across messages (content type, type).
+    static func properties(
+        _ p: amqp_basic_properties_t, recurring: (amqp_bytes_t) -> String = string
+    ) -> MessageProperties {
         func has(_ flag: Int32) -> Bool { p._flags & amqp_flags_t(flag) != 0 }
         var properties = MessageProperties()
-        if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { properties.contentType = string(p.content_type) }
+        if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { properties.contentType = recurring(p.content_type) }
         if has(AMQP_BASIC_CONTENT_ENCODING_FLAG) { properties.contentEncoding = string(p.content_encoding) }
         if has(AMQP_BASIC_HEADERS_FLAG) { properties.headers = table(p.headers) }
         if has(AMQP_BASIC_DELIVERY_MODE_FLAG) { properties.deliveryMode = p.delivery_mode }
@@ -399,7 +407,7 @@ final class RawConnection {
         if has(AMQP_BASIC_EXPIRATION_FLAG) { properties.expiration = string(p.expiration) }
         if has(AMQP_BASIC_MESSAGE_ID_FLAG) { properties.messageID = string(p.message_id) }
         if has(AMQP_BASIC_TIMESTAMP_FLAG) { properties.timestamp = Date(timeIntervalSince1970: Double(p.timestamp)) }
-        if has(AMQP_BASIC_TYPE_FLAG) { properties.type = string(p.type) }
+        if has(AMQP_BASIC_TYPE_FLAG) { properties.type = recurring(p.type) }
         if has(AMQP_BASIC_USER_ID_FLAG) { properties.userID = string(p.user_id) }
         if has(AMQP_BASIC_APP_ID_FLAG) { properties.appID = string(p.app_id) }
         return properties
@@ -545,5 +553,36 @@ private final class Arena {
         }
         c._flags = amqp_flags_t(flags)
         return c
+    }
+}
+
+/// The last few distinct short strings read, reused when the same bytes come again: a delivery's
+/// exchange, routing key, consumer tag, content type and job type are the same for most messages,
+/// and each would otherwise cost an allocation (past 15 bytes) and a UTF-8 check.
+struct RecurringStrings {
+    private var entries: [(bytes: [UInt8], string: String)] = []
+    private var next = 0
+    static let capacity = 16
+    static let longest = 64
+
+    mutating func string(_ bytes: amqp_bytes_t) -> String {
+        guard bytes.len > 0, let base = bytes.bytes else { return "" }
+        return string(UnsafeRawBufferPointer(start: base, count: bytes.len))
+    }
+
+    mutating func string(_ raw: UnsafeRawBufferPointer) -> String {
+        guard let base = raw.baseAddress, raw.count > 0 else { return "" }
+        guard raw.count <= Self.longest else { return String(decoding: raw, as: UTF8.self) }
+        for entry in entries where entry.bytes.count == raw.count {
+            if entry.bytes.withUnsafeBytes({ memcmp($0.baseAddress!, base, raw.count) == 0 }) { return entry.string }
+        }
+        let string = String(decoding: raw, as: UTF8.self)
+        if entries.count < Self.capacity {
+            entries.append((Array(raw), string))
+        } else {
+            entries[next] = (Array(raw), string)
+            next = (next + 1) % Self.capacity
+        }
+        return string
     }
 }

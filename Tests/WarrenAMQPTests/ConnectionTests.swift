@@ -56,6 +56,22 @@ struct AMQPBasicsTests {
         tracker.finish(8)
         #expect(tracker.flush().map { "\($0.tag)\($0.multiple ? "m" : "")" } == ["8m"], "a rejected tag is never acked")
     }
+
+    @Test func recurringStringsAreReusedAndNeverConfused() {
+        var recurring = RecurringStrings()
+        func read(_ text: String) -> String { Array(text.utf8).withUnsafeBytes { recurring.string($0) } }
+        let key = "warren-bench.normal.with-a-long-routing-key"
+        #expect(read(key) == key)
+        #expect(read(key) == key, "the same bytes again")
+        #expect(read("warren-bench.normal.with-a-long-routing-kex") == "warren-bench.normal.with-a-long-routing-kex", "same length, other bytes")
+        #expect(read("") == "")
+        #expect(read("é ✓") == "é ✓")
+        // Past its capacity it forgets the oldest and still answers right.
+        for index in 0..<(RecurringStrings.capacity * 2) { #expect(read("type-\(index)") == "type-\(index)") }
+        #expect(read(key) == key)
+        let long = String(repeating: "x", count: RecurringStrings.longest + 1)
+        #expect(read(long) == long, "long strings are not kept, but read right")
+    }
 }
 
 @Suite("AMQP connection against RabbitMQ", .serialized)
