@@ -51,8 +51,8 @@ public final class WorkerPool: Sendable {
     private let clock: any WarrenClock
     private let timeouts: Timeouts
     private let state: Locked<PoolState>
-    /// `PoolState.stopping`, readable without the lock: a slot running jobs back to back checks it
-    /// before every next job.
+    /// Set by `shutdown()` before it takes the lock, so a reader under the lock sees it too; read
+    /// without the lock by a slot running jobs back to back, before every next job.
     private let stopping = Atomic(false)
     private let servable: [Set<String>]
     /// With a single group: what its ordinary and reserved slots take.
@@ -95,7 +95,6 @@ public final class WorkerPool: Sendable {
     public func shutdown() {
         stopping.store(true, ordering: .releasing)
         let (wake, pull, stopWaiter, idle) = state.withLock { state in
-            state.stopping = true
             defer {
                 state.roomWaiter = nil
                 state.stopWaiter = nil
@@ -119,7 +118,7 @@ public final class WorkerPool: Sendable {
         for _ in 0..<group.reservedForCritical { spawnSlot(.reserved, filters.reserved) }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let stopped = state.withLock { state -> Bool in
-                if state.stopping { return true }
+                if stopping.load(ordering: .acquiring) { return true }
                 state.stopWaiter = continuation
                 return false
             }
@@ -146,7 +145,7 @@ public final class WorkerPool: Sendable {
             } else {
                 // Waiting for a job is the only time shutdown cancels this task.
                 guard state.withLock({ state -> Bool in
-                    guard !state.stopping else { return false }
+                    guard !stopping.load(ordering: .acquiring) else { return false }
                     state.idleSlots[id] = worker
                     return true
                 }) else { return }
@@ -194,7 +193,7 @@ public final class WorkerPool: Sendable {
             guard taken == nil else { continue }
             release(run)
             if !goesOn {
-                if !state.withLock({ $0.stopping }) { spawnSlot(slot, filter) }
+                if !stopping.load(ordering: .acquiring) { spawnSlot(slot, filter) }
                 return
             }
             if yields { await Task.yield() }
@@ -221,7 +220,7 @@ public final class WorkerPool: Sendable {
         while true {
             enum Step { case stop, filter(DeliveryFilter), wait }
             let step = state.withLock { state -> Step in
-                if state.stopping { return .stop }
+                if stopping.load(ordering: .acquiring) { return .stop }
                 let filter = state.filter(servable: servable)
                 return filter.rooms.isEmpty ? .wait : .filter(filter)
             }
@@ -231,7 +230,7 @@ public final class WorkerPool: Sendable {
             case .wait:
                 await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                     let resume = state.withLock { state -> Bool in
-                        if state.stopping || !state.filter(servable: servable).rooms.isEmpty { return true }
+                        if stopping.load(ordering: .acquiring) || !state.filter(servable: servable).rooms.isEmpty { return true }
                         state.roomWaiter = continuation
                         return false
                     }
@@ -248,7 +247,7 @@ public final class WorkerPool: Sendable {
         let cancelled = state.withLock { state -> Bool in
             state.pull = (filter, task)
             // A slot freed since the filter was made: pull again with what is free now.
-            return state.stopping || state.filter(servable: servable) != filter
+            return stopping.load(ordering: .acquiring) || state.filter(servable: servable) != filter
         }
         if cancelled { task.cancel() }
         let delivery = await task.value
@@ -427,7 +426,6 @@ private struct PoolState {
     var roomWaiter: CheckedContinuation<Void, Never>?
     var pull: (filter: DeliveryFilter, task: Task<Delivery?, Never>)?
     var drainWaiter: CheckedContinuation<Void, Never>?
-    var stopping = false
     /// A one-group pool: waits for shutdown.
     var stopWaiter: CheckedContinuation<Void, Never>?
     /// A one-group pool: the slot tasks waiting for a job, which shutdown cancels.

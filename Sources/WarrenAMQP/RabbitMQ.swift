@@ -560,7 +560,7 @@ private final class Arena {
 /// exchange, routing key, consumer tag, content type and job type are the same for most messages,
 /// and each would otherwise cost an allocation (past 15 bytes) and a UTF-8 check.
 struct RecurringStrings {
-    private var entries: [(bytes: [UInt8], string: String)] = []
+    private var entries: [String] = []
     private var next = 0
     static let capacity = 16
     static let longest = 64
@@ -573,14 +573,15 @@ struct RecurringStrings {
     mutating func string(_ raw: UnsafeRawBufferPointer) -> String {
         guard let base = raw.baseAddress, raw.count > 0 else { return "" }
         guard raw.count <= Self.longest else { return String(decoding: raw, as: UTF8.self) }
-        for entry in entries where entry.bytes.count == raw.count {
-            if entry.bytes.withUnsafeBytes({ memcmp($0.baseAddress!, base, raw.count) == 0 }) { return entry.string }
+        for entry in entries where entry.utf8.count == raw.count {
+            // Strings made by `String(decoding:)` are native: their UTF-8 is contiguous.
+            if entry.utf8.withContiguousStorageIfAvailable({ memcmp($0.baseAddress!, base, raw.count) == 0 }) == true { return entry }
         }
         let string = String(decoding: raw, as: UTF8.self)
         if entries.count < Self.capacity {
-            entries.append((Array(raw), string))
+            entries.append(string)
         } else {
-            entries[next] = (Array(raw), string)
+            entries[next] = string
             next = (next + 1) % Self.capacity
         }
         return string

@@ -61,8 +61,12 @@ struct AMQPBasicsTests {
         var recurring = RecurringStrings()
         func read(_ text: String) -> String { Array(text.utf8).withUnsafeBytes { recurring.string($0) } }
         let key = "warren-bench.normal.with-a-long-routing-key"
-        #expect(read(key) == key)
-        #expect(read(key) == key, "the same bytes again")
+        func storage(_ string: String) -> UnsafeRawPointer? {
+            string.utf8.withContiguousStorageIfAvailable { UnsafeRawPointer($0.baseAddress) } ?? nil
+        }
+        let first = read(key), again = read(key)
+        #expect(first == key && again == key, "the same bytes again")
+        #expect(storage(first) != nil && storage(first) == storage(again), "the same bytes again give the kept string, not a new copy")
         #expect(read("warren-bench.normal.with-a-long-routing-kex") == "warren-bench.normal.with-a-long-routing-kex", "same length, other bytes")
         #expect(read("") == "")
         #expect(read("é ✓") == "é ✓")
