@@ -1,4 +1,7 @@
+#define _GNU_SOURCE
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include "CWarrenAMQP.h"
 
 amqp_rpc_reply_t CWarrenAMQP_login_plain(amqp_connection_state_t state, char const *vhost, int channel_max,
@@ -7,3 +10,10 @@ amqp_rpc_reply_t CWarrenAMQP_login_plain(amqp_connection_state_t state, char con
 }
 
 int CWarrenAMQP_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+int CWarrenAMQP_wait(int eventfd, int socket, long long nanoseconds) {
+    struct pollfd fds[2] = {{.fd = eventfd, .events = POLLIN}, {.fd = socket, .events = POLLIN}};
+    struct timespec timeout = {.tv_sec = nanoseconds / 1000000000LL, .tv_nsec = nanoseconds % 1000000000LL};
+    if (ppoll(fds, socket >= 0 ? 2 : 1, &timeout, NULL) < 0) return -1;
+    return fds[0].revents != 0;
+}

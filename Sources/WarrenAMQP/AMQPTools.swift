@@ -87,7 +87,7 @@ public struct AMQPTools: Sendable {
             case .frameWaiting:
                 _ = try raw.readFrame()
             case .nothing:
-                wake.wait(socket: raw.socketDescriptor, milliseconds: 200)
+                wake.wait(socket: raw.socketDescriptor, for: .milliseconds(200))
             }
         }
         return nil
@@ -241,7 +241,7 @@ public struct AMQPTools: Sendable {
             case let .message(delivery):
                 arrived.append(delivery)
             case .nothing:
-                wake.wait(socket: raw.socketDescriptor, milliseconds: 200)
+                wake.wait(socket: raw.socketDescriptor, for: .milliseconds(200))
             }
         }
         throw .publishRefused("no confirm from the broker within 30 s")

@@ -36,7 +36,7 @@ public enum AMQPBenchmarks {
             default: break
             }
         case .nothing:
-            wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
+            wake.wait(socket: raw.socketDescriptor, for: .milliseconds(100))
         case .message:
             break
         }
@@ -77,7 +77,7 @@ public enum AMQPBenchmarks {
                     try raw.ack(lastTag, multiple: true)
                     unacked = 0
                 }
-                wake.wait(socket: raw.socketDescriptor, milliseconds: 100)
+                wake.wait(socket: raw.socketDescriptor, for: .milliseconds(100))
             }
         }
         let cpu = cpuSeconds(thisThreadOnly: true) - cpuBefore

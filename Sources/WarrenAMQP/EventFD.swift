@@ -26,11 +26,10 @@ final class EventFD: Sendable {
         _ = withUnsafeMutableBytes(of: &value) { read(descriptor, $0.baseAddress, 8) }
     }
 
-    /// Waits until the socket is readable, the eventfd is signalled, or `milliseconds` pass.
-    func wait(socket: Int32?, milliseconds: Int32) {
-        var fds = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)]
-        if let socket, socket >= 0 { fds.append(pollfd(fd: socket, events: Int16(POLLIN), revents: 0)) }
-        _ = poll(&fds, nfds_t(fds.count), milliseconds)
-        if fds[0].revents != 0 { drain() }
+    /// Waits until the socket is readable, the eventfd is signalled, or `timeout` passes.
+    func wait(socket: Int32?, for timeout: Duration) {
+        let (seconds, attoseconds) = timeout.components
+        let nanoseconds = max(0, seconds) * 1_000_000_000 + max(0, attoseconds) / 1_000_000_000
+        if CWarrenAMQP_wait(descriptor, socket ?? -1, nanoseconds) == 1 { drain() }
     }
 }

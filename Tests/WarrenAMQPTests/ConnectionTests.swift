@@ -76,6 +76,19 @@ struct AMQPBasicsTests {
         let long = String(repeating: "x", count: RecurringStrings.longest + 1)
         #expect(read(long) == long, "long strings are not kept, but read right")
     }
+
+    /// The I/O thread's waits: a signal ends one at once, and without one a wait shorter than a
+    /// millisecond (the delivery linger) lasts at least as long as asked.
+    @Test func eventWaitsEndOnASignalOrAfterTheirTimeout() {
+        let wake = EventFD()
+        let clock = ContinuousClock()
+        wake.signal()
+        let signalled = clock.measure { wake.wait(socket: nil, for: .seconds(30)) }
+        #expect(signalled < .seconds(10), "a pending signal ends the wait")
+        // The signal was consumed: the next wait runs its course.
+        let quiet = clock.measure { wake.wait(socket: nil, for: .microseconds(300)) }
+        #expect(quiet >= .microseconds(300) && quiet < .seconds(10))
+    }
 }
 
 @Suite("AMQP connection against RabbitMQ", .serialized)

@@ -12,4 +12,9 @@ amqp_rpc_reply_t CWarrenAMQP_login_plain(amqp_connection_state_t state, char con
 // wakes the connection's I/O thread out of poll(). Returns -1 with errno set on failure.
 int CWarrenAMQP_eventfd(void);
 
+// Waits until `eventfd` or `socket` (when >= 0) is readable, or `nanoseconds` pass: ppoll(), which
+// Swift's Glibc module does not export, for waits shorter than poll()'s millisecond. Returns
+// 1 when the eventfd is readable, 0 when it is not, -1 with errno set on failure.
+int CWarrenAMQP_wait(int eventfd, int socket, long long nanoseconds);
+
 #endif
