@@ -5,9 +5,10 @@ import Synchronization
 
 /// A RabbitMQ connection served by one dedicated thread, the only one that touches rabbitmq-c.
 ///
-/// The thread blocks only in `poll` on the socket and an eventfd (so commands wake it at once, and
-/// heartbeats keep flowing while handlers run for minutes), drains the command inbox, sends acks
-/// (coalesced with `multiple`), hands deliveries to `onMessage`, and reads publisher confirms.
+/// The thread blocks only in `ppoll` on the socket and an eventfd (so commands wake it at once, and
+/// heartbeats keep flowing while handlers run for minutes), or on the eventfd alone for the linger
+/// after a small burst of deliveries. It drains the command inbox, sends acks (coalesced with
+/// `multiple`), hands deliveries to `onMessage`, and reads publisher confirms.
 /// A lost connection or channel is re-established with capped exponential backoff; `onConnect`
 /// runs again (topology, consumers) and the generation goes up: acks of an older generation are
 /// dropped, never sent on the new channel, and the broker redelivers those messages.
