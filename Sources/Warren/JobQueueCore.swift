@@ -38,8 +38,9 @@ public struct DeliveryFilter: Sendable, Equatable {
         return lowest
     }
 
-    // Both take the fields they look at, not the job: passing a job held in a record would copy it.
-
+    /// Whether some room takes a job of this priority and these requirements. (This and
+    /// `canEverServe` take the fields they look at, not the job: passing a job held in a record
+    /// would copy it.)
     func admits(priority: JobPriority, requiring required: Set<String>) -> Bool {
         rooms.contains { room in
             guard priority <= room.lowest else { return false }
@@ -48,6 +49,7 @@ public struct DeliveryFilter: Sendable, Equatable {
         }
     }
 
+    /// Whether any worker group could ever run a job with these requirements.
     func canEverServe(requiring required: Set<String>) -> Bool {
         guard let servable, !required.isEmpty else { return true }
         return servable.contains { required.isSubset(of: $0) }

@@ -444,19 +444,21 @@ private final class Messages: Sendable {
         var setAside: [Int] = [], waiting: [Int] = []
         let (cancelled, anyWaiting) = state.withLock { state -> (Set<JobID>, Bool) in
             var cancelled = Set<JobID>()
-            for (position, job) in jobs.enumerated() {
-                if !state.published.isEmpty { state.published[job.id] = nil }
+            // By position, not `for job in jobs`: that would copy every job under the lock.
+            for position in jobs.indices {
+                let id = jobs[position].id
+                if !state.published.isEmpty { state.published[id] = nil }
                 let before = state.origins.count
                 let origin = origins[position]
-                state.origins[job.id, default: Origins(first: origin)].add(origin)
+                state.origins[id, default: Origins(first: origin)].add(origin)
                 guard state.origins.count > before else {
                     setAside.append(position)
                     continue
                 }
-                if !state.tombstones.isEmpty, state.tombstones.remove(job.id) { cancelled.insert(job.id) }
-                if !job.dependencies.isEmpty {
+                if !state.tombstones.isEmpty, state.tombstones.remove(id) { cancelled.insert(id) }
+                if !jobs[position].dependencies.isEmpty {
                     // Not in the local queue until its dependencies are: the window remembers it meanwhile.
-                    state.known.insert(job.id)
+                    state.known.insert(id)
                     setAside.append(position)
                     waiting.append(position)
                 }

@@ -566,8 +566,7 @@ struct RecurringStrings {
     static let longest = 64
 
     mutating func string(_ bytes: amqp_bytes_t) -> String {
-        guard bytes.len > 0, let base = bytes.bytes else { return "" }
-        return string(UnsafeRawBufferPointer(start: base, count: bytes.len))
+        string(UnsafeRawBufferPointer(start: bytes.bytes, count: bytes.bytes == nil ? 0 : bytes.len))
     }
 
     mutating func string(_ raw: UnsafeRawBufferPointer) -> String {
