@@ -1,11 +1,13 @@
 import Foundation
 import Hummingbird
+import Logging
 import NIOCore
 import Warren
 import WarrenAMQP
 
 /// The operations HTTP server: `/healthz` (the process answers), `/readyz` (connected to RabbitMQ
 /// and consuming), `/metrics` (Prometheus text), `/jobs/{id}` (a job this worker has seen recently).
+/// Port 0 takes a free port; the "operations server listening" log line says which.
 enum OperationsServer {
     static func application(for service: WorkerService, host: String, port: Int) -> some ApplicationProtocol {
         let router = Router()
@@ -45,6 +47,11 @@ enum OperationsServer {
         }
         return Application(
             router: router, configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "warren"),
+            onServerRunning: { [logger = service.logger] channel in
+                // The bound port: the configured one, or the one the system chose for port 0.
+                let bound = channel.localAddress?.port ?? port
+                logger.info("operations server listening", metadata: ["http_address": "\(host):\(bound)"])
+            },
             logger: service.logger)
     }
 

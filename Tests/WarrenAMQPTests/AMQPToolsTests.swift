@@ -54,9 +54,10 @@ struct AMQPToolsTests {
             #expect(try tools.purge(.init(reason: "unknown_job_name")) == 2)
             #expect(try tools.depths().last?.messages == 0)
 
-            let answer = try tools.submit(Job(name: "tools.flaky", payload: Data(#"{"n":42}"#.utf8)), wait: .seconds(20))
+            // Waiting for a result blocks its thread until the worker pool, in this process, has run the job.
+            let answer = try await onOwnThread { try tools.submit(Job(name: "tools.flaky", payload: Data(#"{"n":42}"#.utf8)), wait: .seconds(20)) }
             #expect(answer == .completed(Data(#"{"n":42}"#.utf8)), "submit --wait gets the result through a reply queue")
-            let unknown = try tools.submit(Job(name: "tools.nobody"), wait: .seconds(20))
+            let unknown = try await onOwnThread { try tools.submit(Job(name: "tools.nobody"), wait: .seconds(20)) }
             guard case let .deadLettered(reason, _)? = unknown else { Issue.record("\(String(describing: unknown))"); return }
             #expect("\(reason)".contains("unknown_job_name"))
             let depths = try tools.depths()

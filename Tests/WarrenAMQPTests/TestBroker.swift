@@ -45,11 +45,7 @@ enum TestBroker {
 
     /// `restart()` on a thread of its own: it blocks for seconds, which the cooperative pool must not.
     static func restartInBackground() async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            Thread {
-                do { try restart(); continuation.resume() } catch { continuation.resume(throwing: error) }
-            }.start()
-        }
+        try await onOwnThread { try restart() }
     }
 
     /// Runs a command and waits for it with waitpid. (Foundation's `Process.waitUntilExit` did not
@@ -92,52 +88,4 @@ func consumingConnection(
             }
         },
         onMessage: { burst, generation in for message in burst { received.add(message, generation) } })
-}
-
-/// Tests share the one test broker; a test that restarts it needs it alone. A test's time limit
-/// includes waiting here, so the shared tests' limits leave room for the restart tests.
-actor BrokerAccess {
-    static let shared = BrokerAccess()
-    private var users = 0
-    private var exclusive = false
-    private var waiting: [(exclusive: Bool, continuation: CheckedContinuation<Void, Never>)] = []
-
-    func acquire(exclusive wantsExclusive: Bool) async {
-        if canEnter(wantsExclusive), waiting.isEmpty {
-            enter(wantsExclusive)
-            return
-        }
-        await withCheckedContinuation { waiting.append((wantsExclusive, $0)) }
-    }
-
-    func release(exclusive wasExclusive: Bool) {
-        if wasExclusive { exclusive = false } else { users -= 1 }
-        // Wake in order: shared users together, an exclusive one alone.
-        while let first = waiting.first, canEnter(first.exclusive) {
-            waiting.removeFirst()
-            enter(first.exclusive)
-            first.continuation.resume()
-        }
-    }
-
-    private func canEnter(_ wantsExclusive: Bool) -> Bool {
-        wantsExclusive ? (!exclusive && users == 0) : !exclusive
-    }
-
-    private func enter(_ wantsExclusive: Bool) {
-        if wantsExclusive { exclusive = true } else { users += 1 }
-    }
-}
-
-/// Runs `body` while using the test broker; `exclusive` when it stops or restarts it.
-func usingBroker<T: Sendable>(exclusive: Bool = false, _ body: () async throws -> T) async throws -> T {
-    await BrokerAccess.shared.acquire(exclusive: exclusive)
-    do {
-        let value = try await body()
-        await BrokerAccess.shared.release(exclusive: exclusive)
-        return value
-    } catch {
-        await BrokerAccess.shared.release(exclusive: exclusive)
-        throw error
-    }
 }

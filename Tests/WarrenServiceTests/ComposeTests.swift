@@ -44,8 +44,12 @@ struct ComposeTests {
         #expect(file.services["rabbitmq"] != nil && file.services["orders"] != nil)
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func theComposeConfigurationRunsNativelyAndDrainsOnSIGTERM() async throws {
+        try await usingBroker { try await runTheComposeConfigurationNatively() }
+    }
+
+    func runTheComposeConfigurationNatively() async throws {
         let service = try await FakeService { call in
             let payload = (try? JSONSerialization.jsonObject(with: call.body)) as? [String: Any] ?? [:]
             if payload["slow"] as? Bool == true { try? await Task.sleep(for: .milliseconds(1_500)) }
@@ -54,7 +58,8 @@ struct ComposeTests {
         let file = try compose()
         let warren = try #require(file.services["warren"])
         // The compose file's environment, with what only differs outside docker: where RabbitMQ
-        // and the orders service are, the handlers file's path, a free HTTP port, this test's queue.
+        // and the orders service are, the handlers file's path, a free HTTP port (port 0: the log
+        // says which), this test's queue.
         var environment = warren.environment ?? [:]
         let queue = TestEnvironment.unique()
         var url = try AMQPURL(try TestEnvironment.amqpURL)
@@ -63,16 +68,23 @@ struct ComposeTests {
         let secrets = NSTemporaryDirectory() + "warren-secrets-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: secrets, withIntermediateDirectories: true)
         try "\(password)\n".write(toFile: secrets + "/broker-password", atomically: false, encoding: .utf8)
-        let httpPort = TestEnvironment.freePort()
         environment["WARREN_BROKER_URL"] = "amqp://\(url.user)@\(url.host):\(url.port)/"
         environment["WARREN_SECRETS_DIR"] = secrets
         environment["WARREN_HANDLERS_FILE"] = TestEnvironment.root.appendingPathComponent("compose/handlers.yaml").path
-        environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:\(httpPort)"
+        environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
         environment["WARREN_QUEUE_NAME"] = queue
         environment["ORDERS_URL"] = service.url
         environment["PATH"] = ProcessInfo.processInfo.environment["PATH"]
         let warrenProcess = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
-        let base = "http://127.0.0.1:\(httpPort)"
+        let address = Locked<String?>(nil)
+        try await waitUntil("the operations server's address in the log", within: 30) {
+            let listening = warrenProcess.lines.lazy
+                .compactMap { (try? JSONSerialization.jsonObject(with: Data($0.utf8))) as? [String: Any] }
+                .first { $0["message"] as? String == "operations server listening" }
+            address.withLock { $0 = listening?["http_address"] as? String }
+            return address.withLock { $0 } != nil
+        }
+        let base = "http://\(address.withLock { $0 }!)"
         try await waitUntil("/readyz", within: 30) { await get("\(base)/readyz")?.0 == 200 }
         #expect(await get("\(base)/healthz")?.0 == 200)
 

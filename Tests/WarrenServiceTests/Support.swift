@@ -33,24 +33,6 @@ enum TestEnvironment {
     static func unique(_ base: String = #function) -> String {
         "t-\(base.prefix { $0 != "(" }.lowercased())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
     }
-
-    /// A TCP port nobody listens on now.
-    static func freePort() -> Int {
-        for _ in 0..<100 {
-            let port = Int.random(in: 20_000...60_000)
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = in_port_t(UInt16(port).bigEndian)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            if bound == 0 { return port }
-        }
-        return 0
-    }
 }
 
 /// A stand-in for a team's existing HTTP service, on a free port of 127.0.0.1.
@@ -65,7 +47,7 @@ final class FakeService: Sendable {
     private let running = Locked<(now: Int, most: Int)>((0, 0))
     private let finished = Locked<Set<String>>([])
     let port: Int
-    private let task: Task<Void, any Error>
+    private let task: Task<Void, Never>
 
     /// `respond` gets each call and returns the status and body (it may sleep).
     init(respond: @escaping @Sendable (Call) async -> (Int, String)) async throws {
@@ -85,15 +67,20 @@ final class FakeService: Sendable {
                 status: .init(code: status), headers: [.contentType: "application/json"],
                 body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
-        let port = TestEnvironment.freePort()
-        self.port = port
+        // Port 0: the system picks a free port and the server says which once it listens, so no
+        // other socket can take the port between choosing and binding it.
+        let bound = Locked<Int?>(nil), failure = Locked<(any Error)?>(nil)
         var quiet = Logger(label: "fake-service")
         quiet.logLevel = .critical
-        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)), logger: quiet)
-        task = Task { try await app.runService() }
-        try await waitUntil("the fake service to listen") {
-            (try? await HTTPClient.shared.execute(HTTPClientRequest(url: "http://127.0.0.1:\(port)/"), timeout: .seconds(1))) != nil
+        let app = Application(
+            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+            onServerRunning: { channel in bound.withLock { $0 = channel.localAddress?.port } }, logger: quiet)
+        task = Task {
+            do { try await app.run() } catch { failure.withLock { $0 = error } }
         }
+        try await waitUntil("the fake service to listen") { bound.withLock { $0 } != nil || failure.withLock { $0 } != nil }
+        if let error = failure.withLock({ $0 }) { throw error }
+        port = bound.withLock { $0 }!
     }
 
     deinit { task.cancel() }

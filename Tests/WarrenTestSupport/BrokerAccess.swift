@@ -1,0 +1,49 @@
+/// Tests share the one test broker that `make test` starts (every test target runs in one process);
+/// a test that restarts it needs it alone, and every test that uses it, in any target, says so here.
+/// A test's time limit includes waiting here, so the shared tests' limits leave room for the
+/// restart tests.
+public actor BrokerAccess {
+    public static let shared = BrokerAccess()
+    private var users = 0
+    private var exclusive = false
+    private var waiting: [(exclusive: Bool, continuation: CheckedContinuation<Void, Never>)] = []
+
+    public func acquire(exclusive wantsExclusive: Bool) async {
+        if canEnter(wantsExclusive), waiting.isEmpty {
+            enter(wantsExclusive)
+            return
+        }
+        await withCheckedContinuation { waiting.append((wantsExclusive, $0)) }
+    }
+
+    public func release(exclusive wasExclusive: Bool) {
+        if wasExclusive { exclusive = false } else { users -= 1 }
+        // Wake in order: shared users together, an exclusive one alone.
+        while let first = waiting.first, canEnter(first.exclusive) {
+            waiting.removeFirst()
+            enter(first.exclusive)
+            first.continuation.resume()
+        }
+    }
+
+    private func canEnter(_ wantsExclusive: Bool) -> Bool {
+        wantsExclusive ? (!exclusive && users == 0) : !exclusive
+    }
+
+    private func enter(_ wantsExclusive: Bool) {
+        if wantsExclusive { exclusive = true } else { users += 1 }
+    }
+}
+
+/// Runs `body` while using the test broker; `exclusive` when it stops or restarts it.
+public func usingBroker<T: Sendable>(exclusive: Bool = false, _ body: () async throws -> T) async throws -> T {
+    await BrokerAccess.shared.acquire(exclusive: exclusive)
+    do {
+        let value = try await body()
+        await BrokerAccess.shared.release(exclusive: exclusive)
+        return value
+    } catch {
+        await BrokerAccess.shared.release(exclusive: exclusive)
+        throw error
+    }
+}
