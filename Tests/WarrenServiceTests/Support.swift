@@ -78,7 +78,7 @@ final class FakeService: Sendable {
         task = Task {
             do { try await app.run() } catch { failure.withLock { $0 = error } }
         }
-        try await waitUntil("the fake service to listen") { bound.withLock { $0 } != nil || failure.withLock { $0 } != nil }
+        try await waitUntil("the fake service to listen", within: 30) { bound.withLock { $0 } != nil || failure.withLock { $0 } != nil }
         if let error = failure.withLock({ $0 }) { throw error }
         port = bound.withLock { $0 }!
     }
