@@ -85,7 +85,7 @@ public final class AMQPBroker: Broker {
             clock: clock, random: SystemRandomNumberGenerator(),
             departures: { departures in messages.settle(departures) })
         self.local = local
-        let consuming = messages.consuming
+        let consuming = messages.consuming, consumers = messages.consumers
         let prefetch = configuration.prefetch
         connection = AMQPConnection(
             .init(
@@ -93,19 +93,25 @@ public final class AMQPBroker: Broker {
                 linger: configuration.deliveryLinger),
             setup: { session throws(AMQPError) in
                 try topology.declare(session.raw)
-                if consuming.withLock({ $0 }) { try Self.consume(session, topology: topology, prefetch: prefetch) }
+                if consuming.withLock({ $0 }) { try Self.consume(session, topology: topology, prefetch: prefetch, consumers: consumers) }
             },
             onMessage: { burst, generation in messages.receive(burst, generation: generation, into: local) })
         messages.connection.withLock { $0 = connection }
     }
 
     /// Consumers for the five priority queues, highest first: a backlog waiting when consumption
-    /// starts then arrives highest priority first.
-    private static func consume(_ session: ConnectionSession, topology: Topology, prefetch: UInt16) throws(AMQPError) {
+    /// starts then arrives highest priority first. Once per channel: a new channel's setup and
+    /// `startConsuming` can both get here, and RabbitMQ closes the whole connection when a
+    /// channel reuses a consumer tag.
+    private static func consume(
+        _ session: ConnectionSession, topology: Topology, prefetch: UInt16, consumers: Locked<UInt64?>
+    ) throws(AMQPError) {
+        guard consumers.withLock({ $0 }) != session.generation else { return }
         try session.raw.setPrefetch(prefetch)
         for priority in JobPriority.allCases {
             try session.raw.consume(topology.brokerQueue(priority), consumerTag: "warren.\(session.generation).\(priority.name)")
         }
+        consumers.withLock { $0 = session.generation }
     }
 
     /// Starts consuming, once: a broker consumes only when asked for work, so a process that only
@@ -115,10 +121,13 @@ public final class AMQPBroker: Broker {
             defer { consuming = true }
             return !consuming
         }) else { return }
-        let topology = self.topology, prefetch = configuration.prefetch, connection = self.connection
+        let topology = self.topology, prefetch = configuration.prefetch, connection = self.connection, consumers = messages.consumers
         Task {
-            // If the connection is down, its setup starts the consumers when it comes back.
-            try? await connection.perform { session throws(AMQPError) in try Self.consume(session, topology: topology, prefetch: prefetch) }
+            // If the connection is down, its setup starts the consumers when it comes back; if it
+            // came up since `consuming` was set, its setup may have started them already.
+            try? await connection.perform { session throws(AMQPError) in
+                try Self.consume(session, topology: topology, prefetch: prefetch, consumers: consumers)
+            }
         }
     }
 
@@ -246,10 +255,11 @@ public final class AMQPBroker: Broker {
         }
         if wasConsuming {
             // Deliveries the broker sent before the cancel-ok are read after it and handed back.
-            _ = try? await connection.perform { session throws(AMQPError) in
+            _ = try? await connection.perform { [consumers = messages.consumers] session throws(AMQPError) in
                 for priority in JobPriority.allCases {
                     try session.raw.cancelConsumer("warren.\(session.generation).\(priority.name)")
                 }
+                consumers.withLock { $0 = nil }
             }
         }
         messages.handBack(local.withdrawUnstarted())
@@ -344,6 +354,8 @@ private final class Messages: Sendable {
     let state: Locked<State>
     let connection = Locked<AMQPConnection?>(nil)
     let consuming = Locked(false)
+    /// The connection generation (one per channel) whose channel has the consumers, if any.
+    let consumers = Locked<UInt64?>(nil)
     /// Set by a graceful stop: what arrives now goes back to the broker.
     let handingBack = Locked(false)
     /// Settlements in progress (publishes awaiting confirms).
