@@ -109,7 +109,9 @@ stop() {
     local dir=$1
     [ -f "$dir/node.env" ] || return 0
     node_env "$dir"
-    rabbitmqctl -q -n "$RABBITMQ_NODENAME" stop >/dev/null 2>&1 || true
+    # Bounded: a node still booting (recovering many queues) can leave `stop` waiting for minutes;
+    # the kill below ends it anyway.
+    timeout 60 rabbitmqctl -q -n "$RABBITMQ_NODENAME" stop >/dev/null 2>&1 || true
     if [ -f "$dir/rabbitmq.pid" ]; then
         local pid
         pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)

@@ -74,7 +74,13 @@ final class EventLog: Sendable {
     @discardableResult
     func wait(_ what: String, within seconds: Double = 10, where match: @escaping @Sendable (JobEvent) -> Bool) async throws -> JobEvent {
         let collected = self.collected
-        return try await within(seconds, what) { await collected.first(where: match) }
+        do {
+            return try await within(seconds, what) { await collected.first(where: match) }
+        } catch {
+            // Say what did happen: the last events seen, oldest first.
+            let seen = await collected.all.suffix(20).map { "\($0.label) \($0.id)" }
+            throw ConformanceFailure("\(error); the last events seen: \(seen.isEmpty ? "none" : seen.joined(separator: ", "))")
+        }
     }
 
     func all() async -> [JobEvent] { await collected.all }

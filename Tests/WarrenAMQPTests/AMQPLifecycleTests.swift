@@ -61,7 +61,7 @@ struct AMQPLifecycleTests {
             let duplicates = all.count - Set(all).count
             #expect(duplicates <= prefetch, "\(duplicates) jobs ran twice; at most the \(prefetch) unacked at the kill may")
             #expect(try queueCounts(normal).messages == 0)
-            try await deleteQueues(name)
+            try TestBroker.deleteQueues([name])
         }
     }
 
@@ -105,7 +105,7 @@ struct AMQPLifecycleTests {
             watcher.cancel()
             service.cancel()
             await service.value
-            try await deleteQueues(name)
+            try TestBroker.deleteQueues([name])
         }
     }
 
@@ -157,7 +157,7 @@ struct AMQPLifecycleTests {
             await second.value
             let all = done + rest.withLock { $0 }
             #expect(all.count == ids.count && Set(all) == ids, "each job ran exactly once")
-            try await deleteQueues(name)
+            try TestBroker.deleteQueues([name])
         }
     }
 
@@ -210,15 +210,7 @@ struct AMQPLifecycleTests {
             service.cancel()
             await service.value
             try listener.deleteQueue(events)
-            try await deleteQueues(name)
+            try TestBroker.deleteQueues([name])
         }
-    }
-
-    func deleteQueues(_ name: String) async throws {
-        let cleaner = try RawConnection(url: try TestBroker.url())
-        defer { cleaner.close() }
-        let topology = Topology(queue: name)
-        for priority in JobPriority.allCases { try cleaner.deleteQueue(topology.brokerQueue(priority)) }
-        try cleaner.deleteQueue(topology.deadQueue)
     }
 }

@@ -99,6 +99,7 @@ struct AMQPScenarioTests {
             pool.shutdown()
             await runner.value
             await broker.close()
+            try TestBroker.deleteQueues([name])
             await producer.close()
         }
     }
@@ -139,6 +140,7 @@ struct AMQPScenarioTests {
             pool.shutdown()
             await runner.value
             await broker.close()
+            try TestBroker.deleteQueues([name])
         }
     }
 
@@ -191,13 +193,15 @@ struct AMQPScenarioTests {
             pool.shutdown()
             await runner.value
             await broker.close()
+            try TestBroker.deleteQueues([name])
         }
     }
 
     @Test(.timeLimit(.minutes(4)))
     func aFortySecondHandlerKeepsItsConnectionWithTenSecondHeartbeats() async throws {
         try await usingBroker {
-            let broker = try await makeBroker(TestBroker.unique(), heartbeat: 10)
+            let name = TestBroker.unique()
+            let broker = try await makeBroker(name, heartbeat: 10)
             let changes = Locked<[AMQPConnection.Status]>([])
             let updates = broker.connectionUpdates
             let watcher = Task { for await status in updates { changes.withLock { $0.append(status) } } }
@@ -221,6 +225,7 @@ struct AMQPScenarioTests {
             pool.shutdown()
             await runner.value
             await broker.close()
+            try TestBroker.deleteQueues([name])
             watcher.cancel()
         }
     }

@@ -66,10 +66,7 @@ struct AMQPToolsTests {
             service.cancel()
             await service.value
             _ = try tools.purge(.init())
-            let cleaner = try RawConnection(url: url)
-            defer { cleaner.close() }
-            for priority in JobPriority.allCases { try cleaner.deleteQueue(broker.topology.brokerQueue(priority)) }
-            try cleaner.deleteQueue(broker.topology.deadQueue)
+            try TestBroker.deleteQueues([name])
         }
     }
 }

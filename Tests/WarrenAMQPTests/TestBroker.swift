@@ -34,6 +34,18 @@ enum TestBroker {
         return "t-\(stem)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
     }
 
+    /// Removes the broker queues of the Warren queues `names` (five priorities and the dead
+    /// letters), so that a broker kept across runs does not pile them up.
+    static func deleteQueues(_ names: [String]) throws {
+        let cleaner = try RawConnection(url: try url())
+        defer { cleaner.close() }
+        for name in names {
+            let topology = Topology(queue: name)
+            for priority in JobPriority.allCases { try cleaner.deleteQueue(topology.brokerQueue(priority)) }
+            try cleaner.deleteQueue(topology.deadQueue)
+        }
+    }
+
     /// Restarts the broker (stop, then start with the same data): for recovery tests.
     static func restart() throws {
         guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_DIR"] else { throw NotConfigured() }
