@@ -24,6 +24,9 @@ public protocol Broker: Sendable {
     /// Cancels a job: one that has not started never runs; a running one's `stop` signal fires.
     func cancel(_ id: JobID) async -> CancelResult
     func reportProgress(_ id: JobID, _ percent: Double) async
+    /// Offers ready jobs to waiting consumers again: what a waiting consumer's filter admits grew
+    /// without a change to the queue (a name back under its limit, see `NameLimits`).
+    func reoffer() async
     /// Lifecycle events from now on. Consume them: the stream buffers without bound.
     func events() -> AsyncStream<JobEvent>
     /// The job as this broker knows it now.

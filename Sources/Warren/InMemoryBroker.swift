@@ -20,6 +20,7 @@ public final class InMemoryBroker: Broker {
     }
     public func cancel(_ id: JobID) async -> CancelResult { local.cancel(id) }
     public func reportProgress(_ id: JobID, _ percent: Double) async { local.reportProgress(id, percent) }
+    public func reoffer() async { local.reoffer() }
     public func events() -> AsyncStream<JobEvent> { local.events() }
     public func snapshot(_ id: JobID) async -> Job? { local.snapshot(id) }
     public func outcome(of id: JobID) async -> JobOutcome? { await local.outcome(of: id) }

@@ -21,10 +21,18 @@ public struct DeliveryFilter: Sendable, Equatable {
     /// The capability sets of every worker group this consumer has: a ready job none of them covers
     /// can never run here and is dead-lettered (`noCapableWorker`). `nil` checks nothing.
     public var servable: [Set<String>]?
+    /// Per-name limits of the consumer's pool: a job whose name is at its limit is passed over,
+    /// and a job taken counts against its name. `nil` limits nothing.
+    public var limits: NameLimits?
 
-    public init(rooms: [Room], servable: [Set<String>]? = nil) {
+    public init(rooms: [Room], servable: [Set<String>]? = nil, limits: NameLimits? = nil) {
         self.rooms = rooms
         self.servable = servable
+        self.limits = limits
+    }
+
+    public static func == (lhs: DeliveryFilter, rhs: DeliveryFilter) -> Bool {
+        lhs.rooms == rhs.rooms && lhs.servable == rhs.servable && lhs.limits === rhs.limits
     }
 
     /// Any job at all.
@@ -302,9 +310,10 @@ public struct JobQueueCore {
             guard record.job.status == .queued else { return .drop }
             let required = record.job.requiredCapabilities
             if !filter.canEverServe(requiring: required) { return .take }
-            return filter.admits(priority: record.job.priority, requiring: required) ? .take : .skip
+            guard filter.admits(priority: record.job.priority, requiring: required) else { return .skip }
+            if let limits = filter.limits, !limits.hasRoom(for: record.job.name) { return .skip }
+            return .take
         }) {
-            queuedByPriority[record.job.priority.rawValue] -= 1
             if let deadline = record.job.deadline, deadline <= now {
                 deadLetter(record, .deadline(deadline), now: now)
                 continue
@@ -313,6 +322,7 @@ public struct JobQueueCore {
                 deadLetter(record, .noCapableWorker(required: Array(record.job.requiredCapabilities)), now: now)
                 continue
             }
+            filter.limits?.take(record.job.name)
             move(record, to: .running)
             record.job.startedAt = now
             totals.started += 1
@@ -419,7 +429,6 @@ public struct JobQueueCore {
     }
 
     private mutating func finishCancelled(_ record: JobRecord, now: Date) {
-        if record.job.status == .queued { queuedByPriority[record.job.priority.rawValue] -= 1 }
         move(record, to: .cancelled)
         record.job.finishedAt = now
         totals.cancelled += 1
@@ -429,7 +438,6 @@ public struct JobQueueCore {
     }
 
     private mutating func deadLetter(_ record: JobRecord, _ reason: DeadLetterReason, now: Date) {
-        if record.job.status == .queued { queuedByPriority[record.job.priority.rawValue] -= 1 }
         move(record, to: .deadLettered)
         record.job.deadLetterReason = reason
         record.job.finishedAt = now
@@ -551,14 +559,20 @@ public struct JobQueueCore {
     }
 
     private mutating func enqueueReady(_ record: JobRecord, now: Date) {
+        // Past its deadline (an enqueue that came too late, or a retry due after it): never ready.
+        if let deadline = record.job.deadline, deadline <= now {
+            deadLetter(record, .deadline(deadline), now: now)
+            return
+        }
         move(record, to: .queued)
         record.queuedAt = now
-        queuedByPriority[record.job.priority.rawValue] += 1
         ready.append(record, priority: record.job.priority)
     }
 
     // MARK: Bookkeeping
 
+    /// Every status change goes through here, and the counts follow it: the ready count is the
+    /// number of queued jobs by construction, whichever way a job leaves the ready lanes.
     private mutating func move(_ record: JobRecord, to next: JobStatus) {
         let previous = record.job.status
         do {
@@ -568,6 +582,8 @@ public struct JobQueueCore {
         }
         statusCounts[previous.index] -= 1
         statusCounts[next.index] += 1
+        if previous == .queued { queuedByPriority[record.job.priority.rawValue] -= 1 }
+        if next == .queued { queuedByPriority[record.job.priority.rawValue] += 1 }
     }
 
     private mutating func retire(_ record: JobRecord) {

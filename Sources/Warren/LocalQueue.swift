@@ -151,6 +151,11 @@ package final class LocalQueue: Sendable {
         return result
     }
 
+    /// Offers ready jobs to parked consumers again (see `Broker.reoffer`).
+    package func reoffer() {
+        change { _, _ in }
+    }
+
     package func reportProgress(_ id: JobID, _ percent: Double) {
         change { state, now in _ = state.core.progress(id, percent, now: now) }
     }

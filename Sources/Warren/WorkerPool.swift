@@ -9,26 +9,31 @@ public struct WorkerPoolConfiguration: Sendable {
     public var defaultTimeout: Duration?
     /// How long shutdown waits for running jobs before stopping them (they are then retried).
     public var shutdownGrace: Duration
+    /// Most jobs of a name running at once, by job name, within the pool's own limit (which stays
+    /// the ceiling): a job whose name is at its limit waits, and ready jobs of other names start
+    /// meanwhile in priority order.
+    public var limits: [String: Int]
 
     /// One group of `concurrency` workers.
     public init(
         concurrency: Int = 16, reservedForCritical: Int = 0, capabilities: Set<String> = [],
-        defaultTimeout: Duration? = nil, shutdownGrace: Duration = .seconds(30)
+        defaultTimeout: Duration? = nil, shutdownGrace: Duration = .seconds(30), limits: [String: Int] = [:]
     ) {
         self.init(
             groups: [WorkerGroup(concurrency: concurrency, reservedForCritical: reservedForCritical, capabilities: capabilities)],
-            defaultTimeout: defaultTimeout, shutdownGrace: shutdownGrace)
+            defaultTimeout: defaultTimeout, shutdownGrace: shutdownGrace, limits: limits)
     }
 
     public init(
         groups: [WorkerGroup], routing: RoutingStrategy = .leastLoaded, defaultTimeout: Duration? = nil,
-        shutdownGrace: Duration = .seconds(30)
+        shutdownGrace: Duration = .seconds(30), limits: [String: Int] = [:]
     ) {
         precondition(!groups.isEmpty, "a worker pool needs at least one group")
         self.groups = groups
         self.routing = routing
         self.defaultTimeout = defaultTimeout
         self.shutdownGrace = shutdownGrace
+        self.limits = limits
     }
 }
 
@@ -55,6 +60,8 @@ public final class WorkerPool: Sendable {
     /// without the lock by a slot running jobs back to back, before every next job.
     private let stopping = Atomic(false)
     private let servable: [Set<String>]
+    /// The per-name limits every filter of this pool carries (nil without any).
+    private let nameLimits: NameLimits?
     /// With a single group: what its ordinary and reserved slots take.
     private let slotFilters: SlotFilters?
 
@@ -68,9 +75,13 @@ public final class WorkerPool: Sendable {
         self.clock = clock
         timeouts = Timeouts(clock: clock)
         servable = configuration.groups.map(\.capabilities)
-        slotFilters = configuration.groups.count == 1 ? SlotFilters(configuration.groups[0], servable: servable) : nil
+        let nameLimits = configuration.limits.isEmpty ? nil : NameLimits(configuration.limits)
+        self.nameLimits = nameLimits
+        slotFilters = configuration.groups.count == 1
+            ? SlotFilters(configuration.groups[0], servable: servable, limits: nameLimits) : nil
         state = Locked(PoolState(
-            loads: configuration.groups.map { GroupLoad(group: $0) }, router: Router(strategy: configuration.routing)))
+            loads: configuration.groups.map { GroupLoad(group: $0) }, router: Router(strategy: configuration.routing),
+            limits: nameLimits))
     }
 
     /// Handlers running now.
@@ -315,8 +326,14 @@ public final class WorkerPool: Sendable {
         } else {
             outcome = .rejected(.unknownJobName(job.name))
         }
+        // The run is over: its name's place goes back before the settlement, which offers ready
+        // jobs to waiting slots again.
+        let freed = nameLimits?.give(job.name) ?? false
         if let stopped = delivery.stop.claimOrStopSettlement() {
             await stopped?.value
+            // Settled by the stop while the handler still ran: nothing offers jobs of this name
+            // to waiting slots now that it is back under its limit.
+            if freed { await broker.reoffer() }
             return nil
         }
         return outcome
@@ -388,9 +405,11 @@ private struct SlotFilters {
     let ordinary: DeliveryFilter
     let reserved: DeliveryFilter
 
-    init(_ group: WorkerGroup, servable: [Set<String>]) {
-        ordinary = DeliveryFilter(rooms: [.init(lowest: .background, capabilities: group.capabilities)], servable: servable)
-        reserved = DeliveryFilter(rooms: [.init(lowest: .critical, capabilities: group.capabilities)], servable: servable)
+    init(_ group: WorkerGroup, servable: [Set<String>], limits: NameLimits?) {
+        ordinary = DeliveryFilter(
+            rooms: [.init(lowest: .background, capabilities: group.capabilities)], servable: servable, limits: limits)
+        reserved = DeliveryFilter(
+            rooms: [.init(lowest: .critical, capabilities: group.capabilities)], servable: servable, limits: limits)
     }
 }
 
@@ -432,10 +451,12 @@ private struct PoolState {
     var idleSlots: [ObjectIdentifier: WorkerTask] = [:]
     /// `filter`'s answer until a group's room changes.
     private var cachedFilter: DeliveryFilter?
+    let limits: NameLimits?
 
-    init(loads: [GroupLoad], router: Router) {
+    init(loads: [GroupLoad], router: Router, limits: NameLimits?) {
         self.loads = loads
         self.router = router
+        self.limits = limits
     }
 
     /// Notes a job now running in a slot; returns its run. Keyed per run, not per job: a retry can
@@ -465,7 +486,7 @@ private struct PoolState {
                 rooms.append(.init(lowest: .critical, capabilities: load.group.capabilities))
             }
         }
-        return DeliveryFilter(rooms: rooms, servable: servable)
+        return DeliveryFilter(rooms: rooms, servable: servable, limits: limits)
     }
 
     func fallback(for job: Job) -> (group: Int, slot: Slot) {

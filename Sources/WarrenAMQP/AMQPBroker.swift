@@ -229,10 +229,14 @@ public final class AMQPBroker: Broker {
     }
 
     public func reportProgress(_ id: JobID, _ percent: Double) async { local.reportProgress(id, percent) }
+    public func reoffer() async { local.reoffer() }
     public func events() -> AsyncStream<JobEvent> { local.events() }
     /// The job as this process knows it: held here, or published here and not received yet
     /// (`queued`, or `pending` while delayed or waiting on dependencies).
     public func snapshot(_ id: JobID) async -> Job? { local.snapshot(id) ?? messages.published(id) }
+    /// The job as this process holds it since its message arrived here (nil before that, when
+    /// `snapshot` answers from what was published).
+    public func received(_ id: JobID) -> Job? { local.snapshot(id) }
 
     public func outcome(of id: JobID) async -> JobOutcome? {
         await local.outcome(of: id, waitIfUnknown: messages.isKnown(id))

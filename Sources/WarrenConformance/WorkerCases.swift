@@ -34,6 +34,67 @@ extension ConformanceSuite {
     static let sleepy = JobKind<Nothing, Nothing>("conformance.sleepy")
 
     static let workerCases: [ConformanceCase] = [
+        test("after a job past its deadline, lone jobs still start at once on an idle pool") { broker in
+            // The core once took such a job out of the ready count twice: parked slots then slept
+            // through every other lone job until the next message came.
+            let started = Counter()
+            var registry = HandlerRegistry()
+            try registry.registerRaw("conformance.lone") { _, _ in
+                _ = started.increment()
+                return Data("{}".utf8)
+            }
+            try await withPool(broker, registry, WorkerPoolConfiguration(concurrency: 2)) { _, _ in
+                let warmUp = job("conformance.lone")
+                try await broker.enqueue([warmUp])
+                _ = try await outcome(broker, warmUp.id)
+                var late = job("conformance.lone")
+                late.deadline = Date().addingTimeInterval(-5)
+                try await broker.enqueue([late])
+                guard case .deadLettered(.deadline, _) = try await outcome(broker, late.id) else {
+                    throw ConformanceFailure("a job past its deadline was not dead-lettered with reason deadline")
+                }
+                for index in 1...6 {
+                    let lone = job("conformance.lone")
+                    let sent = ContinuousClock.now
+                    try await broker.enqueue([lone])
+                    guard case .completed = try await outcome(broker, lone.id, within: 5) else {
+                        throw ConformanceFailure("lone job \(index) did not complete")
+                    }
+                    let took = ContinuousClock.now - sent
+                    try expect(took < .seconds(2), "lone job \(index) took \(took) to run on an idle pool")
+                }
+                try expectEqual(started.current, 7, "handler runs")
+            }
+        },
+        test("a name's own limit holds within the pool's, and priority order holds across names") { broker in
+            let running = Counter(), most = Counter(), order = Locked<[String]>([])
+            var registry = HandlerRegistry()
+            for name in ["conformance.wide", "conformance.other"] {
+                try registry.registerRaw(name) { _, context in
+                    let now = running.increment()
+                    if now > most.current { _ = most.add(now - most.current) }
+                    order.withLock { $0.append(context.id.rawValue) }
+                    try? await Task.sleep(for: .milliseconds(30))
+                    _ = running.add(-1)
+                    return Data("{}".utf8)
+                }
+            }
+            // Queued before the pool starts: the pool sees them all at once.
+            let jobs = [
+                job("conformance.wide", id: "w-low-\(UUID().uuidString)", priority: .low),
+                job("conformance.other", id: "o-normal-\(UUID().uuidString)", priority: .normal),
+                job("conformance.wide", id: "w-high-\(UUID().uuidString)", priority: .high),
+                job("conformance.wide", id: "w-critical-\(UUID().uuidString)", priority: .critical),
+            ]
+            for job in jobs { try await broker.enqueue([job]) }
+            let configuration = WorkerPoolConfiguration(concurrency: 1, limits: ["conformance.wide": 4])
+            try await withPool(broker, registry, configuration) { _, _ in
+                for job in jobs { _ = try await outcome(broker, job.id) }
+            }
+            try expectEqual(most.current, 1, "most jobs running at once under a pool limit of 1")
+            try expectEqual(order.withLock { $0.map { $0.split(separator: "-").prefix(2).joined(separator: "-") } },
+                            ["w-critical", "w-high", "o-normal", "w-low"], "start order")
+        },
         test("typed handlers: the handle returns the output, a throwing handler fails only its job") { broker in
             var registry = HandlerRegistry()
             try registry.register(greet) { input, _ in

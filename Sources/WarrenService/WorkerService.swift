@@ -32,18 +32,11 @@ public final class WorkerService: Sendable {
         var registry = registry
         var defaults: [String: JobDefaults] = [:]
         var policies: [String: RetryPolicy] = [:]
-        var groups = [WorkerGroup(
-            concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
-            capabilities: configuration.capabilities)]
+        var limits: [String: Int] = [:]
         for entry in handlers?.entries ?? [] {
-            var required = entry.capabilities
-            if let limit = entry.concurrency {
-                // A handler with its own limit runs in a group of that size, which only its jobs need.
-                let lane = "handler:\(entry.name)"
-                required.insert(lane)
-                groups.append(WorkerGroup(concurrency: limit, capabilities: configuration.capabilities.union([lane])))
-            }
-            defaults[entry.name] = JobDefaults(maxRetries: entry.retries, requiredCapabilities: required)
+            // A handler's own limit applies within the worker's: one pool, one ceiling, one priority order.
+            if let limit = entry.concurrency { limits[entry.name] = limit }
+            defaults[entry.name] = JobDefaults(maxRetries: entry.retries, requiredCapabilities: entry.capabilities)
             if let backoff = entry.backoff { policies[entry.name] = backoff }
             switch entry.action {
             case let .http(action):
@@ -68,7 +61,9 @@ public final class WorkerService: Sendable {
         pool = WorkerPool(
             broker: broker, registry: registry,
             configuration: WorkerPoolConfiguration(
-                groups: groups, defaultTimeout: configuration.defaultTimeout, shutdownGrace: configuration.shutdownGrace))
+                concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
+                capabilities: configuration.capabilities, defaultTimeout: configuration.defaultTimeout,
+                shutdownGrace: configuration.shutdownGrace, limits: limits))
     }
 
     /// Runs until SIGTERM or SIGINT, then drains and returns.
