@@ -20,7 +20,9 @@ public enum AMQPValue: Sendable, Equatable, CustomStringConvertible {
         case let .double(value): "\(value)"
         case let .string(value): value
         case let .bytes(value): "<\(value.count) bytes>"
-        case let .timestamp(value): "\(value)"
+        // Foundation describes years 1970…9999 only, and traps on NaN.
+        case let .timestamp(value) where (0...253_402_300_799).contains(value.timeIntervalSince1970): "\(value)"
+        case let .timestamp(value): "timestamp \(value.timeIntervalSince1970) s"
         case let .array(value): "\(value)"
         case let .table(value): "\(value)"
         case let .decimal(scale, value): "\(Double(value) / pow(10, Double(scale)))"

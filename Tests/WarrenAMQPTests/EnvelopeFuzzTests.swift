@@ -53,6 +53,7 @@ struct EnvelopeFuzzTests {
 
         mutating func extremeDate() -> Date {
             pick([Date(timeIntervalSince1970: Double(UInt64.max)), Date(timeIntervalSince1970: 0), .distantFuture, .distantPast,
+                  Date(timeIntervalSince1970: .nan), Date(timeIntervalSince1970: .infinity), Date(timeIntervalSince1970: -1e300),
                   Date(timeIntervalSince1970: Double(WireFormat.dateRange.upperBound) / 1_000),
                   Date(timeIntervalSince1970: Double(WireFormat.dateRange.upperBound) / 1_000 + 1),
                   Date(timeIntervalSince1970: Double(int(0...4_102_444_800)))])
@@ -179,7 +180,12 @@ struct EnvelopeFuzzTests {
         for iteration in 0..<iterations {
             let message = fuzzer.message()
             let now = Date()
-            let context = Comment(rawValue: "seed \(seed), iteration \(iteration): \(message.properties)")
+            // Not `\(message.properties)`: Foundation's description of a NaN date traps.
+            let p = message.properties
+            let context = Comment(rawValue: """
+                seed \(seed), iteration \(iteration): headers \(p.headers), timestamp \(p.timestamp.map { "\($0.timeIntervalSince1970)" } ?? "none"), \
+                type \(p.type ?? "none"), id \(p.messageID ?? "none"), body \(message.body.count) bytes
+                """)
             let job: Job
             switch WireFormat.decode(message, queue: "default", priority: .high, defaultMaxRetries: 3, limits: limits, now: now) {
             case let .failure(reason):

@@ -36,6 +36,8 @@ struct EnvelopeTests {
             ("timestamp 2^64-1", incoming(timestamp: Date(timeIntervalSince1970: Double(UInt64.max)))),
             ("deadline timestamp 2^64-1", incoming(headers: [WireFormat.Header.deadline: .timestamp(Date(timeIntervalSince1970: Double(UInt64.max)))])),
             ("deadline before 1970", incoming(headers: [WireFormat.Header.deadline: .int(-1)])),
+            // Its description (in the reason) must not ask Foundation to describe a NaN date.
+            ("deadline timestamp NaN", incoming(headers: [WireFormat.Header.deadline: .timestamp(Date(timeIntervalSince1970: .nan))])),
             ("deadline year 10000", incoming(headers: [WireFormat.Header.deadline: .int(WireFormat.dateRange.upperBound + 1)])),
             ("deadline ISO year 10000", incoming(headers: [WireFormat.Header.deadline: .string("+10000-01-01T00:00:00Z")])),
             ("error at Int64.min", incoming(headers: [WireFormat.Header.errors: .array([.table(["attempt": .int(1), "message": .string("x"), "at": .int(.min)])])])),
