@@ -133,14 +133,15 @@ public enum WireFormat {
             deadline = date
         }
         var createdAt = now
+        if let timestamp = p.timestamp {
+            guard let date = inRange(timestamp) else {
+                return bad("the timestamp property \(timestamp.timeIntervalSince1970) s is not a time from 1970 to 9999")
+            }
+            createdAt = date
+        }
         if let value = headers[Header.created] {
             guard let date = date(value) else {
                 return bad("\(Header.created) '\(show(value))' is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
-            }
-            createdAt = date
-        } else if let timestamp = p.timestamp {
-            guard let date = inRange(timestamp) else {
-                return bad("the timestamp property \(timestamp.timeIntervalSince1970) s is not a time from 1970 to 9999")
             }
             createdAt = date
         }
@@ -271,7 +272,7 @@ public enum WireFormat {
     static func errorsHeader(_ errors: [AttemptError]) -> AMQPValue {
         .array(boundedErrors(errors).map { error in
             .table([
-                "attempt": .int(Int64(max(1, error.attempt))),
+                "attempt": .int(Int64(min(100_000, max(1, error.attempt)))),
                 "message": .string(error.message),
                 "at": .int(millis(error.at)),
                 "timed_out": .bool(error.timedOut),
