@@ -13,8 +13,13 @@ public struct SystemClock: WarrenClock {
     public init() {}
     public func now() -> Date { Date() }
     public func sleep(until date: Date) async throws {
-        let seconds = date.timeIntervalSinceNow
-        if seconds > 0 { try await Task.sleep(for: .seconds(seconds)) } else { try Task.checkCancellation() }
+        // A day at a time: `Duration.seconds` traps on an interval past Int64 seconds (a date
+        // far in the future, or infinite), and such a date is simply never reached. NaN is now.
+        while true {
+            let seconds = date.timeIntervalSinceNow
+            guard seconds > 0 else { return try Task.checkCancellation() }
+            try await Task.sleep(for: .seconds(min(seconds, 86_400)))
+        }
     }
 }
 

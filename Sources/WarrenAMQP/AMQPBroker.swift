@@ -436,6 +436,11 @@ private final class Messages: Sendable {
                 limits: configuration.limits, defaults: configuration.jobDefaults)
             {
             case let .success(job):
+                if let notBefore = job.notBefore {
+                    // `x-warren-delay`: through the delay cascade, not held here.
+                    delay(message, generation: generation, until: notBefore, priority: priority)
+                    continue
+                }
                 // A replay of a job that died here: its id is in the dedup window, but it must run.
                 if job.metadata[WireFormat.replayedKey] != nil { local.forgetFinished(job.id) }
                 jobs.append(job)
@@ -443,7 +448,7 @@ private final class Messages: Sendable {
                 indices.append(index)
             case let .failure(reason):
                 state.withLock { $0.malformed += 1 }
-                deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [],
+                deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [], attempts: 0,
                            origins: Origins(first: Origin(message, generation: generation)))
                 // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
                 let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
@@ -548,7 +553,7 @@ private final class Messages: Sendable {
         guard let entry, let origins = takeOrigins(id) else { return }
         deadLetter(properties: entry.message.properties, body: entry.message.body,
                    reason: .malformedMessage("its dependency \(dependency) did not arrive at this worker within \(wait)"),
-                   errors: entry.job.errors, origins: origins)
+                   errors: entry.job.errors, attempts: entry.job.attempt - 1, origins: origins)
     }
 
     private func release(waitingFor id: JobID, into local: LocalQueue) {
@@ -567,12 +572,15 @@ private final class Messages: Sendable {
             origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
         case let .unknownDependency(_, dependency):
             deadLetter(properties: message.properties, body: message.body,
-                       reason: .malformedMessage("it depends on job \(dependency), which this worker has not seen"), errors: job.errors, origins: origins)
+                       reason: .malformedMessage("it depends on job \(dependency), which this worker has not seen"), errors: job.errors,
+                       attempts: job.attempt - 1, origins: origins)
         case let .invalid(_, why):
-            deadLetter(properties: message.properties, body: message.body, reason: .malformedMessage(why), errors: job.errors, origins: origins)
+            deadLetter(properties: message.properties, body: message.body, reason: .malformedMessage(why), errors: job.errors,
+                       attempts: job.attempt - 1, origins: origins)
         case let .dependencyCycle(cycle):
             deadLetter(properties: message.properties, body: message.body,
-                       reason: .malformedMessage("dependency cycle \(cycle.map(\.rawValue))"), errors: job.errors, origins: origins)
+                       reason: .malformedMessage("dependency cycle \(cycle.map(\.rawValue))"), errors: job.errors,
+                       attempts: job.attempt - 1, origins: origins)
         }
     }
 
@@ -613,9 +621,10 @@ private final class Messages: Sendable {
             case let .retry(job):
                 settleAfter({ connection throws(AMQPError) in try await self.publish(job, on: connection) }, origins: origins)
             case let .deadLettered(job):
+                // The attempt that ended counts when it ran (failed, rejected, no handler); a job
+                // dead-lettered before it started (deadline, dependency) made only the earlier ones.
                 deadLetter(properties: origins.first.properties, body: Array(job.payload), reason: job.deadLetterReason ?? .malformedMessage("unknown"),
-                           errors: job.errors, origins: origins, replyTo: job.metadata[WireFormat.replyToKey],
-                           correlationID: job.metadata[WireFormat.correlationIDKey])
+                           errors: job.errors, attempts: job.startedAt == nil ? job.attempt - 1 : job.attempt, origins: origins)
             }
         }
     }
@@ -649,13 +658,15 @@ private final class Messages: Sendable {
         origins.forEach { connection.ack($0.tag, generation: $0.generation) }
     }
 
+    /// Publishes the dead letter (confirmed), answers the message's `reply_to` if it has one, then
+    /// acks the origins.
     private func deadLetter(
-        properties: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError], origins: Origins,
-        replyTo: String? = nil, correlationID: String? = nil
+        properties: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError], attempts: Int, origins: Origins
     ) {
         let (deadProperties, deadBody) = WireFormat.deadLetter(
-            properties: properties, body: body, reason: reason, errors: errors,
+            properties: properties, body: body, reason: reason, errors: errors, attempts: attempts,
             exchange: origins.first.exchange, routingKey: origins.first.routingKey)
+        let replyTo = properties.replyTo.flatMap { $0.isEmpty ? nil : $0 }, correlationID = properties.correlationID
         let message = OutgoingMessage(
             exchange: Topology.deadExchange, routingKey: topology.deadRoutingKey, properties: deadProperties, body: deadBody, mandatory: true)
         settleAfter({ connection throws(AMQPError) in
@@ -667,11 +678,29 @@ private final class Messages: Sendable {
                     properties: MessageProperties(
                         contentType: "application/json",
                         headers: ["x-warren-status": .string("dead_lettered"), WireFormat.Header.deadReason: .string(reason.code)],
-                        correlationID: correlationID),
+                        correlationID: correlationID, messageID: properties.messageID),
                     body: Array((try? JSONEncoder().encode(["error": reason.description])) ?? Data()))
                 try? await connection.publish(failure, deadline: .seconds(5))
             }
         }, origins: origins)
+    }
+
+    /// Sends a message that asked for `x-warren-delay` through the delay cascade to the priority
+    /// queue it arrived in, without that header (confirmed), then acks it.
+    private func delay(_ message: IncomingMessage, generation: UInt64, until notBefore: Date, priority: JobPriority) {
+        var properties = message.properties
+        properties.headers[WireFormat.Header.delay] = nil
+        let seconds = Topology.delaySeconds(notBefore.timeIntervalSinceNow)
+        let destination = topology.routingKey(priority)
+        let copy = if seconds > 0 {
+            OutgoingMessage(
+                exchange: Topology.delayEntry(seconds: seconds), routingKey: Topology.delayRoutingKey(seconds: seconds, destination: destination),
+                properties: properties, body: message.body, mandatory: true)
+        } else {
+            OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: message.body, mandatory: true)
+        }
+        settleAfter({ connection throws(AMQPError) in try await connection.publish(copy, deadline: self.configuration.publishDeadline) },
+                    origins: Origins(first: Origin(message, generation: generation)))
     }
 
     /// Runs `publish` (confirmed), then acks the origins; if it fails they go back to their queue.

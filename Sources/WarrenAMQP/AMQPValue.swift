@@ -20,7 +20,9 @@ public enum AMQPValue: Sendable, Equatable, CustomStringConvertible {
         case let .double(value): "\(value)"
         case let .string(value): value
         case let .bytes(value): "<\(value.count) bytes>"
-        case let .timestamp(value): "\(value)"
+        // Foundation describes years 1970…9999 only, and traps on NaN.
+        case let .timestamp(value) where (0...253_402_300_799).contains(value.timeIntervalSince1970): "\(value)"
+        case let .timestamp(value): "timestamp \(value.timeIntervalSince1970) s"
         case let .array(value): "\(value)"
         case let .table(value): "\(value)"
         case let .decimal(scale, value): "\(Double(value) / pow(10, Double(scale)))"
@@ -38,7 +40,24 @@ public enum AMQPValue: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The value as an integer, accepting integral doubles and decimal strings.
+    /// An AMQP integer of any width (signed or unsigned, 8 to 64 bits): the documented type of
+    /// Warren's int headers. Strings and doubles are not integers here.
+    public var integer: Int64? {
+        if case let .int(value) = self { value } else { nil }
+    }
+
+    /// An AMQP string, or a byte array that is valid UTF-8 (some clients send text that way): the
+    /// documented type of Warren's string headers. Numbers are not text here.
+    public var text: String? {
+        switch self {
+        case let .string(value): value
+        case let .bytes(value): String(validating: value, as: UTF8.self)
+        default: nil
+        }
+    }
+
+    /// The value as an integer, accepting integral doubles and decimal strings (for tools reading
+    /// headers leniently; `WireFormat.decode` uses `integer`).
     public var intValue: Int64? {
         switch self {
         case let .int(value): value

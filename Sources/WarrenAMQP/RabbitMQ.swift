@@ -499,7 +499,7 @@ private final class Arena {
             result.value.bytes = bytes(data)
         case let .timestamp(date):
             result.kind = UInt8(AMQP_FIELD_KIND_TIMESTAMP.rawValue)
-            result.value.u64 = UInt64(max(0, date.timeIntervalSince1970))
+            result.value.u64 = RawConnection.epochSeconds(date)
         case let .table(values):
             result.kind = UInt8(AMQP_FIELD_KIND_TABLE.rawValue)
             result.value.table = table(values)
@@ -549,7 +549,7 @@ private final class Arena {
         }
         if let timestamp = p.timestamp {
             flags |= AMQP_BASIC_TIMESTAMP_FLAG
-            c.timestamp = UInt64(max(0, timestamp.timeIntervalSince1970))
+            c.timestamp = RawConnection.epochSeconds(timestamp)
         }
         c._flags = amqp_flags_t(flags)
         return c
@@ -584,5 +584,17 @@ struct RecurringStrings {
             next = (next + 1) % Self.capacity
         }
         return string
+    }
+}
+
+extension RawConnection {
+    /// A date as an AMQP timestamp: whole seconds, clamped to what `UInt64` holds (NaN is 0), so a
+    /// header or property copied from an incoming message with an absurd timestamp cannot trap.
+    static func epochSeconds(_ date: Date) -> UInt64 {
+        let seconds = date.timeIntervalSince1970
+        guard seconds >= 1 else { return 0 }
+        // 2^64 itself does not fit; the largest double below it does.
+        guard seconds < 18_446_744_073_709_551_616.0 else { return UInt64(18_446_744_073_709_549_568.0) }
+        return UInt64(seconds)
     }
 }

@@ -56,10 +56,25 @@ public struct Topology: Sendable, Equatable {
         delayName(min(delayLevels - 1, Int.bitWidth - 1 - seconds.leadingZeroBitCount))
     }
 
-    /// Delays are whole seconds, rounded up so a job never starts early; capped at the cascade's reach.
+    /// Delays are whole seconds, rounded up so a job never starts early; capped at the cascade's reach
+    /// (compared before the conversion, so no interval can trap; NaN is no delay).
     static func delaySeconds(_ interval: TimeInterval) -> Int {
         guard interval > 0 else { return 0 }
-        return min(Int(interval.rounded(.up)), (1 << delayLevels) - 1)
+        let cap = (1 << delayLevels) - 1
+        guard interval < Double(cap) else { return cap }
+        return Int(interval.rounded(.up))
+    }
+
+    /// Where a message was first sent: a message that came through the delay cascade (exchange
+    /// `warren.delay.…`, routing key `<28 bits>.<destination>`) was bound for the work exchange with
+    /// its destination key; anything else is returned as it is.
+    static func originalDestination(exchange: String, routingKey: String) -> (exchange: String, routingKey: String) {
+        guard exchange.hasPrefix("warren.delay.") else { return (exchange, routingKey) }
+        let words = routingKey.split(separator: ".", maxSplits: delayLevels, omittingEmptySubsequences: false)
+        guard words.count == delayLevels + 1, words.dropLast().allSatisfy({ $0 == "0" || $0 == "1" }) else {
+            return (exchange, routingKey)
+        }
+        return (Self.exchange, String(words[delayLevels]))
     }
 
     // MARK: Declaring

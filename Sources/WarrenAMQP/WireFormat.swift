@@ -1,4 +1,4 @@
-import Foundation
+public import Foundation
 public import Warren
 
 /// How a Warren job travels as an AMQP message (documented for producers in docs/wire-format.md).
@@ -26,6 +26,8 @@ public enum WireFormat {
         public static let errors = "x-warren-errors"
         public static let metadata = "x-warren-metadata"
         public static let created = "x-warren-created"
+        /// Set by a producer: run the job no sooner than this many milliseconds after it arrives.
+        public static let delay = "x-warren-delay"
         public static let traceparent = "traceparent"
         /// Set by `dead-letters replay`: the job id may have finished here before.
         public static let replayed = "x-warren-replayed"
@@ -58,10 +60,22 @@ public enum WireFormat {
         }
     }
 
-    /// Reads a delivery as a job, or says why it cannot be one.
+    /// The dates a message may carry (deadline, creation time, `timestamp`, errors' `at`), in epoch
+    /// milliseconds: 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z. Four-digit years are what
+    /// ISO 8601 writes without an agreement, and every date in range converts to an `Int64` of
+    /// milliseconds, a `Duration` and a `time_t` without overflow.
+    public static let dateRange: ClosedRange<Int64> = 0...253_402_300_799_999
+    /// `x-warren-delay`: up to the delay cascade's reach, 2^28 − 1 s.
+    public static let delayRange: ClosedRange<Int64> = 0...((Int64(1) << Topology.delayLevels) - 1) * 1_000
+    /// `x-warren-attempt` and the attempts in `x-warren-errors`.
+    public static let attemptRange: ClosedRange<Int64> = 1...100_000
+
+    /// Reads a delivery as a job, or says why it cannot be one. A valid `x-warren-delay` above zero
+    /// sets the job's `notBefore` (`now` plus the delay); the receiver sends such a job through the
+    /// delay cascade instead of running it.
     public static func decode(
         _ message: IncomingMessage, queue: String, priority: JobPriority, defaultMaxRetries: Int, limits: Limits = Limits(),
-        defaults: [String: JobDefaults] = [:]
+        defaults: [String: JobDefaults] = [:], now: Date = Date()
     ) -> Result<Job, DeadLetterReason> {
         func bad(_ text: String) -> Result<Job, DeadLetterReason> { .failure(.malformedMessage(text)) }
         let p = message.properties
@@ -70,94 +84,157 @@ public enum WireFormat {
             return bad("the body is \(message.body.count) bytes, over the limit of \(limits.maxBodyBytes)")
         }
         if let type = p.contentType, type != "application/json", !type.isEmpty, !type.lowercased().contains("json") {
-            return bad("content type '\(type)' is not application/json")
+            return bad("content type '\(type.prefix(80))' is not application/json")
         }
         if let encoding = p.contentEncoding?.lowercased(), !["", "utf-8", "utf8", "identity"].contains(encoding) {
-            return bad("content encoding '\(encoding)' is not supported; send plain UTF-8 JSON")
+            return bad("content encoding '\(encoding.prefix(80))' is not supported; send plain UTF-8 JSON")
         }
         if let version = headers[Header.version] {
-            guard let number = version.intValue, number >= 1, number <= Self.version else {
-                return bad("\(Header.version) '\(version)' is not supported (this worker reads version \(Self.version))")
+            guard let number = version.integer, (1...Self.version).contains(number) else {
+                return bad("\(Header.version) '\(show(version))' is not supported (an int; this worker reads version \(Self.version))")
             }
         }
-        let name = (p.type?.isEmpty == false ? p.type : nil) ?? headers[Header.job]?.stringValue ?? queue
+        var name = queue
+        if let type = p.type, !type.isEmpty {
+            name = type
+        } else if let value = headers[Header.job] {
+            guard let text = value.text else { return bad("\(Header.job) '\(show(value))' is not a string") }
+            name = text
+        }
         guard !name.isEmpty, name.utf8.count <= 255, !name.contains(where: { $0.isNewline }) else {
             return bad("job name '\(name.prefix(80))' must be 1 to 255 characters on one line")
         }
         if let named = headers[Header.priority] {
-            guard let text = named.stringValue, JobPriority(name: text) != nil else {
-                return bad("\(Header.priority) '\(named)' is not one of critical, high, normal, low, background")
+            guard let text = named.text, JobPriority(name: text) != nil else {
+                return bad("\(Header.priority) '\(show(named))' is not one of critical, high, normal, low, background")
             }
         }
         var attempt = 1
         if let value = headers[Header.attempt] {
-            guard let number = value.intValue, (1...100_000).contains(number) else {
-                return bad("\(Header.attempt) '\(value)' is not a whole number from 1 to 100000")
+            guard let number = value.integer, attemptRange.contains(number) else {
+                return bad("\(Header.attempt) '\(show(value))' is not an int from 1 to 100000")
             }
             attempt = Int(number)
         }
         let named = defaults.isEmpty ? nil : defaults[name]
         var maxRetries = named?.maxRetries ?? defaultMaxRetries
         if let value = headers[Header.maxRetries] {
-            guard let number = value.intValue, (0...Int64(limits.maxRetries)).contains(number) else {
-                return bad("\(Header.maxRetries) '\(value)' is not a whole number from 0 to \(limits.maxRetries)")
+            let limit = Int64(max(0, limits.maxRetries))
+            guard let number = value.integer, (0...limit).contains(number) else {
+                return bad("\(Header.maxRetries) '\(show(value))' is not an int from 0 to \(limit)")
             }
             maxRetries = Int(number)
         }
         var deadline: Date?
         if let value = headers[Header.deadline] {
             guard let date = date(value) else {
-                return bad("\(Header.deadline) '\(value)' is not a timestamp, ISO 8601 time or epoch milliseconds")
+                return bad("\(Header.deadline) '\(show(value))' is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
             }
             deadline = date
         }
+        var createdAt = now
+        if let timestamp = p.timestamp {
+            guard let date = inRange(timestamp) else {
+                return bad("the timestamp property \(timestamp.timeIntervalSince1970) s is not a time from 1970 to 9999")
+            }
+            createdAt = date
+        }
+        if let value = headers[Header.created] {
+            guard let date = date(value) else {
+                return bad("\(Header.created) '\(show(value))' is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
+            }
+            createdAt = date
+        }
         var timeout: Duration?
         if let value = headers[Header.timeout] {
-            let maxMillis = Int64(limits.maxTimeout.components.seconds) * 1_000
-            guard let millis = value.intValue, (1...maxMillis).contains(millis) else {
-                return bad("\(Header.timeout) '\(value)' is not a whole number of milliseconds from 1 to \(maxMillis)")
+            // Bounded by a day by default; a configured limit is clamped so the product cannot overflow.
+            let maxMillis = Int64(max(1, min(limits.maxTimeout / .milliseconds(1), 1e15)))
+            guard let millis = value.integer, (1...maxMillis).contains(millis) else {
+                return bad("\(Header.timeout) '\(show(value))' is not an int of milliseconds from 1 to \(maxMillis)")
             }
             timeout = .milliseconds(millis)
         }
+        var notBefore: Date?
+        if let value = headers[Header.delay] {
+            guard let millis = value.integer, delayRange.contains(millis) else {
+                return bad("\(Header.delay) '\(show(value))' is not an int of milliseconds from 0 to \(delayRange.upperBound)")
+            }
+            if millis > 0 { notBefore = now.addingTimeInterval(Double(millis) / 1_000) }
+        }
         guard let dependencies = strings(headers[Header.dependencies]) else {
-            return bad("\(Header.dependencies) must be an array of job ids")
+            return bad("\(Header.dependencies) must be an array of job ids (strings) or one comma-separated string")
         }
         guard let capabilities = strings(headers[Header.capabilities]) else {
-            return bad("\(Header.capabilities) must be an array of names")
+            return bad("\(Header.capabilities) must be an array of names (strings) or one comma-separated string")
         }
-        // Whether the body is the JSON its handler expects is for the handler's decoder to say
-        // (`undecodable_payload`, naming the field): the same answer on every broker.
-        let body = message.body.isEmpty ? Array("{}".utf8) : message.body
+        var affinity: String?
+        if let value = headers[Header.affinity] {
+            guard let text = value.text else { return bad("\(Header.affinity) '\(show(value))' is not a string") }
+            affinity = text
+        }
         var metadata: [String: String] = [:]
-        if case let .table(table)? = headers[Header.metadata] {
-            for (key, value) in table { if let text = value.stringValue { metadata[key] = text } }
+        if let value = headers[Header.metadata] {
+            guard case let .table(table) = value else { return bad("\(Header.metadata) must be a table of strings") }
+            for (key, value) in table where !reservedMetadataKeys.contains(key) {
+                guard let text = value.text else { return bad("\(Header.metadata) '\(key)' is '\(show(value))', not a string") }
+                metadata[key] = text
+            }
         }
-        if let trace = headers[Header.traceparent]?.stringValue { metadata[Header.traceparent] = trace }
+        if let value = headers[Header.traceparent] {
+            guard let trace = value.text else { return bad("\(Header.traceparent) '\(show(value))' is not a string") }
+            metadata[Header.traceparent] = trace
+        }
+        guard let errors = errors(headers[Header.errors], now: now) else {
+            return bad("\(Header.errors) must be an array of tables with an int attempt from 1 to 100000, a string message, an optional time at and an optional bool timed_out")
+        }
+        // The body must be JSON; whether it is the JSON its handler expects is for the handler's
+        // decoder to say (`undecodable_payload`, naming the field).
+        let body = message.body.isEmpty ? Array("{}".utf8) : message.body
+        guard isJSON(body) else {
+            return bad("the body (\(message.body.count) bytes) is not JSON in UTF-8")
+        }
         if headers[Header.replayed] != nil { metadata[replayedKey] = "true" }
         if let replyTo = p.replyTo, !replyTo.isEmpty { metadata[replyToKey] = replyTo }
         if let correlation = p.correlationID { metadata[correlationIDKey] = correlation }
         let id = p.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
         var job = Job(
-            id: id, name: name, payload: Data(body), priority: priority,
-            createdAt: headers[Header.created].flatMap(date) ?? p.timestamp ?? Date(), deadline: deadline, timeout: timeout,
-            maxRetries: maxRetries, attempt: attempt, dependencies: dependencies.map { JobID($0) },
-            requiredCapabilities: named.map { Set(capabilities).union($0.requiredCapabilities) } ?? Set(capabilities), affinity: headers[Header.affinity]?.stringValue, metadata: metadata)
-        job.errors = errors(headers[Header.errors])
+            id: id, name: name, payload: Data(body), priority: priority, createdAt: createdAt, notBefore: notBefore,
+            deadline: deadline, timeout: timeout, maxRetries: maxRetries, attempt: attempt,
+            dependencies: dependencies.map { JobID($0) },
+            requiredCapabilities: named.map { Set(capabilities).union($0.requiredCapabilities) } ?? Set(capabilities),
+            affinity: affinity, metadata: metadata)
+        job.errors = errors
         return .success(job)
     }
 
-    /// The message for a job: its properties and body.
+    /// Metadata keys that only the message's properties and headers set, never the metadata table.
+    static let reservedMetadataKeys: Set<String> = [replyToKey, correlationIDKey, Header.traceparent]
+
+    /// A header value as an error message shows it: short, on one line.
+    static func show(_ value: AMQPValue) -> String {
+        String(value.description.prefix(80).map { $0.isNewline ? " " : $0 })
+    }
+
+    /// Whether `body` is one JSON value (RFC 8259, any top-level value) in valid UTF-8.
+    static func isJSON(_ body: [UInt8]) -> Bool {
+        // JSON in UTF-8 has no zero byte (JSONSerialization would also take UTF-16 and UTF-32).
+        // Most bodies are small objects: JSONSerialization reads them in microseconds.
+        !body.contains(0) && (try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])) != nil
+    }
+
+    /// The message for a job: its properties and body. Every number is clamped to what the format
+    /// allows, so a job made in code with an absurd date or timeout cannot trap here.
     public static func encode(_ job: Job) -> (properties: MessageProperties, body: [UInt8]) {
         var headers: [String: AMQPValue] = [
             Header.version: .int(version),
             Header.priority: .string(job.priority.name),
             Header.attempt: .int(Int64(job.attempt)),
             Header.maxRetries: .int(Int64(job.maxRetries)),
-            Header.created: .int(Int64((job.createdAt.timeIntervalSince1970 * 1_000).rounded())),
+            Header.created: .int(millis(job.createdAt)),
         ]
-        if let deadline = job.deadline { headers[Header.deadline] = .int(Int64((deadline.timeIntervalSince1970 * 1_000).rounded())) }
+        if let deadline = job.deadline { headers[Header.deadline] = .int(millis(deadline)) }
         if let timeout = job.timeout {
-            headers[Header.timeout] = .int(max(1, Int64(timeout.components.seconds) * 1_000 + timeout.components.attoseconds / 1_000_000_000_000_000))
+            headers[Header.timeout] = .int(Int64(max(1, min((timeout / .milliseconds(1)).rounded(), 1e15))))
         }
         if !job.dependencies.isEmpty { headers[Header.dependencies] = .array(job.dependencies.map { .string($0.rawValue) }) }
         if !job.requiredCapabilities.isEmpty { headers[Header.capabilities] = .array(job.requiredCapabilities.sorted().map { .string($0) }) }
@@ -167,21 +244,80 @@ public enum WireFormat {
         let correlation = metadata.removeValue(forKey: correlationIDKey)
         if let trace = metadata.removeValue(forKey: Header.traceparent) { headers[Header.traceparent] = .string(trace) }
         if !metadata.isEmpty { headers[Header.metadata] = .table(metadata.mapValues { .string($0) }) }
-        if !job.errors.isEmpty {
-            // The most recent 20 attempts, each message cut to 2 KB: headers stay small.
-            headers[Header.errors] = .array(job.errors.suffix(20).map { error in
-                .table([
-                    "attempt": .int(Int64(error.attempt)),
-                    "message": .string(String(error.message.prefix(2_048))),
-                    "at": .int(Int64((error.at.timeIntervalSince1970 * 1_000).rounded())),
-                    "timed_out": .bool(error.timedOut),
-                ])
-            })
-        }
+        if !job.errors.isEmpty { headers[Header.errors] = errorsHeader(job.errors) }
         let properties = MessageProperties(
             contentType: "application/json", headers: headers, deliveryMode: 2, correlationID: correlation, replyTo: replyTo,
-            messageID: job.id.rawValue, timestamp: job.createdAt, type: job.name)
+            messageID: job.id.rawValue, timestamp: clamped(job.createdAt), type: job.name)
         return (properties, Array(job.payload))
+    }
+
+    /// Errors a message carries: all of them up to `maxErrors`; past that the first
+    /// `firstErrorsKept` and the most recent ones (headers must fit in one AMQP frame).
+    static let maxErrors = 25
+    static let firstErrorsKept = 5
+    /// Each error message is cut to this many UTF-8 bytes, keeping its end (where a stack trace or
+    /// stderr says what went wrong) after a leading "…".
+    static let maxErrorBytes = 2_048
+
+    static func boundedErrors(_ errors: [AttemptError]) -> [AttemptError] {
+        let kept = errors.count <= maxErrors ? errors : Array(errors.prefix(firstErrorsKept) + errors.suffix(maxErrors - firstErrorsKept))
+        return kept.map { error in
+            var error = error
+            error.message = keepingEnd(error.message, bytes: maxErrorBytes)
+            error.at = clamped(error.at)
+            return error
+        }
+    }
+
+    static func errorsHeader(_ errors: [AttemptError]) -> AMQPValue {
+        .array(boundedErrors(errors).map { error in
+            .table([
+                "attempt": .int(Int64(min(100_000, max(1, error.attempt)))),
+                "message": .string(error.message),
+                "at": .int(millis(error.at)),
+                "timed_out": .bool(error.timedOut),
+            ])
+        })
+    }
+
+    /// `text` if it fits in `bytes` UTF-8 bytes, else "…" and as much of its end as fits.
+    static func keepingEnd(_ text: String, bytes: Int) -> String {
+        guard text.utf8.count > bytes else { return text }
+        let utf8 = Array(text.utf8), marker = "…"
+        var start = utf8.count - max(0, bytes - marker.utf8.count)
+        // Not in the middle of a character: skip continuation bytes.
+        while start < utf8.count, utf8[start] & 0xC0 == 0x80 { start += 1 }
+        return marker + String(decoding: utf8[start...], as: UTF8.self)
+    }
+
+    /// A long text's beginning and end with "…" between them, in about `bytes` UTF-8 bytes.
+    static func keepingEnds(_ text: String, bytes: Int) -> String {
+        guard text.utf8.count > bytes else { return text }
+        let utf8 = Array(text.utf8)
+        var end = bytes / 4
+        while end > 0, utf8[end] & 0xC0 == 0x80 { end -= 1 }
+        return String(decoding: utf8[..<end], as: UTF8.self) + keepingEnd(text, bytes: bytes - end)
+    }
+
+    /// A date as epoch milliseconds, clamped to `dateRange`.
+    static func millis(_ date: Date) -> Int64 {
+        let millis = (date.timeIntervalSince1970 * 1_000).rounded()
+        guard millis >= Double(dateRange.lowerBound) else { return dateRange.lowerBound }
+        guard millis <= Double(dateRange.upperBound) else { return dateRange.upperBound }
+        return Int64(millis)
+    }
+
+    /// The date, or the nearest end of `dateRange` (the start for NaN).
+    static func clamped(_ date: Date) -> Date {
+        inRange(date) ?? Date(timeIntervalSince1970: Double(millis(date)) / 1_000)
+    }
+
+    /// The date when it is inside `dateRange`.
+    static func inRange(_ date: Date) -> Date? {
+        let seconds = date.timeIntervalSince1970
+        // False for NaN too.
+        guard seconds >= Double(dateRange.lowerBound) / 1_000, seconds <= Double(dateRange.upperBound) / 1_000 else { return nil }
+        return date
     }
 
     /// Headers RabbitMQ adds on dead-lettering; a message republished with them can be dropped
@@ -191,23 +327,26 @@ public enum WireFormat {
         "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
     ]
 
-    /// The dead letter for a message: its own properties and body, with the reason added and the
-    /// broker's death headers removed.
+    /// The dead letter for a message: its own properties and body, with the reason added, the
+    /// errors header rewritten from `errors` (every attempt's, when there are any) and the broker's
+    /// death headers removed. `attempts` is how many attempts ran; `exchange` and `routingKey` are
+    /// where the message arrived from (a delay hop is traced back to the work exchange).
     static func deadLetter(
-        properties original: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError],
+        properties original: MessageProperties, body: [UInt8], reason: DeadLetterReason, errors: [AttemptError], attempts: Int,
         exchange: String, routingKey: String, now: Date = Date()
     ) -> (properties: MessageProperties, body: [UInt8]) {
         var properties = original
         properties.headers = original.headers.filter { !brokerDeathHeaders.contains($0.key) }
         properties.deliveryMode = 2
         properties.expiration = nil
-        let attempts = errors.map(\.attempt).max() ?? (original.headers[Header.attempt]?.intValue).map(Int.init) ?? 0
+        let destination = Topology.originalDestination(exchange: exchange, routingKey: routingKey)
         properties.headers[Header.deadReason] = .string(reason.code)
-        properties.headers[Header.deadError] = .string(String(reason.description.prefix(4_096)))
-        properties.headers[Header.deadAttempts] = .int(Int64(attempts))
+        properties.headers[Header.deadError] = .string(keepingEnds(reason.description, bytes: 4_096))
+        properties.headers[Header.deadAttempts] = .int(Int64(max(0, attempts)))
         properties.headers[Header.deadAt] = .string(iso8601(now))
-        properties.headers[Header.originalExchange] = .string(exchange)
-        properties.headers[Header.originalRoutingKey] = .string(routingKey)
+        properties.headers[Header.originalExchange] = .string(destination.exchange)
+        properties.headers[Header.originalRoutingKey] = .string(destination.routingKey)
+        if !errors.isEmpty { properties.headers[Header.errors] = errorsHeader(errors) }
         if let first = errors.first { properties.headers[Header.firstFailure] = .string(iso8601(first.at)) }
         if let last = errors.last { properties.headers[Header.lastFailure] = .string(iso8601(last.at)) }
         return (properties, body)
@@ -249,27 +388,35 @@ public enum WireFormat {
 
     // MARK: Reading header values
 
-    /// UTC to the second, as `2026-11-23T16:40:00Z`.
+    /// UTC to the second, as `2026-11-23T16:40:00Z`; a date outside `dateRange` is written as the
+    /// nearest end of it.
     static func iso8601(_ date: Date) -> String {
-        var seconds = time_t(date.timeIntervalSince1970.rounded(.down))
+        let exact = date.timeIntervalSince1970
+        // Clamped before the conversion (NaN counts as the start).
+        let bounded = exact >= 0 ? min(exact, Double(dateRange.upperBound) / 1_000) : 0
+        var seconds = time_t(bounded.rounded(.down))
         var parts = tm()
-        guard gmtime_r(&seconds, &parts) != nil else { return date.formatted(.iso8601) }
+        guard gmtime_r(&seconds, &parts) != nil else { return "1970-01-01T00:00:00Z" }
         func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
         let year = Int(parts.tm_year) + 1900
-        guard (0...9999).contains(year) else { return date.formatted(.iso8601) }
-        let paddedYear = String(repeating: "0", count: 4 - "\(year)".count) + "\(year)"
+        let paddedYear = String(repeating: "0", count: max(0, 4 - "\(year)".count)) + "\(year)"
         return "\(paddedYear)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))Z"
     }
 
+    /// A date header: an AMQP timestamp (seconds), an int of epoch milliseconds or an ISO 8601
+    /// string, inside `dateRange`; nil for anything else.
     static func date(_ value: AMQPValue) -> Date? {
         switch value {
-        case let .timestamp(date): return date
-        case let .int(millis) where millis > 0: return Date(timeIntervalSince1970: Double(millis) / 1_000)
-        case let .double(millis) where millis > 0: return Date(timeIntervalSince1970: millis / 1_000)
+        case let .timestamp(date):
+            return inRange(date)
+        case let .int(millis):
+            return dateRange.contains(millis) ? Date(timeIntervalSince1970: Double(millis) / 1_000) : nil
+        case .string, .bytes:
+            // The longest ISO 8601 form Foundation reads is about 30 characters.
+            guard let text = value.text, text.utf8.count <= 64, let date = try? Date(text, strategy: .iso8601) else { return nil }
+            return inRange(date)
         default:
-            guard let text = value.stringValue else { return nil }
-            if let millis = Int64(text), millis > 0 { return Date(timeIntervalSince1970: Double(millis) / 1_000) }
-            return try? Date(text, strategy: .iso8601)
+            return nil
         }
     }
 
@@ -278,24 +425,37 @@ public enum WireFormat {
         switch value {
         case nil: return []
         case let .array(values)?:
-            let texts = values.compactMap { value -> String? in if case let .string(text) = value { text } else { nil } }
+            let texts = values.compactMap(\.text)
             return texts.count == values.count ? texts.filter { !$0.isEmpty } : nil
-        case let .string(text)?:
+        case let .some(value):
+            guard let text = value.text else { return nil }
             return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        case .some:
-            return nil
         }
     }
 
-    static func errors(_ value: AMQPValue?) -> [AttemptError] {
-        guard case let .array(values)? = value else { return [] }
-        return values.compactMap { value in
-            guard case let .table(fields) = value, let attempt = fields["attempt"]?.intValue,
-                  let message = fields["message"]?.stringValue else { return nil }
-            let at = fields["at"].flatMap(date) ?? Date()
-            let timedOut: Bool = if case .bool(true)? = fields["timed_out"] { true } else { false }
-            return AttemptError(attempt: Int(attempt), message: message, at: at, timedOut: timedOut)
+    /// The errors header; nil when it is not an array of well-formed entries. An entry without `at`
+    /// is dated `now`.
+    static func errors(_ value: AMQPValue?, now: Date = Date()) -> [AttemptError]? {
+        guard let value else { return [] }
+        guard case let .array(values) = value else { return nil }
+        var errors: [AttemptError] = []
+        errors.reserveCapacity(values.count)
+        for value in values {
+            guard case let .table(fields) = value, let attempt = fields["attempt"]?.integer, attemptRange.contains(attempt),
+                  let message = fields["message"]?.text else { return nil }
+            var at = now
+            if let raw = fields["at"] {
+                guard let date = date(raw) else { return nil }
+                at = date
+            }
+            var timedOut = false
+            if let raw = fields["timed_out"] {
+                guard case let .bool(flag) = raw else { return nil }
+                timedOut = flag
+            }
+            errors.append(AttemptError(attempt: Int(attempt), message: message, at: at, timedOut: timedOut))
         }
+        return errors
     }
 }
 

@@ -59,7 +59,7 @@ struct AMQPScenarioTests {
                     body: body)
             }
             var bad: [(OutgoingMessage, String)] = []
-            for _ in 0..<15 { bad.append((message(Array("not json {".utf8)), "undecodable_payload")) }
+            for _ in 0..<15 { bad.append((message(Array("not json {".utf8)), "malformed_message")) }
             for _ in 0..<13 { bad.append((message(Array(#"{"n":"seven"}"#.utf8)), "undecodable_payload")) }
             for _ in 0..<15 { bad.append((message(Array(#"{"n":1}"#.utf8), contentType: "text/plain"), "malformed_message")) }
             for _ in 0..<15 { bad.append((message(Array(#"{"n":1}"#.utf8), type: "scenario.nobody-handles-this"), "unknown_job_name")) }

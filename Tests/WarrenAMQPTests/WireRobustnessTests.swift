@@ -1,0 +1,195 @@
+import Foundation
+import Testing
+import Warren
+@testable import WarrenAMQP
+
+/// Issue 12 against the real broker: messages that used to crash the worker, what dead letters
+/// and replies say, and `x-warren-delay`.
+@Suite("wire robustness")
+struct WireRobustnessTests {
+    func makeBroker(_ queue: String) async throws -> AMQPBroker {
+        var configuration = AMQPBroker.Configuration(url: try TestBroker.url(), queue: queue, prefetch: 20)
+        configuration.retryPolicy = RetryPolicy(baseDelay: .seconds(1), multiplier: 1, jitter: 0)
+        let broker = AMQPBroker(configuration)
+        try await broker.waitUntilReady(timeout: .seconds(20))
+        return broker
+    }
+
+    /// A plain publisher, as another language's client would be.
+    func publisher() throws -> AMQPConnection {
+        AMQPConnection(.init(url: try TestBroker.url(), name: "producer"), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
+    }
+
+    func raw(
+        _ queue: String, type: String, headers: [String: AMQPValue] = [:], timestamp: Date? = nil, contentType: String = "application/json",
+        replyTo: String? = nil, correlationID: String? = nil, body: String = #"{"n":1}"#
+    ) -> OutgoingMessage {
+        OutgoingMessage(
+            exchange: Topology.exchange, routingKey: Topology(queue: queue).routingKey(.normal),
+            properties: MessageProperties(
+                contentType: contentType, headers: headers, deliveryMode: 2, correlationID: correlationID, replyTo: replyTo,
+                messageID: UUID().uuidString, timestamp: timestamp, type: type),
+            body: Array(body.utf8), mandatory: true)
+    }
+
+    /// Takes every dead letter off the queue once `count` are there.
+    func deadLetters(_ queue: String, count: Int) async throws -> [IncomingMessage] {
+        let dead = Topology(queue: queue).deadQueue
+        try await waitUntil("\(count) dead letters", within: 30) {
+            guard let counter = try? RawConnection(url: try TestBroker.url()) else { return false }
+            defer { counter.close() }
+            return ((try? counter.declareQueue(dead, passive: true))?.messages ?? 0) >= count
+        }
+        let inspector = try RawConnection(url: try TestBroker.url())
+        defer { inspector.close() }
+        var messages: [IncomingMessage] = []
+        while let message = try inspector.get(dead, autoAck: true) { messages.append(message) }
+        return messages
+    }
+
+    /// The four messages of item 2 (each alone used to kill `warren serve`, again on every
+    /// redelivery) and two more malformed ones are dead-lettered on arrival, with a reply where
+    /// they asked for one; the worker keeps running and then runs a normal job.
+    @Test(.timeLimit(.minutes(3)))
+    func crashMessagesAreDeadLetteredAndTheWorkerRunsOn() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let replies = "\(name).replies"
+            let received = Received()
+            let listener = consumingConnection([replies], url: try TestBroker.url(), received: received)
+            let broker = try await makeBroker(name)
+            let ran = Locked<[Int]>([])
+            var registry = HandlerRegistry()
+            // Fails its first attempt: the retry re-encodes the job, where two of the crashes were.
+            try registry.registerRaw("wire.flaky") { payload, context in
+                if context.attempt == 1 { throw TimedOut(description: "first attempt fails") }
+                return payload
+            }
+            try registry.registerRaw("wire.ok") { payload, _ in
+                if let object = try? JSONSerialization.jsonObject(with: payload) as? [String: Int], let n = object["n"] {
+                    ran.withLock { $0.append(n) }
+                }
+                return payload
+            }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
+            let runner = Task { await pool.run() }
+            let producer = try publisher()
+            let crashes = [
+                raw(name, type: "wire.ok", headers: [WireFormat.Header.deadline: .double(1e300)], replyTo: replies, correlationID: "c-deadline-double"),
+                raw(name, type: "wire.flaky", headers: [WireFormat.Header.deadline: .int(.max)], replyTo: replies, correlationID: "c-deadline-int"),
+                raw(name, type: "wire.flaky", headers: [WireFormat.Header.created: .int(.max)]),
+                // The largest timestamp the publisher writes (2^64 − 2048 s: 2^64 − 1 is not a double).
+                raw(name, type: "wire.flaky", timestamp: Date(timeIntervalSince1970: Double(UInt64.max))),
+                raw(name, type: "wire.ok", contentType: "text/plain", replyTo: replies, correlationID: "c-text"),
+                raw(name, type: "wire.ok", headers: [WireFormat.Header.maxRetries: .string("5")], replyTo: replies, correlationID: "c-string"),
+            ]
+            for message in crashes { try await producer.publish(message) }
+            let dead = try await deadLetters(name, count: crashes.count)
+            #expect(dead.count == crashes.count)
+            for letter in dead {
+                #expect(letter.properties.headers[WireFormat.Header.deadReason]?.text == "malformed_message")
+                #expect(letter.properties.headers[WireFormat.Header.deadAttempts] == .int(0), "dead-lettered on arrival, never run")
+            }
+            let answered = try await received.wait(count: 4).map(\.0)
+            #expect(Set(answered.compactMap(\.properties.correlationID)) == ["c-deadline-double", "c-deadline-int", "c-text", "c-string"])
+            for reply in answered {
+                #expect(reply.properties.headers["x-warren-status"]?.text == "dead_lettered")
+                #expect(reply.properties.headers[WireFormat.Header.deadReason]?.text == "malformed_message")
+            }
+            try await producer.publish(raw(name, type: "wire.ok", body: #"{"n":7}"#))
+            try await waitUntil("the normal job ran", within: 20) { ran.withLock { $0 } == [7] }
+            #expect(broker.isReady && broker.malformedCount == crashes.count)
+            pool.shutdown()
+            await runner.value
+            await broker.close()
+            await producer.close()
+            await listener.close()
+            try TestBroker.deleteQueues([name])
+            let cleaner = try RawConnection(url: try TestBroker.url())
+            try cleaner.deleteQueue(replies)
+            cleaner.close()
+        }
+    }
+
+    /// A job retried through the delay cascade and dead-lettered names where it was first sent,
+    /// lists every attempt (the end of a long error kept) and counts them; a job its handler
+    /// rejects on the first attempt counts one.
+    @Test(.timeLimit(.minutes(3)))
+    func deadLettersSayWhereAndHowManyAttempts() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let broker = try await makeBroker(name)
+            let stderr = String(repeating: "warning: noise\n", count: 500)
+            var registry = HandlerRegistry()
+            try registry.registerRaw("wire.failing") { _, context in
+                throw TimedOut(description: stderr + "error: attempt \(context.attempt) cannot reach the database")
+            }
+            try registry.registerRaw("wire.rejecting") { _, _ in throw JobRejected("HTTP 422: the order does not exist") }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
+            let runner = Task { await pool.run() }
+            let queue = JobQueue(broker: broker)
+            let failing = try await queue.submit(Job(name: "wire.failing", priority: .high, maxRetries: 2))
+            let rejecting = try await queue.submit(Job(name: "wire.rejecting", priority: .high, maxRetries: 2))
+            _ = try? await failing.result()
+            _ = try? await rejecting.result()
+            let dead = try await deadLetters(name, count: 2)
+            let byID = Dictionary(dead.map { ($0.properties.messageID ?? "", $0.properties.headers) }, uniquingKeysWith: { first, _ in first })
+            let retried = try #require(byID[failing.id.rawValue])
+            #expect(retried[WireFormat.Header.deadReason]?.text == "retries_exhausted")
+            #expect(retried[WireFormat.Header.originalExchange]?.text == Topology.exchange)
+            #expect(retried[WireFormat.Header.originalRoutingKey]?.text == "\(name).high")
+            #expect(retried[WireFormat.Header.deadAttempts] == .int(3))
+            let errors = try #require(WireFormat.errors(retried[WireFormat.Header.errors]))
+            #expect(errors.map(\.attempt) == [1, 2, 3])
+            #expect(errors.allSatisfy { $0.message.hasPrefix("…") })
+            #expect(errors.last?.message.hasSuffix("error: attempt 3 cannot reach the database") == true)
+            let rejected = try #require(byID[rejecting.id.rawValue])
+            #expect(rejected[WireFormat.Header.deadReason]?.text == "rejected")
+            #expect(rejected[WireFormat.Header.deadAttempts] == .int(1), "the handler ran once")
+            #expect(rejected[WireFormat.Header.originalRoutingKey]?.text == "\(name).high")
+            pool.shutdown()
+            await runner.value
+            await broker.close()
+            try TestBroker.deleteQueues([name])
+        }
+    }
+
+    /// `x-warren-delay`: the job goes through the delay cascade and starts no sooner than asked;
+    /// a delay of 0 runs at once.
+    @Test(.timeLimit(.minutes(3)))
+    func delayHeaderDelaysTheJob() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let broker = try await makeBroker(name)
+            let starts = Locked<[Int: Date]>([:])
+            var registry = HandlerRegistry()
+            try registry.registerRaw("wire.ok") { payload, _ in
+                if let object = try? JSONSerialization.jsonObject(with: payload) as? [String: Int], let n = object["n"] {
+                    starts.withLock { $0[n] = Date() }
+                }
+                return payload
+            }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
+            let runner = Task { await pool.run() }
+            let producer = try publisher()
+            let published = Date()
+            try await producer.publish(raw(name, type: "wire.ok", headers: [WireFormat.Header.delay: .int(1_500)], body: #"{"n":1}"#))
+            try await producer.publish(raw(name, type: "wire.ok", headers: [WireFormat.Header.delay: .int(0)], body: #"{"n":0}"#))
+            try await waitUntil("the undelayed job ran", within: 20) { starts.withLock { $0[0] } != nil }
+            // Not held here meanwhile (unacked): the message is in the cascade, acked.
+            let held = await broker.statistics()
+            #expect(held.enqueued == 1 && starts.withLock { $0[1] } == nil)
+            try await waitUntil("both jobs ran", within: 30) { starts.withLock { $0.count } == 2 }
+            let delayed = try #require(starts.withLock { $0[1] }).timeIntervalSince(published)
+            let immediate = try #require(starts.withLock { $0[0] }).timeIntervalSince(published)
+            #expect(delayed >= 1.5 && delayed < 10, "the delayed job started after \(delayed) s")
+            #expect(immediate < delayed, "a zero delay runs at once (after \(immediate) s)")
+            #expect(broker.malformedCount == 0)
+            pool.shutdown()
+            await runner.value
+            await broker.close()
+            await producer.close()
+            try TestBroker.deleteQueues([name])
+        }
+    }
+}
