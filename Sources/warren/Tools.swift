@@ -25,14 +25,17 @@ struct Submit: AsyncParsableCommand {
         guard let level = JobPriority(name: priority) else {
             throw ValidationError("--priority '\(priority)' is not one of critical, high, normal, low, background")
         }
+        if let maxRetries, !(0...100).contains(maxRetries) { throw ValidationError("--max-retries \(maxRetries) must be 0 to 100") }
         var delayed = Duration.zero
         if let delay {
             guard let parsed = ServiceConfiguration.duration(delay) else {
-                throw ValidationError("--delay '\(delay)' is not a duration such as 30s or 5m")
+                throw ValidationError("--delay '\(delay)' is not \(ServiceConfiguration.durationForm)")
             }
             delayed = parsed
         }
-        guard let waitFor = ServiceConfiguration.duration(timeout) else { throw ValidationError("--timeout '\(timeout)' is not a duration") }
+        guard let waitFor = ServiceConfiguration.duration(timeout), waitFor > .zero else {
+            throw ValidationError("--timeout '\(timeout)' is not \(ServiceConfiguration.durationForm), more than 0")
+        }
         let job = Job(
             id: id.map { JobID($0) } ?? .random(), name: name, payload: Data(payload.utf8), priority: level,
             notBefore: delay == nil ? nil : Date().addingTimeInterval(delayed.timeInterval),
@@ -48,7 +51,7 @@ struct Submit: AsyncParsableCommand {
         case let .completed(result)?:
             print(String(decoding: result, as: UTF8.self))
         case let .deadLettered(reason, _)?:
-            FileHandle.standardError.write(Data("job \(job.id) was dead-lettered: \(reason)\n".utf8))
+            FileHandle.standardError.write(Data("job \(job.id) was dead-lettered: \(deadLetterMessage(reason))\n".utf8))
             throw ExitCode(2)
         case .cancelled?:
             FileHandle.standardError.write(Data("job \(job.id) was cancelled\n".utf8))
@@ -92,6 +95,10 @@ struct DeadLetters: AsyncParsableCommand {
         @Option(help: "Only this reason (retries_exhausted, deadline, unknown_job_name, undecodable_payload, malformed_message, rejected…).")
         var reason: String?
         @Option(help: "At most this many.") var limit: Int?
+
+        func validate() throws {
+            if let limit, limit < 1 { throw ValidationError("--limit \(limit) must be at least 1") }
+        }
 
         func filter(id: String? = nil) -> AMQPTools.Filter {
             AMQPTools.Filter(name: name, reason: reason, id: id, limit: limit ?? .max)
