@@ -19,6 +19,8 @@ import Yams
 ///   reports.render:
 ///     exec:
 ///       command: [/usr/local/bin/render, --format, pdf]
+///       env: { MODE: fast }
+///       inherit_env: [REPORTS_DB_URL]
 ///     timeout: 2m
 /// ```
 public struct HandlersFile: Sendable, Equatable {
