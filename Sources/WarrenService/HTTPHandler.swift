@@ -31,9 +31,15 @@ struct HTTPHandler: Sendable {
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 
-    /// What errors must not show.
+    /// What errors must not show: the URL's hidden parts and the values of credential headers
+    /// (a name containing `auth` or `cookie`, or one of the redacted parameter words, such as
+    /// `X-Api-Key`); other header values, like `Content-Type`, stay readable.
     var secrets: [String] {
-        let headerValues = action.headers.values.flatMap { value in
+        let credentials = action.headers.filter { name, _ in
+            let lower = name.lowercased()
+            return lower.contains("auth") || lower.contains("cookie") || redactor.hides(parameter: name)
+        }
+        let headerValues = credentials.values.flatMap { value in
             // `Bearer t0k`: the credential alone may show up too.
             [value] + (value.split(separator: " ", maxSplits: 1).dropFirst().map(String.init))
         }

@@ -113,7 +113,7 @@ struct RedactionTests {
     }
 
     func runFailingHandlers() async throws {
-        let secrets = (0..<6).map { makeSecret("h\($0)-") }
+        let secrets = (0..<7).map { makeSecret("h\($0)-") }
         // The service answers 500 repeating everything it was sent.
         let service = try await FakeService { call in
             (500, "got \(call.path) \(call.headers.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
@@ -126,7 +126,7 @@ struct RedactionTests {
           leaky.http:
             http:
               url: http://svc:\(secrets[0])@127.0.0.1:\(service.port)/hook?token=\(secrets[1])&page=1
-              headers: { Authorization: "Bearer \(secrets[2])" }
+              headers: { Authorization: "Bearer \(secrets[2])", X-Api-Key: \(secrets[6]), X-Team: payments-team }
             retries: 1
             backoff: { base: 100ms, max: 100ms }
           leaky.exec:
@@ -181,6 +181,7 @@ struct RedactionTests {
         }
         let httpError = letters.first { $0.id == ids["leaky.http"] }?.error ?? ""
         #expect(httpError.contains("POST http://svc:***@127.0.0.1:\(service.port)/hook?token=***&page=1 answered 500"), "\(httpError)")
+        #expect(httpError.contains("x-team=payments-team"), "other header values stay readable: \(httpError)")
         let execError = letters.first { $0.id == ids["leaky.exec"] }?.error ?? ""
         #expect(execError.contains("/bin/sh exited with 3: failed for *** with ***"), "\(execError)")
         let missingError = letters.first { $0.id == ids["leaky.missing"] }?.error ?? ""
