@@ -105,17 +105,16 @@ struct OperationsTests {
         _ = serve
     }
 
-    /// The broker drops every connection: not ready until the worker is back, and counted.
+    /// The broker drops every connection: counted, and ready again once back. (Not ready while
+    /// disconnected is checked above; here the reconnection can be quicker than a poll.)
     @Test(.timeLimit(.minutes(3)))
-    func aLostConnectionIsCountedAndNotReadyUntilBack() async throws {
-        guard let node = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_NODE"] else { throw TestEnvironment.NotConfigured() }
+    func aLostConnectionIsCountedAndReadyAgainOnceBack() async throws {
         try await usingBroker(exclusive: true) {
             let queue = TestEnvironment.unique()
             let (serve, base, _) = try await Self.serve(queue: queue, handlers: Self.handlers)
             try await waitUntil("/readyz", within: 30) { await get("\(base)/readyz")?.0 == 200 }
-            let closing = try ChildProcess("/usr/sbin/rabbitmqctl", ["-q", "-n", node, "close_all_connections", "test"])
-            #expect(try await closing.exit(within: 60) == .exited(0), "\(closing.output)")
-            try await waitUntil("/readyz to answer 503", within: 30) { await get("\(base)/readyz")?.0 == 503 }
+            try await rabbitmqctl(["close_all_connections", "test"])
+            try await waitUntil("the lost connection in the log", within: 30) { serve.output.contains("lost the RabbitMQ connection") }
             try await waitUntil("/readyz to answer 200 again", within: 60) { await get("\(base)/readyz")?.0 == 200 }
             let metrics = await get("\(base)/metrics")?.1 ?? ""
             #expect((Self.metric(metrics, #"warren_broker_reconnects_total{queue="\#(queue)"}"#) ?? 0) >= 1, "\(metrics)")

@@ -113,7 +113,7 @@ struct RedactionTests {
     }
 
     func runFailingHandlers() async throws {
-        let secrets = (0..<7).map { makeSecret("h\($0)-") }
+        let secrets = (0..<8).map { makeSecret("h\($0)-") }
         // The service answers 500 repeating everything it was sent.
         let service = try await FakeService { call in
             (500, "got \(call.path) \(call.headers.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
@@ -141,8 +141,13 @@ struct RedactionTests {
             retries: 0
         """.write(toFile: handlers, atomically: false, encoding: .utf8)
         let queue = TestEnvironment.unique()
+        // A broker user of this test, with a secret password in the URL.
+        let url = try AMQPURL(try TestEnvironment.amqpURL)
+        let user = "redaction-\(UInt32.random(in: 0...UInt32.max))"
+        try await rabbitmqctl(["add_user", user, secrets[7]])
+        try await rabbitmqctl(["set_permissions", "-p", "/", user, ".*", ".*", ".*"])
         var environment = ProcessInfo.processInfo.environment
-        environment["WARREN_BROKER_URL"] = try TestEnvironment.amqpURL
+        environment["WARREN_BROKER_URL"] = "amqp://\(user):\(secrets[7])@\(url.host):\(url.port)/"
         environment["WARREN_QUEUE_NAME"] = queue
         environment["WARREN_HANDLERS_FILE"] = handlers
         environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
@@ -151,7 +156,6 @@ struct RedactionTests {
         environment["WARREN_EVENTS_ENABLED"] = "true"
         environment["WARREN_SECRETS_DIR"] = "/nonexistent"
 
-        let url = try AMQPURL(try TestEnvironment.amqpURL)
         let raw = try RawConnection(url: url)
         defer { raw.close() }
         let topology = Topology(queue: queue)
@@ -212,7 +216,16 @@ struct RedactionTests {
         }
         try raw.deleteQueue(events)
         try TestBrokerQueues.delete(queue, on: raw)
+        try await rabbitmqctl(["delete_user", user])
     }
+}
+
+/// Runs `rabbitmqctl` against the test broker's node.
+func rabbitmqctl(_ arguments: [String]) async throws {
+    guard let node = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_NODE"] else { throw TestEnvironment.NotConfigured() }
+    let child = try ChildProcess("/usr/sbin/rabbitmqctl", ["-q", "-n", node] + arguments)
+    let exit = try await child.exit(within: 60)
+    guard exit == .exited(0) else { throw TimedOut(description: "rabbitmqctl \(arguments.joined(separator: " ")): \(exit) \(child.output)") }
 }
 
 /// The address the operations server of a `warren serve` child (JSON logs) listens on.
