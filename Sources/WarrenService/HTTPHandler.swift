@@ -12,8 +12,8 @@ import Warren
 /// timeouts fail the attempt (it is retried with backoff); any other status dead-letters the job at
 /// once with the status and the start of the body as the reason.
 ///
-/// Errors show the URL redacted (see `Redactor`), and never the user-info, the hidden query values
-/// or a header value, even when the service's answer repeats them.
+/// Errors show the URL redacted (see `Redactor`), and never the user-info password, the hidden query
+/// values or a credential header's value, even when the service's answer repeats them.
 struct HTTPHandler: Sendable {
     static let maxResponseBytes = 8 << 20
 

@@ -66,7 +66,6 @@ public struct HandlersFile: Sendable, Equatable {
 
     public var entries: [Entry]
 
-    /// Reads and validates a handlers file.
     /// Reads and validates a handlers file. `redactor` hides secrets of URLs in its errors.
     public static func load(
         path: String, environment: [String: String] = ProcessInfo.processInfo.environment, redactor: Redactor = Redactor()

@@ -133,7 +133,7 @@ struct DeadLetters: AsyncParsableCommand {
                 throw ValidationError("no dead letter with id \(id)")
             }
             print("id:        \(letter.id)\nname:      \(letter.name)\npriority:  \(letter.priority.name)\nreason:    \(letter.reason)")
-            print("error:     \(letter.error)\nattempts:  \(letter.attempts)\ndead at:   \(letter.deadAt.map { $0.formatted(.iso8601) } ?? "unknown") (\(age(letter.deadAt)) ago)")
+            print("error:     \(letter.error)\nattempts:  \(letter.attempts)\ndead at:   \(plausible(letter.deadAt).map { $0.formatted(.iso8601) } ?? "unknown") (\(age(letter.deadAt)) ago)")
             print("was going: \(letter.originalRoutingKey)\npayload:   \(String(decoding: letter.body.prefix(64 << 10), as: UTF8.self))")
         }
     }
@@ -170,8 +170,15 @@ struct DeadLetters: AsyncParsableCommand {
     }
 }
 
+/// A date from a message header, if it is within a thousand years of now (a producer's header may
+/// hold any number; converting an absurd one would trap).
+private func plausible(_ date: Date?) -> Date? {
+    guard let date, abs(date.timeIntervalSinceNow) < 1_000 * 366 * 86_400 else { return nil }
+    return date
+}
+
 private func age(_ date: Date?) -> String {
-    guard let date else { return "?" }
+    guard let date = plausible(date) else { return "?" }
     let seconds = Int(Date().timeIntervalSince(date))
     if seconds < 120 { return "\(seconds)s" }
     if seconds < 7_200 { return "\(seconds / 60)m" }
