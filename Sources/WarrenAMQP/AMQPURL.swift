@@ -16,6 +16,14 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     /// TLS: verify the server's certificate and name (`verify=false` in the query to turn off).
     public var verifyPeer: Bool
 
+    /// Every query option the parser accepts, with what it takes (`warren config keys` lists them).
+    public static let queryOptions: [(name: String, help: String)] = [
+        ("heartbeat", "seconds between heartbeats, 0 to 3600 (default 10; 0 turns them off)"),
+        ("connection_timeout", "milliseconds to wait for the TCP connection, 1 to 3600000 (default 10000)"),
+        ("cacertfile", "amqps: a CA bundle (PEM) to verify the server with"),
+        ("verify", "amqps: false to skip verifying the server's certificate and name (default true)"),
+    ]
+
     public init(_ text: String) throws(AMQPError) {
         guard let components = URLComponents(string: text), let scheme = components.scheme?.lowercased() else {
             throw .invalidURL("'\(Self.redacted(text))' is not a URL")
@@ -49,13 +57,14 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
                 }
                 heartbeat = seconds
             case "connection_timeout":
-                guard let millis = Double(value), millis > 0 else {
-                    throw .invalidURL("connection_timeout must be a positive number of milliseconds, got '\(value)'")
+                guard let millis = Double(value), millis > 0, millis <= 3_600_000 else {
+                    throw .invalidURL("connection_timeout must be 1 to 3600000 milliseconds, got '\(value)'")
                 }
                 connectTimeout = millis / 1_000
             case "cacertfile": caCertificate = value
             case "verify": verifyPeer = !["false", "0", "verify_none"].contains(value.lowercased())
-            default: break
+            default:
+                throw .invalidURL("unknown query option '\(item.name)'; known: \(Self.queryOptions.map(\.name).joined(separator: ", "))")
             }
         }
     }
@@ -65,7 +74,15 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         "\(tls ? "amqps" : "amqp")://\(user):***@\(host):\(port)/\(vhost == "/" ? "" : vhost)?heartbeat=\(heartbeat)"
     }
 
-    static func redacted(_ text: String) -> String {
-        text.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)
+    /// `text` with the password of its user-info hidden (`user:***@`; `***@` when the user-info
+    /// is one part), also when it does not parse: everything up to the last `@` before the query
+    /// counts as user-info, so a password holding `:`, `/` or `@` is hidden whole.
+    public static func redacted(_ text: String) -> String {
+        let start = text.range(of: "://")?.upperBound ?? text.startIndex
+        let authorityEnd = text[start...].firstIndex { "?#".contains($0) } ?? text.endIndex
+        guard let at = text[start..<authorityEnd].lastIndex(of: "@") else { return text }
+        let userInfo = text[start..<at]
+        let shown = userInfo.firstIndex(of: ":").map { "\(userInfo[..<$0]):***" } ?? "***"
+        return text[..<start] + shown + text[at...]
     }
 }

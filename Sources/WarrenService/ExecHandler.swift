@@ -7,11 +7,43 @@ import SystemPackage
 /// any other exit fails the attempt with the end of stderr as the error. The command runs in a
 /// process group of its own; when the job times out or is cancelled the whole group is killed
 /// (SIGTERM, then SIGKILL a second later), children included.
+///
+/// The command gets a clean environment, never Warren's own (which holds the broker password):
+/// `PATH`, `HOME`, `USER`, `LOGNAME`, `LANG`, `LANGUAGE`, `LC_*`, `TZ` and `TMPDIR` when Warren has
+/// them, the variables the entry names in `inherit_env`, `WARREN_JOB_ID`, `WARREN_JOB_NAME`,
+/// `WARREN_ATTEMPT`, `TRACEPARENT` when the job carries one, and the entry's `env`. Errors name the
+/// program only, never its arguments or environment; in the stderr excerpt, any argument or
+/// `env`/`inherit_env` value (of four characters or more) is replaced by `***`.
 struct ExecHandler: Sendable {
     static let maxOutputBytes = 8 << 20
     static let errorTail = 2_000
+    /// Passed from Warren's environment to every command.
+    static let basicVariables: Set<String> = ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"]
 
     let action: HandlersFile.ExecAction
+    /// Warren's environment, which `basicVariables` and `inherit_env` are taken from.
+    var parentEnvironment: [String: String] = ProcessInfo.processInfo.environment
+
+    /// The command's whole environment for this job.
+    func environment(for context: JobContext) -> [String: String] {
+        let inherited = Set(action.inheritedEnvironment)
+        var environment = parentEnvironment.filter { key, _ in
+            Self.basicVariables.contains(key) || key.hasPrefix("LC_") || inherited.contains(key)
+        }
+        if environment["PATH"] == nil { environment["PATH"] = "/usr/local/bin:/usr/bin:/bin" }
+        environment["WARREN_JOB_ID"] = context.id.rawValue
+        environment["WARREN_JOB_NAME"] = context.name
+        environment["WARREN_ATTEMPT"] = "\(context.attempt)"
+        if let trace = context.metadata["traceparent"] { environment["TRACEPARENT"] = trace }
+        environment.merge(action.environment) { $1 }
+        return environment
+    }
+
+    /// What the stderr excerpt must not show.
+    var secrets: [String] {
+        Array(action.command.dropFirst()) + Array(action.environment.values)
+            + action.inheritedEnvironment.compactMap { parentEnvironment[$0] }
+    }
 
     func run(_ payload: Data, _ context: JobContext) async throws -> Data {
         var options = PlatformOptions()
@@ -20,11 +52,8 @@ struct ExecHandler: Sendable {
             .send(signal: .terminate, toProcessGroup: true, allowedDurationToNextStep: .seconds(1)),
             .send(signal: .kill, toProcessGroup: true, allowedDurationToNextStep: .seconds(1)),
         ]
-        var environment: [Environment.Key: String?] = [
-            "WARREN_JOB_ID": context.id.rawValue, "WARREN_JOB_NAME": context.name, "WARREN_ATTEMPT": "\(context.attempt)",
-        ]
-        if let trace = context.metadata["traceparent"] { environment["TRACEPARENT"] = trace }
-        for (key, value) in action.environment {
+        var environment: [Environment.Key: String] = [:]
+        for (key, value) in self.environment(for: context) {
             if let key = Environment.Key(rawValue: key) { environment[key] = value }
         }
         let program = action.command[0]
@@ -35,7 +64,7 @@ struct ExecHandler: Sendable {
             // its input must not meet a broken pipe (swift-subprocess 1.0.2 traps on it, issue 367).
             let stdin = try Self.inputFile(payload)
             result = try await Subprocess.run(
-                executable, arguments: Arguments(Array(action.command.dropFirst())), environment: .inherit.updating(environment),
+                executable, arguments: Arguments(Array(action.command.dropFirst())), environment: .custom(environment),
                 workingDirectory: action.workingDirectory.map { FilePath($0) }, platformOptions: options,
                 input: .fileDescriptor(stdin, closeAfterSpawningProcess: true), output: .bytes(limit: Self.maxOutputBytes),
                 error: .bytes(limit: Self.maxOutputBytes))
@@ -43,15 +72,15 @@ struct ExecHandler: Sendable {
             throw CancellationError()
         } catch {
             if Task.isCancelled { throw CancellationError() }
-            throw ExecHandlerError("\(action.command.joined(separator: " ")): \(error)")
+            throw ExecHandlerError(Redactor.scrub("\(program) could not be started: \(error)", hiding: secrets))
         }
         switch result.terminationStatus {
         case .exited(0):
             return Data(result.standardOutput)
         case let .exited(code):
-            throw ExecHandlerError("\(program) exited with \(code)\(Self.tail(result.standardError))")
+            throw ExecHandlerError("\(program) exited with \(code)\(Redactor.scrub(Self.tail(result.standardError), hiding: secrets))")
         case let .signaled(signal):
-            throw ExecHandlerError("\(program) was killed by signal \(signal)\(Self.tail(result.standardError))")
+            throw ExecHandlerError("\(program) was killed by signal \(signal)\(Redactor.scrub(Self.tail(result.standardError), hiding: secrets))")
         }
     }
 

@@ -11,14 +11,52 @@ import Warren
 /// completes the job with the response body as its result; 408, 429, 5xx, connection errors and
 /// timeouts fail the attempt (it is retried with backoff); any other status dead-letters the job at
 /// once with the status and the start of the body as the reason.
+///
+/// Errors show the URL redacted (see `Redactor`), and never the user-info password, the hidden query
+/// values or a credential header's value, even when the service's answer repeats them.
 struct HTTPHandler: Sendable {
     static let maxResponseBytes = 8 << 20
 
     let action: HandlersFile.HTTPAction
     let timeout: Duration
     let client: HTTPClient
+    var redactor = Redactor()
+
+    /// The client handlers share. A refused connection fails its requests at once (the attempt is
+    /// retried with the job's backoff) instead of being tried again until the connect timeout.
+    static func makeClient() -> HTTPClient {
+        var configuration = HTTPClient.Configuration()
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.timeout.connect = .seconds(10)
+        return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+    }
+
+    /// What errors must not show: the URL's hidden parts and the values of credential headers
+    /// (a name containing `auth` or `cookie`, or one of the redacted parameter words, such as
+    /// `X-Api-Key`); other header values, like `Content-Type`, stay readable.
+    var secrets: [String] {
+        let credentials = action.headers.filter { name, _ in
+            let lower = name.lowercased()
+            return lower.contains("auth") || lower.contains("cookie") || redactor.hides(parameter: name)
+        }
+        let headerValues = credentials.values.flatMap { value in
+            // `Bearer t0k`: the credential alone may show up too.
+            [value] + (value.split(separator: " ", maxSplits: 1).dropFirst().map(String.init))
+        }
+        return redactor.secrets(inURL: action.url.absoluteString) + headerValues
+    }
 
     func run(_ payload: Data, _ context: JobContext) async throws -> Data {
+        do {
+            return try await attempt(payload, context)
+        } catch let error as HTTPHandlerError {
+            throw HTTPHandlerError(Redactor.scrub(error.description, hiding: secrets))
+        } catch let error as JobRejected {
+            throw JobRejected(Redactor.scrub(error.reason, hiding: secrets))
+        }
+    }
+
+    private func attempt(_ payload: Data, _ context: JobContext) async throws -> Data {
         var request = HTTPClientRequest(url: action.url.absoluteString)
         request.method = HTTPMethod(rawValue: action.method)
         request.headers.add(name: "Content-Type", value: "application/json")
@@ -29,14 +67,16 @@ struct HTTPHandler: Sendable {
         request.headers.replaceOrAdd(name: "X-Warren-Attempt", value: "\(context.attempt)")
         request.headers.replaceOrAdd(name: "traceparent", value: TraceParent.child(of: context.metadata["traceparent"]))
         request.body = .bytes(ByteBuffer(bytes: payload))
-        let target = "\(action.method) \(action.url.absoluteString)"
+        let target = "\(action.method) \(redactor.url(action.url.absoluteString))"
         let response: HTTPClientResponse
         let body: ByteBuffer
         do {
             let millis = timeout.components.seconds * 1_000 + timeout.components.attoseconds / 1_000_000_000_000_000
             response = try await client.execute(request, timeout: .milliseconds(max(1, millis)))
             body = try await response.body.collect(upTo: Self.maxResponseBytes)
-        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout || error == .connectTimeout {
+        } catch let error as HTTPClientError where error == .connectTimeout {
+            throw HTTPHandlerError("\(target) failed: no connection within 10 s")
+        } catch let error as HTTPClientError where error == .deadlineExceeded || error == .readTimeout {
             throw HTTPHandlerError("\(target) timed out after \(timeout)")
         } catch let error as NIOTooManyBytesError {
             throw HTTPHandlerError("\(target) answered with more than \(Self.maxResponseBytes) bytes: \(error)")

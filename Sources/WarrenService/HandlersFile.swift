@@ -19,6 +19,8 @@ import Yams
 ///   reports.render:
 ///     exec:
 ///       command: [/usr/local/bin/render, --format, pdf]
+///       env: { MODE: fast }
+///       inherit_env: [REPORTS_DB_URL]
 ///     timeout: 2m
 /// ```
 public struct HandlersFile: Sendable, Equatable {
@@ -36,6 +38,15 @@ public struct HandlersFile: Sendable, Equatable {
         /// Most jobs of this name running at once in this worker; nil: only the worker's limit.
         public var concurrency: Int?
         public var capabilities: Set<String>
+
+        /// The entry as `config check` shows it: the URL redacted, of a command the program only.
+        public func shown(_ redactor: Redactor) -> String {
+            let what = switch action {
+            case let .http(http): "http \(http.method) \(redactor.url(http.url.absoluteString))"
+            case let .exec(exec): "exec \(exec.command[0])"
+            }
+            return "\(what), timeout \(timeout)\(concurrency.map { ", concurrency \($0)" } ?? "")"
+        }
     }
 
     public struct HTTPAction: Sendable, Equatable {
@@ -46,22 +57,27 @@ public struct HandlersFile: Sendable, Equatable {
 
     public struct ExecAction: Sendable, Equatable {
         public var command: [String]
+        /// Set for the command (`env`), on top of the few variables every command gets.
         public var environment: [String: String]
         public var workingDirectory: String?
+        /// Variables of Warren's own environment the command also gets (`inherit_env`).
+        public var inheritedEnvironment: [String] = []
     }
 
     public var entries: [Entry]
 
-    /// Reads and validates a handlers file.
-    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> HandlersFile {
+    /// Reads and validates a handlers file. `redactor` hides secrets of URLs in its errors.
+    public static func load(
+        path: String, environment: [String: String] = ProcessInfo.processInfo.environment, redactor: Redactor = Redactor()
+    ) throws -> HandlersFile {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ConfigurationError.handlers(file: path, "cannot be read: \(error.localizedDescription)")
         }
-        return try parse(text, file: path, environment: environment)
+        return try parse(text, file: path, environment: environment, redactor: redactor)
     }
 
-    static func parse(_ text: String, file: String, environment: [String: String]) throws -> HandlersFile {
+    static func parse(_ text: String, file: String, environment: [String: String], redactor: Redactor = Redactor()) throws -> HandlersFile {
         func fail(_ problem: String) -> ConfigurationError { .handlers(file: file, problem) }
         let expanded = try expand(text, environment: environment, file: file)
         let raw: RawFile
@@ -78,14 +94,19 @@ public struct HandlersFile: Sendable, Equatable {
             switch (entry.http, entry.exec) {
             case let (http?, nil):
                 guard let url = URL(string: http.url), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme), url.host != nil else {
-                    throw fail("\(at): http.url '\(http.url)' is not an http:// or https:// URL")
+                    throw fail("\(at): http.url '\(redactor.url(http.url))' is not an http:// or https:// URL")
                 }
                 let method = (http.method ?? "POST").uppercased()
                 guard ["POST", "PUT", "PATCH"].contains(method) else { throw fail("\(at): http.method '\(method)' must be POST, PUT or PATCH") }
                 action = .http(HTTPAction(url: url, method: method, headers: http.headers ?? [:]))
             case let (nil, exec?):
                 guard let program = exec.command.first, !program.isEmpty else { throw fail("\(at): exec.command must name a program") }
-                action = .exec(ExecAction(command: exec.command, environment: exec.env ?? [:], workingDirectory: exec.workdir))
+                let inherited = exec.inherit_env ?? []
+                if let bad = inherited.first(where: { $0.isEmpty || $0.contains("=") }) {
+                    throw fail("\(at): exec.inherit_env '\(bad)' is not a variable name")
+                }
+                action = .exec(ExecAction(
+                    command: exec.command, environment: exec.env ?? [:], workingDirectory: exec.workdir, inheritedEnvironment: inherited))
             case (nil, nil):
                 throw fail("\(at): give it an http or an exec section")
             case (.some, .some):
@@ -94,7 +115,7 @@ public struct HandlersFile: Sendable, Equatable {
             func duration(_ text: String?, _ field: String, default fallback: Duration) throws -> Duration {
                 guard let text else { return fallback }
                 guard let value = ServiceConfiguration.duration(text), value > .zero else {
-                    throw fail("\(at): \(field) '\(text)' is not a duration such as 500ms, 30s, 5m or 1h")
+                    throw fail("\(at): \(field) '\(text)' is not \(ServiceConfiguration.durationForm), more than 0")
                 }
                 return value
             }
@@ -108,7 +129,10 @@ public struct HandlersFile: Sendable, Equatable {
                 let base = try duration(raw.base, "backoff.base", default: .seconds(1))
                 let cap = try duration(raw.max, "backoff.max", default: .seconds(300))
                 guard cap >= base else { throw fail("\(at): backoff.max must be at least backoff.base") }
-                backoff = RetryPolicy(baseDelay: base, multiplier: raw.multiplier ?? 2, maxDelay: cap, jitter: raw.jitter ?? 0.2)
+                let multiplier = raw.multiplier ?? 2, jitter = raw.jitter ?? 0.2
+                guard (1...10).contains(multiplier) else { throw fail("\(at): backoff.multiplier \(multiplier) must be 1 to 10") }
+                guard (0...1).contains(jitter) else { throw fail("\(at): backoff.jitter \(jitter) must be 0 to 1") }
+                backoff = RetryPolicy(baseDelay: base, multiplier: multiplier, maxDelay: cap, jitter: jitter)
             }
             entries.append(Entry(
                 name: name, action: action, timeout: timeout, retries: entry.retries, backoff: backoff, concurrency: entry.concurrency,
@@ -176,6 +200,7 @@ public struct HandlersFile: Sendable, Equatable {
             var command: [String]
             var env: [String: String]?
             var workdir: String?
+            var inherit_env: [String]?
         }
         struct Backoff: Decodable {
             var base: String?

@@ -37,31 +37,37 @@ public struct ServiceConfiguration: Sendable {
     public var publishesEvents: Bool
     /// Jobs `/jobs/{id}` remembers.
     public var recentJobs: Int
+    /// What is hidden when a URL or an error is shown (`log.redact_params`).
+    public var redactor: Redactor
 
     /// Every key, its default and what it takes: the reference `warren config check --keys` prints
     /// and the README repeats.
     public static let keys: [Key] = [
-        Key("broker.url", "amqp://guest:guest@127.0.0.1:5672/", "the RabbitMQ URL: amqp:// or amqps://, user, password, host, port, vhost, ?heartbeat="),
+        Key("broker.url", "amqp://guest:guest@127.0.0.1:5672/",
+            "the RabbitMQ URL: amqp:// or amqps://, user, password, host, port, vhost, and the query options "
+                + AMQPURL.queryOptions.map { "?\($0.name)= (\($0.help))" }.joined(separator: ", ")),
         Key("broker.password", "(from the URL)", "overrides the URL's password; best kept in a secret file", secret: true),
         Key("broker.password_file", "", "a file holding the broker password (Docker and Kubernetes secrets)"),
         Key("queue.name", "default", "the Warren queue to consume: broker queues <name>.<priority> and <name>.dead"),
         Key("queue.type", "classic", "classic or quorum (quorum: replicated, survives a node loss)"),
-        Key("queue.max_length", "", "most ready messages per priority queue; publishes beyond it are refused"),
+        Key("queue.max_length", "", "most ready messages per priority queue, 1 to 100000000; publishes beyond it are refused"),
         Key("worker.concurrency", "16", "jobs run at once, 1 to 4096"),
         Key("worker.prefetch", "200", "unacked messages each priority queue's consumer may hold, 1 to 65535"),
-        Key("worker.reserved_critical", "0", "extra slots only critical jobs may use"),
+        Key("worker.reserved_critical", "0", "extra slots only critical jobs may use, 0 to 1024 (less than worker.concurrency)"),
         Key("worker.capabilities", "", "comma-separated capabilities this worker offers (jobs may require them)"),
-        Key("worker.shutdown_grace", "25s", "on SIGTERM, how long running jobs may take to finish"),
+        Key("worker.shutdown_grace", "25s", "on SIGTERM, how long running jobs may take to finish (at most 720h, like every duration)"),
         Key("worker.default_timeout", "300s", "timeout of jobs whose message and handler name none; 0 for none"),
         Key("retry.max_retries", "3", "retries of jobs whose message and handler name none, 0 to 100"),
         Key("retry.base_delay", "1s", "backoff before the first retry (doubling, capped, with jitter)"),
-        Key("retry.max_delay", "5m", "longest backoff"),
+        Key("retry.max_delay", "5m", "longest backoff, at least retry.base_delay"),
         Key("handlers.file", "handlers.yaml (when present)", "the YAML file mapping job names to http and exec handlers"),
         Key("http.address", "127.0.0.1:9090", "host:port of /healthz, /readyz, /metrics and /jobs/{id}; off to disable"),
         Key("log.format", "auto", "auto (text on a terminal, JSON lines otherwise), text or json"),
         Key("log.level", "info", "trace, debug, info, notice, warning, error or critical"),
         Key("events.enabled", "false", "publish job outcomes to the warren.events exchange"),
-        Key("jobs.recent", "10000", "jobs /jobs/{id} remembers"),
+        Key("jobs.recent", "10000", "jobs /jobs/{id} remembers, 0 to 10000000"),
+        Key("log.redact_params", Redactor.defaultParameters.joined(separator: ","),
+            "URL query parameters whose values are hidden wherever a URL is shown (a name containing one of them); none for none"),
     ]
 
     public struct Key: Sendable {
@@ -186,17 +192,24 @@ public struct ServiceConfiguration: Sendable {
         }
         func duration(_ key: String, _ fallback: Duration, allowZero: Bool = false) throws -> Duration {
             guard let text = values.string(key) else { return fallback }
-            guard let parsed = Self.duration(text), parsed >= .zero, allowZero || parsed > .zero else {
-                throw invalid(key, text, "a duration such as 500ms, 30s, 5m or 1h\(allowZero ? " (0 for none)" : "")")
+            guard let parsed = Self.duration(text), allowZero || parsed > .zero else {
+                throw invalid(key, text, "\(Self.durationForm)\(allowZero ? " (0 for none)" : ", more than 0")")
             }
             return parsed
         }
 
+        let redactText = values.string("log.redact_params") ?? Redactor.defaultParameters.joined(separator: ",")
+        let redactParameters = redactText.lowercased() == "none" ? [] : redactText.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard redactParameters.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isLetter || $0.isNumber || "-_.".contains($0) } }) else {
+            throw invalid("log.redact_params", redactText, "comma-separated query parameter names (letters, digits, '-', '_', '.'), or none")
+        }
+        redactor = Redactor(parameters: redactParameters)
         let urlText = values.string("broker.url") ?? "amqp://guest:guest@127.0.0.1:5672/"
         do {
             brokerURL = try AMQPURL(urlText)
         } catch {
-            throw invalid("broker.url", urlText, "amqp://user:password@host:port/vhost or amqps://… (\(error))")
+            // The URL as given may hold the password: never shown.
+            throw invalid("broker.url", redactor.url(urlText), "amqp://user:password@host:port/vhost or amqps://… (\(error))")
         }
         if let password = values.string("broker.password", secret: true) {
             brokerURL.password = password
@@ -262,15 +275,20 @@ public struct ServiceConfiguration: Sendable {
         }
     }
 
-    /// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds.
+    /// The longest duration any key, handler field or flag takes.
+    public static let longestDuration = Duration.seconds(30 * 86_400)
+    /// What a duration may be, for error messages.
+    public static let durationForm = "a duration such as 500ms, 30s, 5m or 1h, at most 720h (30 days)"
+
+    /// `500ms`, `30s`, `5m`, `1h`, or a plain number of seconds, from 0 to `longestDuration`
+    /// (checked before conversion: `1e300ms` is refused, not a trap); nil otherwise.
     public static func duration(_ text: String) -> Duration? {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3_600)]
-        for (suffix, scale) in units where text.hasSuffix(suffix) {
-            guard let number = Double(text.dropLast(suffix.count)), number.isFinite else { return nil }
-            return .milliseconds(Int64((number * scale * 1_000).rounded()))
-        }
-        guard let seconds = Double(text), seconds.isFinite else { return nil }
-        return .milliseconds(Int64((seconds * 1_000).rounded()))
+        let (number, scale) = units.first { text.hasSuffix($0.0) }.map { (Double(text.dropLast($0.0.count)), $0.1) } ?? (Double(text), 1)
+        guard let number, number.isFinite else { return nil }
+        let millis = (number * scale * 1_000).rounded()
+        guard millis >= 0, millis <= Double(longestDuration.components.seconds * 1_000) else { return nil }
+        return .milliseconds(Int64(millis))
     }
 
     static func boolean(_ text: String) -> Bool? {
@@ -297,6 +315,7 @@ public struct ServiceConfiguration: Sendable {
             ("http.address", httpAddress.map { "\($0.host):\($0.port)" } ?? "off"),
             ("log.format", logFormat.rawValue), ("log.level", logLevel.rawValue),
             ("events.enabled", "\(publishesEvents)"), ("jobs.recent", "\(recentJobs)"),
+            ("log.redact_params", redactor.parameters.isEmpty ? "none" : redactor.parameters.joined(separator: ",")),
         ]
     }
 }

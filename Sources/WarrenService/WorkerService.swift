@@ -27,7 +27,7 @@ public final class WorkerService: Sendable {
     ) throws {
         self.configuration = configuration
         self.logger = logger
-        let client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup)
+        let client = HTTPHandler.makeClient()
         httpClient = client
         var registry = registry
         var defaults: [String: JobDefaults] = [:]
@@ -40,7 +40,7 @@ public final class WorkerService: Sendable {
             if let backoff = entry.backoff { policies[entry.name] = backoff }
             switch entry.action {
             case let .http(action):
-                let handler = HTTPHandler(action: action, timeout: entry.timeout, client: client)
+                let handler = HTTPHandler(action: action, timeout: entry.timeout, client: client, redactor: configuration.redactor)
                 try registry.registerRaw(entry.name, timeout: entry.timeout) { payload, context in try await handler.run(payload, context) }
             case let .exec(action):
                 let handler = ExecHandler(action: action)

@@ -58,7 +58,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "warren")
         let handlersFile: HandlersFile?
         do {
-            handlersFile = try configuration.handlersFile.map { try HandlersFile.load(path: $0) }
+            handlersFile = try configuration.handlersFile.map { try HandlersFile.load(path: $0, redactor: configuration.redactor) }
         } catch let error as ConfigurationError {
             throw Failure(error.description)
         }
@@ -79,16 +79,19 @@ struct ConfigCommand: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load(adding: handlers.map { ["handlers.file": $0] } ?? [:])
-            var handlerCount = 0
+            var entries: [HandlersFile.Entry] = []
             if let path = configuration.handlersFile {
                 do {
-                    handlerCount = try HandlersFile.load(path: path).entries.count
+                    entries = try HandlersFile.load(path: path, redactor: configuration.redactor).entries
                 } catch let error as ConfigurationError {
                     throw Failure(error.description)
                 }
             }
             for (key, value) in configuration.summary { print("\(key.padding(toLength: 26, withPad: " ", startingAt: 0)) \(value)") }
-            print("configuration is valid; \(handlerCount) handler(s)")
+            for entry in entries {
+                print("handler \(entry.name.padding(toLength: 18, withPad: " ", startingAt: 0)) \(entry.shown(configuration.redactor))")
+            }
+            print("configuration is valid; \(entries.count) handler(s)")
         }
     }
 
@@ -98,6 +101,8 @@ struct ConfigCommand: AsyncParsableCommand {
             for key in ServiceConfiguration.keys {
                 print("\(key.name)\n    env \(key.environmentVariable)   default \(key.defaultValue.isEmpty ? "none" : key.defaultValue)\n    \(key.help)")
             }
+            print("\nbroker.url query options (amqp://user:password@host:port/vhost?option=value&…)")
+            for option in AMQPURL.queryOptions { print("?\(option.name)=\n    \(option.help)") }
         }
     }
 }

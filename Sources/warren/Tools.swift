@@ -25,14 +25,17 @@ struct Submit: AsyncParsableCommand {
         guard let level = JobPriority(name: priority) else {
             throw ValidationError("--priority '\(priority)' is not one of critical, high, normal, low, background")
         }
+        if let maxRetries, !(0...100).contains(maxRetries) { throw ValidationError("--max-retries \(maxRetries) must be 0 to 100") }
         var delayed = Duration.zero
         if let delay {
             guard let parsed = ServiceConfiguration.duration(delay) else {
-                throw ValidationError("--delay '\(delay)' is not a duration such as 30s or 5m")
+                throw ValidationError("--delay '\(delay)' is not \(ServiceConfiguration.durationForm)")
             }
             delayed = parsed
         }
-        guard let waitFor = ServiceConfiguration.duration(timeout) else { throw ValidationError("--timeout '\(timeout)' is not a duration") }
+        guard let waitFor = ServiceConfiguration.duration(timeout), waitFor > .zero else {
+            throw ValidationError("--timeout '\(timeout)' is not \(ServiceConfiguration.durationForm), more than 0")
+        }
         let job = Job(
             id: id.map { JobID($0) } ?? .random(), name: name, payload: Data(payload.utf8), priority: level,
             notBefore: delay == nil ? nil : Date().addingTimeInterval(delayed.timeInterval),
@@ -48,7 +51,7 @@ struct Submit: AsyncParsableCommand {
         case let .completed(result)?:
             print(String(decoding: result, as: UTF8.self))
         case let .deadLettered(reason, _)?:
-            FileHandle.standardError.write(Data("job \(job.id) was dead-lettered: \(reason)\n".utf8))
+            FileHandle.standardError.write(Data("job \(job.id) was dead-lettered: \(deadLetterMessage(reason))\n".utf8))
             throw ExitCode(2)
         case .cancelled?:
             FileHandle.standardError.write(Data("job \(job.id) was cancelled\n".utf8))
@@ -93,6 +96,10 @@ struct DeadLetters: AsyncParsableCommand {
         var reason: String?
         @Option(help: "At most this many.") var limit: Int?
 
+        func validate() throws {
+            if let limit, limit < 1 { throw ValidationError("--limit \(limit) must be at least 1") }
+        }
+
         func filter(id: String? = nil) -> AMQPTools.Filter {
             AMQPTools.Filter(name: name, reason: reason, id: id, limit: limit ?? .max)
         }
@@ -126,7 +133,7 @@ struct DeadLetters: AsyncParsableCommand {
                 throw ValidationError("no dead letter with id \(id)")
             }
             print("id:        \(letter.id)\nname:      \(letter.name)\npriority:  \(letter.priority.name)\nreason:    \(letter.reason)")
-            print("error:     \(letter.error)\nattempts:  \(letter.attempts)\ndead at:   \(letter.deadAt.map { $0.formatted(.iso8601) } ?? "unknown") (\(age(letter.deadAt)) ago)")
+            print("error:     \(letter.error)\nattempts:  \(letter.attempts)\ndead at:   \(plausible(letter.deadAt).map { $0.formatted(.iso8601) } ?? "unknown") (\(age(letter.deadAt)) ago)")
             print("was going: \(letter.originalRoutingKey)\npayload:   \(String(decoding: letter.body.prefix(64 << 10), as: UTF8.self))")
         }
     }
@@ -163,8 +170,15 @@ struct DeadLetters: AsyncParsableCommand {
     }
 }
 
+/// A date from a message header, if it is within a thousand years of now (a producer's header may
+/// hold any number; converting an absurd one would trap).
+private func plausible(_ date: Date?) -> Date? {
+    guard let date, abs(date.timeIntervalSinceNow) < 1_000 * 366 * 86_400 else { return nil }
+    return date
+}
+
 private func age(_ date: Date?) -> String {
-    guard let date else { return "?" }
+    guard let date = plausible(date) else { return "?" }
     let seconds = Int(Date().timeIntervalSince(date))
     if seconds < 120 { return "\(seconds)s" }
     if seconds < 7_200 { return "\(seconds / 60)m" }

@@ -21,6 +21,7 @@ struct ComposeTests {
             var depends_on: [String: [String: String]]?
             var secrets: [String]?
             var volumes: [String]?
+            var ports: [String]?
         }
         var services: [String: Service]
     }
@@ -42,6 +43,7 @@ struct ComposeTests {
         #expect(grace > .zero && stop > grace, "docker's stop grace period (\(stop)) is longer than Warren's drain (\(grace))")
         #expect(warren.secrets == ["broker-password"], "the broker password comes from a secret file")
         #expect(file.services["rabbitmq"] != nil && file.services["orders"] != nil)
+        #expect(file.services["rabbitmq"]?.ports?.contains("127.0.0.1:5672:5672") == true, "producers outside compose reach AMQP")
     }
 
     @Test(.timeLimit(.minutes(4)))

@@ -75,7 +75,7 @@ struct ConfigurationTests {
         let cases: [([String: String], String)] = [
             (["WARREN_WORKER_CONCURRENCY": "many"], "worker.concurrency (WARREN_WORKER_CONCURRENCY) is 'many'; allowed: a whole number from 1 to 4096"),
             (["WARREN_WORKER_PREFETCH": "0"], "worker.prefetch (WARREN_WORKER_PREFETCH) is '0'"),
-            (["WARREN_BROKER_URL": "http://rabbit"], "broker.url (WARREN_BROKER_URL) is 'http://rabbit'"),
+            (["WARREN_BROKER_URL": "http://app:pw@rabbit"], "broker.url (WARREN_BROKER_URL) is 'http://app:***@rabbit'"),
             (["WARREN_QUEUE_TYPE": "stream"], "allowed: classic or quorum"),
             (["WARREN_WORKER_SHUTDOWN_GRACE": "soon"], "allowed: a duration such as 500ms, 30s, 5m or 1h"),
             (["WARREN_HTTP_ADDRESS": "9090"], "allowed: host:port"),
