@@ -192,4 +192,50 @@ struct WireRobustnessTests {
             try TestBroker.deleteQueues([name])
         }
     }
+
+    /// Messages leaving the shared delay cascade for a queue that does not exist (deleted since, or
+    /// a routing key no Warren queue has) once held every delayed job and retry on the vhost behind
+    /// them: at-least-once dead-lettering retries an unroutable message forever.
+    @Test(.timeLimit(.minutes(2)))
+    func delayedMessagesForAMissingQueueDoNotHoldBackTheCascade() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let broker = try await makeBroker(name)
+            let producer = try publisher()
+            let gone = "gone-\(UUID().uuidString).normal"
+            for index in 0..<200 {
+                try await producer.publish(OutgoingMessage(
+                    exchange: Topology.delayEntry(seconds: 1), routingKey: Topology.delayRoutingKey(seconds: 1, destination: gone),
+                    properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "lost-\(index)"),
+                    body: Array("{}".utf8)))
+            }
+            var registry = HandlerRegistry()
+            try registry.registerRaw("wire.ok") { payload, _ in payload }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 2))
+            let runner = Task { await pool.run() }
+            let delayed = Job(id: JobID(UUID().uuidString), name: "wire.ok", notBefore: Date().addingTimeInterval(1))
+            try await broker.enqueue([delayed])
+            let sent = Date()
+            let outcome = try await onOutcome(broker, delayed.id, within: 20)
+            #expect(outcome != nil, "the delayed job never came out of the cascade")
+            #expect(Date().timeIntervalSince(sent) < 10)
+            pool.shutdown()
+            await runner.value
+            await broker.close()
+            await producer.close()
+            try TestBroker.deleteQueues([name])
+        }
+    }
+
+    func onOutcome(_ broker: AMQPBroker, _ id: JobID, within seconds: Double) async throws -> JobOutcome? {
+        let outcome = Locked<JobOutcome?>(nil)
+        let waiting = Task { let value = await broker.outcome(of: id); outcome.withLock { $0 = value } }
+        do {
+            try await waitUntil("the outcome of \(id)", within: seconds) { outcome.withLock { $0 } != nil }
+        } catch {
+            waiting.cancel()
+            return nil
+        }
+        return outcome.withLock { $0 }
+    }
 }
