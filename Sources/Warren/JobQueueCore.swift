@@ -68,8 +68,11 @@ public struct DeliveryFilter: Sendable, Equatable {
 public struct QueueConfiguration: Sendable {
     /// Most unfinished jobs held at once; past it `enqueue` refuses with `queueFull`.
     public var capacity: Int
-    /// How many finished jobs are remembered (for dedup, dependencies, status and results).
+    /// How many finished jobs are kept whole, for their status and results.
     public var finishedWindow: Int
+    /// How many finished jobs' ids (and how each ended) are remembered, for dedup and dependencies:
+    /// at least `finishedWindow`. Past the whole jobs, an id costs about 25 bytes (`RecentIDs`).
+    public var dedupWindow: Int
     public var retryPolicy: RetryPolicy
     /// Backoff for particular job names, instead of `retryPolicy`.
     public var retryPolicies: [String: RetryPolicy] = [:]
@@ -78,11 +81,12 @@ public struct QueueConfiguration: Sendable {
     public var retries: RetryScheduling
 
     public init(
-        capacity: Int = 100_000, finishedWindow: Int = 100_000, retryPolicy: RetryPolicy = .default,
+        capacity: Int = 100_000, finishedWindow: Int = 10_000, dedupWindow: Int = 100_000, retryPolicy: RetryPolicy = .default,
         retries: RetryScheduling = .local
     ) {
         self.capacity = capacity
         self.finishedWindow = finishedWindow
+        self.dedupWindow = max(finishedWindow, dedupWindow)
         self.retryPolicy = retryPolicy
         self.retries = retries
     }
@@ -125,6 +129,8 @@ public struct JobQueueCore {
     /// `finishedOrder`). One dictionary of references: one lookup serves dedup, status and results.
     private var records: [JobID: JobRecord] = [:]
     private var finishedOrder = Deque<JobRecord>()
+    /// How finished jobs ended, by id, past the whole ones in `records` (see `dedupWindow`).
+    private var finishedIDs: RecentIDs
     private var liveCount = 0
     private var ready = PriorityLanes<JobRecord>()
     private var timers = Heap<TimerEntry>()
@@ -148,6 +154,7 @@ public struct JobQueueCore {
     public init(configuration: QueueConfiguration = QueueConfiguration(), random: any RandomNumberGenerator = SystemRandomNumberGenerator()) {
         self.configuration = configuration
         self.random = AnyRandomNumberGenerator(random)
+        finishedIDs = RecentIDs(capacity: configuration.dedupWindow)
     }
 
     // MARK: Enqueue
@@ -159,7 +166,7 @@ public struct JobQueueCore {
         guard isNew(job, known: known) else { throw .duplicate(job.id) }
         guard liveCount < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
         if job.dependencies.contains(job.id) { throw .dependencyCycle([job.id, job.id]) }
-        for dependency in job.dependencies where records[dependency] == nil {
+        for dependency in job.dependencies where !isKnown(dependency) {
             throw .unknownDependency(job: job.id, dependency: dependency)
         }
         insert(job, returning: known, now: now)
@@ -180,7 +187,7 @@ public struct JobQueueCore {
         }
         for job in jobs {
             for dependency in job.dependencies
-            where batch[dependency] == nil && records[dependency] == nil {
+            where batch[dependency] == nil && !isKnown(dependency) {
                 throw .unknownDependency(job: job.id, dependency: dependency)
             }
         }
@@ -190,8 +197,18 @@ public struct JobQueueCore {
     /// A job is new when its id is unknown, or when it is the next attempt of a job this queue
     /// handed off for a retry.
     private func isNew(_ job: Job, known: JobRecord?) -> Bool {
-        guard let known else { return true }
+        guard let known else { return finishedIDs.isEmpty || !finishedIDs.contains(job.id) }
         return known.handedOff && job.attempt > known.job.attempt
+    }
+
+    /// Held here, or finished within the dedup window.
+    private func isKnown(_ id: JobID) -> Bool {
+        records[id] != nil || finishedIDs.contains(id)
+    }
+
+    /// How a job that finished past the whole-job window ended.
+    private func finishedStatus(_ id: JobID) -> JobStatus? {
+        finishedIDs.value(id).flatMap { JobStatus(index: Int($0)) }
     }
 
     private func validate(_ job: Job) throws(EnqueueRefusal) {
@@ -253,7 +270,10 @@ public struct JobQueueCore {
         if let deadline = job.deadline { schedule(record, at: deadline, .deadline) }
         var failedDependency: (JobID, JobStatus)?
         for dependency in job.dependencies {
-            guard let parent = records[dependency] else { continue }
+            guard let parent = records[dependency] else {
+                if let status = finishedStatus(dependency), status != .completed { failedDependency = (dependency, status) }
+                continue
+            }
             if !parent.job.status.isTerminal {
                 parent.dependents.append(record)
                 record.waitingOn += 1
@@ -459,6 +479,7 @@ public struct JobQueueCore {
     /// Forgets a finished job's record (its id leaves the dedup window), so that a copy replayed
     /// from the dead-letter queue is taken as new. Unfinished jobs are left alone.
     package mutating func forgetFinished(_ id: JobID) {
+        finishedIDs.remove(id)
         guard let record = records[id], record.job.status.isTerminal else { return }
         records[id] = nil
     }
@@ -600,6 +621,7 @@ public struct JobQueueCore {
             staleTimers += record.timers
             if staleTimers > 1024, staleTimers > timers.count / 2 { compactTimers() }
         }
+        if record.job.status.isTerminal { finishedIDs.insert(record.job.id, value: UInt8(record.job.status.index)) }
         guard configuration.finishedWindow > 0 else {
             if records[record.job.id] === record { records[record.job.id] = nil }
             return
@@ -726,6 +748,11 @@ private struct TimerEntry: Comparable {
 }
 
 extension JobStatus {
+    init?(index: Int) {
+        guard let status = JobStatus.allCases.first(where: { $0.index == index }) else { return nil }
+        self = status
+    }
+
     var index: Int {
         switch self {
         case .pending: 0

@@ -78,7 +78,8 @@ public final class AMQPBroker: Broker {
         // Everything prefetched from the five queues fits, with room for jobs waiting on dependencies.
         let capacity = Int(configuration.prefetch) * JobPriority.allCases.count * 2 + 1_000
         var queueConfiguration = QueueConfiguration(
-            capacity: capacity, finishedWindow: configuration.dedupWindow, retryPolicy: configuration.retryPolicy, retries: .handOff)
+            capacity: capacity, finishedWindow: min(10_000, configuration.dedupWindow), dedupWindow: configuration.dedupWindow,
+            retryPolicy: configuration.retryPolicy, retries: .handOff)
         queueConfiguration.retryPolicies = configuration.retryPolicies
         let local = LocalQueue(
             configuration: queueConfiguration,
@@ -739,31 +740,4 @@ private final class Messages: Sendable {
         }
         try await connection.publish(message, deadline: configuration.publishDeadline)
     }
-}
-
-/// A bounded set of recent ids: the oldest leaves when a new one arrives at capacity.
-struct RecentIDs {
-    private var members = Set<JobID>()
-    private var order: [JobID] = []
-    private var head = 0
-    let capacity: Int
-
-    init(capacity: Int) { self.capacity = capacity }
-
-    var isEmpty: Bool { members.isEmpty }
-    func contains(_ id: JobID) -> Bool { members.contains(id) }
-
-    mutating func insert(_ id: JobID) {
-        guard members.insert(id).inserted else { return }
-        if order.count < capacity {
-            order.append(id)
-        } else {
-            members.remove(order[head])
-            order[head] = id
-            head = (head + 1) % capacity
-        }
-    }
-
-    @discardableResult
-    mutating func remove(_ id: JobID) -> Bool { members.remove(id) != nil }
 }

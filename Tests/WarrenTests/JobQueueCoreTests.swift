@@ -139,16 +139,43 @@ struct JobQueueCoreTests {
     }
 
     @Test func finishedJobsAreRememberedWithinTheWindowOnly() throws {
-        var queue = core(QueueConfiguration(finishedWindow: 2))
-        for id in ["1", "2", "3"] {
+        var queue = core(QueueConfiguration(finishedWindow: 2, dedupWindow: 4))
+        for id in ["1", "2", "3", "4", "5"] {
             try queue.enqueue(Job(id: JobID(id), name: "x"), now: t0)
             _ = queue.dequeue(now: t0)
-            queue.settle(JobID(id), .completed(Data(id.utf8)), now: t0)
+            queue.settle(JobID(id), id == "3" ? .rejected(.rejected("no")) : .completed(Data(id.utf8)), now: t0)
         }
-        #expect(queue.outcome("1") == nil, "left the window")
-        #expect(queue.outcome("3") == .completed(Data("3".utf8)))
+        // Whole jobs (status, results) for the last two; ids and how they ended for the last four.
+        #expect(queue.outcome("3") == nil, "left the whole-job window")
+        #expect(queue.outcome("5") == .completed(Data("5".utf8)))
         #expect(throws: EnqueueRefusal.duplicate("2")) { try queue.enqueue(Job(id: "2", name: "x"), now: t0) }
         #expect(throws: Never.self) { try queue.enqueue(Job(id: "1", name: "x"), now: t0) }
+        // Dependencies on ids past the whole-job window still know how they ended.
+        try queue.enqueue(Job(id: "after-2", name: "x", dependencies: ["2"]), now: t0)
+        #expect(queue.snapshot("after-2")?.status == .queued)
+        try queue.enqueue(Job(id: "after-3", name: "x", dependencies: ["3"]), now: t0)
+        #expect(queue.snapshot("after-3")?.deadLetterReason == .dependencyFailed("3", status: .deadLettered))
+        #expect(throws: EnqueueRefusal.unknownDependency(job: "after-gone", dependency: "gone")) {
+            try queue.enqueue(Job(id: "after-gone", name: "x", dependencies: ["gone"]), now: t0)
+        }
+    }
+
+    @Test func recentIDsForgetTheOldestAndSurviveARemoveAndInsert() {
+        var ids = RecentIDs(capacity: 3)
+        for id in ["a", "b", "c"] { ids.insert(JobID(id), value: 1) }
+        #expect(ids.contains("a") && ids.count == 3)
+        ids.insert("d", value: 2)
+        #expect(!ids.contains("a") && ids.value("d") == 2 && ids.count == 3)
+        let removed = ids.remove("b")
+        #expect(removed && !ids.contains("b"))
+        ids.insert("b", value: 3)
+        // "b" now has two places in the ring: the older one leaving must not forget it.
+        ids.insert("e")
+        #expect(ids.value("b") == 3)
+        ids.insert("f")
+        ids.insert("g")
+        #expect(!ids.contains("b") && ids.contains("g"))
+        #expect(RecentIDs(capacity: 0).contains("x") == false)
     }
 
     @Test func staleDeadlineTimersAreCompacted() throws {
