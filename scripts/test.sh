@@ -22,7 +22,16 @@ export $env_lines
 export WARREN_TEST_RABBITMQ_DIR="$dir"
 echo "RabbitMQ is up at ${WARREN_TEST_AMQP_URL}"
 status=0
-swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?
+if [ $# -gt 0 ]; then
+    swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?
+else
+    # The soaks load the machine for a minute each and time every job's start to 50 ms: they run
+    # after the other tests, one at a time, so neither they nor the timing of the others suffer.
+    swift test --skip-build --skip SoakTests 2>&1 | tee "$log" || status=$?
+    for soak in InMemorySoakTests AMQPSoakTests; do
+        swift test --skip-build --filter "$soak" 2>&1 | tee -a "$log" || status=$?
+    done
+fi
 if [ "$status" -ne 0 ]; then
     # Parallel tests interleave their lines: repeat the failures where a reader of the tail sees them.
     echo

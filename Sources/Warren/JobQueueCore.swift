@@ -256,9 +256,12 @@ public struct JobQueueCore {
     /// `returning`: the record already under the job's id (a job handed off for a retry), looked up by the caller.
     private mutating func insert(_ job: Job, returning: JobRecord?, now: Date) {
         let record = JobRecord(job)
-        if let returning, record.job.errors.isEmpty {
-            // The next attempt of a job handed off for a retry keeps the earlier attempts' errors.
-            record.job.errors = returning.job.errors
+        if let returning {
+            // The next attempt of a job handed off for a retry keeps the earlier attempts' errors,
+            // and the jobs waiting for it: they would otherwise wait on the old record forever.
+            if record.job.errors.isEmpty { record.job.errors = returning.job.errors }
+            record.dependents = returning.dependents
+            returning.dependents = []
         }
         records[job.id] = record
         liveCount += 1
@@ -623,14 +626,23 @@ public struct JobQueueCore {
         }
         if record.job.status.isTerminal { finishedIDs.insert(record.job.id, value: UInt8(record.job.status.index)) }
         guard configuration.finishedWindow > 0 else {
-            if records[record.job.id] === record { records[record.job.id] = nil }
+            let waitedFor = record.handedOff && record.dependents.contains { !$0.isGone }
+            if records[record.job.id] === record, !waitedFor { records[record.job.id] = nil }
             return
         }
         finishedOrder.append(record)
         if finishedOrder.count > configuration.finishedWindow {
             let oldest = finishedOrder.removeFirst()
             // A returning retry may have taken the id over since: remove only this record.
-            if records[oldest.job.id] === oldest { records[oldest.job.id] = nil }
+            if records[oldest.job.id] === oldest {
+                if oldest.handedOff, oldest.dependents.contains(where: { !$0.isGone }) {
+                    // Jobs here wait for its next attempt: kept until that returns (they are
+                    // unfinished jobs, bounded by the capacity).
+                    finishedOrder.append(oldest)
+                } else {
+                    records[oldest.job.id] = nil
+                }
+            }
         }
     }
 

@@ -160,6 +160,33 @@ struct JobQueueCoreTests {
         }
     }
 
+    /// A transport's retry comes back as a new record: the jobs waiting for the job move with it,
+    /// even when the handed-off record has left the finished window meanwhile. (Over RabbitMQ a
+    /// dependent of a job that failed once waited forever.)
+    @Test(arguments: [1, 100])
+    func dependentsFollowARetryHandedToTheTransport(finishedWindow: Int) throws {
+        var queue = core(QueueConfiguration(finishedWindow: finishedWindow, retries: .handOff))
+        queue.recordsDepartures = true
+        try queue.enqueue(Job(id: "parent", name: "x", maxRetries: 1), now: t0)
+        try queue.enqueue(Job(id: "child", name: "x", dependencies: ["parent"]), now: t0)
+        _ = queue.dequeue(now: t0)
+        queue.settle("parent", .failed("once"), now: t0)
+        guard case let .retry(next)? = queue.takeDepartures().first else { Issue.record("no retry departure"); return }
+        for index in 0..<3 {
+            try queue.enqueue(Job(id: JobID("other\(index)"), name: "x"), now: t0)
+            let other = queue.dequeue(now: t0)
+            #expect(other?.id == JobID("other\(index)"))
+            queue.settle(JobID("other\(index)"), .completed(Data()), now: t0)
+        }
+        // Back after its backoff (the transport delays it until `notBefore`).
+        let later = t0.addingTimeInterval(3_600)
+        try queue.enqueue(next, now: later)
+        #expect(queue.dequeue(now: later)?.id == "parent")
+        queue.settle("parent", .completed(Data()), now: later)
+        #expect(queue.snapshot("child")?.status == .queued)
+        #expect(queue.dequeue(now: later)?.id == "child")
+    }
+
     @Test func recentIDsForgetTheOldestAndSurviveARemoveAndInsert() {
         var ids = RecentIDs(capacity: 3)
         for id in ["a", "b", "c"] { ids.insert(JobID(id), value: 1) }
