@@ -342,7 +342,7 @@ public struct JobQueueCore {
                 continue
             }
             if !filter.canEverServe(requiring: record.job.requiredCapabilities) {
-                deadLetter(record, .noCapableWorker(required: Array(record.job.requiredCapabilities)), now: now)
+                deadLetter(record, .noCapableWorker(required: record.job.requiredCapabilities.sorted()), now: now)
                 continue
             }
             filter.limits?.take(record.job.name)
@@ -567,6 +567,9 @@ public struct JobQueueCore {
 
     /// When the next timer is due.
     public var nextTimer: Date? { timers.min?.at }
+
+    /// Timer entries held, stale ones included (for tests of compaction).
+    var timerCount: Int { timers.count }
 
     private mutating func schedule(_ record: JobRecord, at date: Date, _ kind: TimerEntry.Kind) {
         timerSequence &+= 1

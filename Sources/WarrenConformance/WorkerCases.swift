@@ -188,8 +188,10 @@ extension ConformanceSuite {
             try await withPool(broker, registry) { queue, pool in
                 // Whatever happens below, the stubborn attempt may return before the pool stops.
                 defer { firstAttemptMayReturn.countDown() }
+                let log = EventLog(broker)
                 let job = Job(name: "conformance.stubborn", payload: Data("2".utf8), timeout: .milliseconds(200), maxRetries: 1)
                 try await queue.submit(batch: [job])
+                try await log.wait("the first attempt to time out") { $0.id == job.id && $0.kind == .timedOut(attempt: 1) }
                 try expectEqual(try await outcome(broker, job.id), .completed(Data("2".utf8)), "the second attempt's result")
                 try await within(5, "only the stubborn first attempt to be left") { while pool.running != 1 { await Task.yield() } }
                 firstAttemptMayReturn.countDown()
@@ -290,25 +292,112 @@ extension ConformanceSuite {
             }
         },
         test("worker groups: jobs run where their capabilities are; impossible ones are dead-lettered") { broker in
+            // Jobs run one at a time here, so the only busy group while a handler runs is its own.
+            let poolBox = Locked<WorkerPool?>(nil)
+            let ranIn = Locked<[JobID: [String]]>([:])
             var registry = HandlerRegistry()
-            let ranOn = Locked<[String: String]>([:])
             try registry.registerRaw("conformance.where") { payload, context in
-                ranOn.withLock { $0[context.id.rawValue] = context.metadata["expect"] }
+                let busy = (poolBox.withLock { $0 }?.loads ?? []).filter { $0.busy > 0 }.map(\.group.name)
+                ranIn.withLock { $0[context.id] = busy }
                 return payload
             }
             let groups = [
                 WorkerGroup(name: "cpu", concurrency: 2, capabilities: ["cpu"]),
                 WorkerGroup(name: "gpu", concurrency: 1, capabilities: ["cpu", "gpu"]),
             ]
-            try await withPool(broker, registry, WorkerPoolConfiguration(groups: groups, routing: .roundRobin)) { queue, _ in
-                let gpu = Job(name: "conformance.where", requiredCapabilities: ["gpu"], metadata: ["expect": "gpu"])
-                let any = Job(name: "conformance.where", metadata: ["expect": "any"])
+            try await withPool(broker, registry, WorkerPoolConfiguration(groups: groups, routing: .roundRobin)) { queue, pool in
+                poolBox.withLock { $0 = pool }
+                var expected: [(Job, Set<String>)] = []
+                for index in 0..<6 {
+                    expected.append((Job(name: "conformance.where", requiredCapabilities: ["gpu"]), ["gpu"]))
+                    expected.append((Job(name: "conformance.where", requiredCapabilities: index.isMultiple(of: 2) ? ["cpu"] : []), ["cpu", "gpu"]))
+                }
+                for (job, _) in expected {
+                    try await queue.submit(batch: [job])
+                    try expectEqual(try await outcome(broker, job.id), .completed(job.payload), "job requiring \(job.requiredCapabilities)")
+                    try await within(5, "the slot to free") { while pool.running > 0 { await Task.yield() } }
+                }
                 let tpu = Job(name: "conformance.where", requiredCapabilities: ["tpu"])
-                try await queue.submit(batch: [gpu, any, tpu])
-                try expectEqual(try await outcome(broker, gpu.id), .completed(gpu.payload), "gpu job")
-                try expectEqual(try await outcome(broker, any.id), .completed(any.payload), "plain job")
+                try await queue.submit(batch: [tpu])
                 try expectEqual(try await outcome(broker, tpu.id), .deadLettered(.noCapableWorker(required: ["tpu"]), errors: []), "tpu job")
+                let ran = ranIn.withLock { $0 }
+                for (job, capable) in expected {
+                    let groups = ran[job.id] ?? []
+                    try expect(groups.count == 1 && capable.contains(groups[0]),
+                               "a job requiring \(job.requiredCapabilities.sorted()) ran in \(groups), not one of \(capable.sorted())")
+                }
+                try expect(ran[tpu.id] == nil, "the impossible job ran")
             }
+        },
+        test("worker groups under load: every job in a capable group, no group past its concurrency") { broker in
+            // Capabilities: a job needing "a" runs only in group a, "b" only in b, "c" only in c,
+            // "x" in a or b. (A job needing nothing could run anywhere: the case above checks those;
+            // here each job's possible groups are few enough that a misplaced one shows.)
+            let groups = [
+                WorkerGroup(name: "a", concurrency: 2, capabilities: ["x", "a"]),
+                WorkerGroup(name: "b", concurrency: 3, capabilities: ["x", "b"]),
+                WorkerGroup(name: "c", concurrency: 2, capabilities: ["c"]),
+            ]
+            struct Running { var byNeed: [String: Int] = [:]; var total = 0 }
+            let poolBox = Locked<WorkerPool?>(nil)
+            let running = Locked(Running())
+            let problems = Locked<[String]>([])
+            let peaks = Locked<[String: Int]>([:])
+            var registry = HandlerRegistry()
+            try registry.registerRaw("conformance.spread") { payload, context in
+                let need = context.metadata["need"] ?? ""
+                running.withLock { now in
+                    now.byNeed[need, default: 0] += 1
+                    now.total += 1
+                    // The pool counts a job busy in its group from before its handler starts until
+                    // after it returns, so each group's count covers the handlers that can run only there.
+                    let loads = Dictionary(uniqueKeysWithValues: (poolBox.withLock { $0 }?.loads ?? []).map { ($0.group.name, $0) })
+                    func busy(_ name: String) -> Int { loads[name]?.busy ?? 0 }
+                    var found: [String] = []
+                    for load in loads.values where load.busy > load.group.concurrency {
+                        found.append("group \(load.group.name) ran \(load.busy) > \(load.group.concurrency)")
+                    }
+                    for name in ["a", "b", "c"] where (now.byNeed[name] ?? 0) > busy(name) {
+                        found.append("\(now.byNeed[name] ?? 0) jobs needing \(name) ran with \(busy(name)) busy in group \(name)")
+                    }
+                    let aOrB = ["a", "b", "x"].reduce(0) { $0 + (now.byNeed[$1] ?? 0) }
+                    if aOrB > busy("a") + busy("b") { found.append("\(aOrB) jobs for groups a and b ran with \(busy("a") + busy("b")) busy there") }
+                    if now.total > 7 { found.append("\(now.total) handlers at once in a pool of 7") }
+                    if (now.byNeed["c"] ?? 0) > 2 { found.append("\(now.byNeed["c"] ?? 0) jobs needing c at once in a group of 2") }
+                    if !found.isEmpty { problems.withLock { $0 += found } }
+                    peaks.withLock { peak in for (name, load) in loads { peak[name] = max(peak[name] ?? 0, load.busy) } }
+                }
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 1...8)))
+                running.withLock { now in
+                    now.byNeed[need, default: 0] -= 1
+                    now.total -= 1
+                }
+                return payload
+            }
+            let needs = ["a", "b", "c", "x", "a", "b", "c", "b", "c", "a", "b"]
+            var jobs: [Job] = []
+            for index in 0..<132 {
+                let need = needs[index % needs.count]
+                jobs.append(Job(name: "conformance.spread", requiredCapabilities: need.isEmpty ? [] : [need], metadata: ["need": need]))
+            }
+            let impossible = (0..<3).map { _ in Job(name: "conformance.spread", requiredCapabilities: ["a", "b"]) }
+            try await withPool(broker, registry, WorkerPoolConfiguration(groups: groups)) { queue, pool in
+                poolBox.withLock { $0 = pool }
+                for start in stride(from: 0, to: jobs.count, by: 12) {
+                    try await queue.submit(batch: Array(jobs[start..<min(start + 12, jobs.count)]))
+                }
+                try await queue.submit(batch: impossible)
+                for job in jobs {
+                    try expectEqual(try await outcome(broker, job.id, within: 30), .completed(job.payload), "job needing \(job.requiredCapabilities)")
+                }
+                for job in impossible {
+                    try expectEqual(try await outcome(broker, job.id), .deadLettered(.noCapableWorker(required: ["a", "b"]), errors: []), "impossible job")
+                }
+            }
+            let found = problems.withLock { $0 }
+            try expect(found.isEmpty, "\(found.count) violations, first: \(found.prefix(3))")
+            let peak = peaks.withLock { $0 }
+            try expect(peak["a"] ?? 0 >= 1 && peak["b"] ?? 0 >= 1 && peak["c"] ?? 0 >= 1, "every group ran jobs: \(peak)")
         },
     ]
 }

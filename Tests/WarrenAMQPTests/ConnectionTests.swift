@@ -242,8 +242,9 @@ struct AMQPConnectionTests {
             let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
             var properties = MessageProperties()
             properties.messageID = "lost"
-            await #expect(throws: AMQPError.self) {
-                try await connection.publish(OutgoingMessage(exchange: "", routingKey: TestBroker.unique(), properties: properties, body: [1], mandatory: true))
+            let key = TestBroker.unique()
+            await #expect(throws: AMQPError.unroutable(exchange: "", routingKey: key, text: "312 NO_ROUTE")) {
+                try await connection.publish(OutgoingMessage(exchange: "", routingKey: key, properties: properties, body: [1], mandatory: true))
             }
             await connection.close()
         }

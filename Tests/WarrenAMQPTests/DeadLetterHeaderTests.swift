@@ -23,6 +23,7 @@ struct DeadLetterHeaderTests {
             exchange: "warren.delay.deliver", routingKey: "default.high")
         #expect(try entries(properties) == all)
         #expect(properties.headers[WireFormat.Header.deadAttempts] == .int(3))
+        #expect(properties.headers[WireFormat.Header.firstFailure]?.text == WireFormat.iso8601(all[0].at))
         #expect(properties.headers[WireFormat.Header.lastFailure]?.text == WireFormat.iso8601(all[2].at))
     }
 
