@@ -22,21 +22,6 @@ struct AMQPScenarioTests {
         AMQPConnection(.init(url: try TestBroker.url(), name: "producer"), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
     }
 
-    /// Every message in the dead-letter queue (taken off it).
-    func deadLetters(_ broker: AMQPBroker, count: Int) async throws -> [IncomingMessage] {
-        let queue = broker.topology.deadQueue
-        try await waitUntil("\(count) dead letters", within: 30) {
-            let counts = try? await broker.perform { session throws(AMQPError) in try session.raw.declareQueue(queue, passive: true) }
-            return (counts?.messages ?? 0) >= count
-        }
-        // On a connection of its own: basic.get on a consuming channel would interleave with deliveries.
-        let inspector = try RawConnection(url: try TestBroker.url())
-        defer { inspector.close() }
-        var messages: [IncomingMessage] = []
-        while let message = try inspector.get(queue, autoAck: true) { messages.append(message) }
-        return messages
-    }
-
     @Test(.timeLimit(.minutes(4)))
     func badInputIsDeadLetteredWithAReasonAndGoodTrafficFlows() async throws {
         try await usingBroker {
@@ -85,7 +70,7 @@ struct AMQPScenarioTests {
             }
             let goodCount = good
             try await waitUntil("\(goodCount) good jobs", within: 60) { completed.withLock { $0.count } == goodCount }
-            let dead = try await deadLetters(broker, count: 100)
+            let dead = try await TestBroker.takeDeadLetters(broker.topology.queue, count: 100)
             #expect(dead.count == 100)
             let reasons = dead.compactMap { $0.properties.headers[WireFormat.Header.deadReason]?.stringValue }
             #expect(reasons.count == 100, "every dead letter says why")
@@ -183,7 +168,7 @@ struct AMQPScenarioTests {
                 #expect(gaps[0] >= 1 && gaps[0] < 2.6, "first backoff \(gaps[0]) s (1 s)")
                 #expect(gaps[1] >= 2 && gaps[1] < 3.6, "second backoff \(gaps[1]) s (2 s)")
             }
-            let dead = try await deadLetters(broker, count: 1)
+            let dead = try await TestBroker.takeDeadLetters(broker.topology.queue, count: 1)
             let headers = dead.first?.properties.headers ?? [:]
             #expect(headers[WireFormat.Header.deadReason]?.stringValue == "retries_exhausted")
             #expect(headers[WireFormat.Header.deadAttempts]?.intValue == 3)

@@ -46,6 +46,22 @@ enum TestBroker {
         }
     }
 
+    /// Takes every message off the Warren queue's dead-letter queue once `count` are there, on
+    /// connections of its own (basic.get on a consuming channel would interleave with deliveries).
+    static func takeDeadLetters(_ queue: String, count: Int) async throws -> [IncomingMessage] {
+        let dead = Topology(queue: queue).deadQueue
+        try await waitUntil("\(count) dead letters", within: 30) {
+            guard let counter = try? RawConnection(url: try url()) else { return false }
+            defer { counter.close() }
+            return ((try? counter.declareQueue(dead, passive: true))?.messages ?? 0) >= count
+        }
+        let inspector = try RawConnection(url: try url())
+        defer { inspector.close() }
+        var messages: [IncomingMessage] = []
+        while let message = try inspector.get(dead, autoAck: true) { messages.append(message) }
+        return messages
+    }
+
     /// Restarts the broker (stop, then start with the same data): for recovery tests.
     static func restart() throws {
         guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_DIR"] else { throw NotConfigured() }

@@ -32,21 +32,6 @@ struct WireRobustnessTests {
             body: Array(body.utf8), mandatory: true)
     }
 
-    /// Takes every dead letter off the queue once `count` are there.
-    func deadLetters(_ queue: String, count: Int) async throws -> [IncomingMessage] {
-        let dead = Topology(queue: queue).deadQueue
-        try await waitUntil("\(count) dead letters", within: 30) {
-            guard let counter = try? RawConnection(url: try TestBroker.url()) else { return false }
-            defer { counter.close() }
-            return ((try? counter.declareQueue(dead, passive: true))?.messages ?? 0) >= count
-        }
-        let inspector = try RawConnection(url: try TestBroker.url())
-        defer { inspector.close() }
-        var messages: [IncomingMessage] = []
-        while let message = try inspector.get(dead, autoAck: true) { messages.append(message) }
-        return messages
-    }
-
     /// The four messages of item 2 (each alone used to kill `warren serve`, again on every
     /// redelivery) and two more malformed ones are dead-lettered on arrival, with a reply where
     /// they asked for one; the worker keeps running and then runs a normal job.
@@ -84,7 +69,7 @@ struct WireRobustnessTests {
                 raw(name, type: "wire.ok", headers: [WireFormat.Header.maxRetries: .string("5")], replyTo: replies, correlationID: "c-string"),
             ]
             for message in crashes { try await producer.publish(message) }
-            let dead = try await deadLetters(name, count: crashes.count)
+            let dead = try await TestBroker.takeDeadLetters(name, count: crashes.count)
             #expect(dead.count == crashes.count)
             for letter in dead {
                 #expect(letter.properties.headers[WireFormat.Header.deadReason]?.text == "malformed_message")
@@ -132,7 +117,7 @@ struct WireRobustnessTests {
             let rejecting = try await queue.submit(Job(name: "wire.rejecting", priority: .high, maxRetries: 2))
             _ = try? await failing.result()
             _ = try? await rejecting.result()
-            let dead = try await deadLetters(name, count: 2)
+            let dead = try await TestBroker.takeDeadLetters(name, count: 2)
             let byID = Dictionary(dead.map { ($0.properties.messageID ?? "", $0.properties.headers) }, uniquingKeysWith: { first, _ in first })
             let retried = try #require(byID[failing.id.rawValue])
             #expect(retried[WireFormat.Header.deadReason]?.text == "retries_exhausted")

@@ -8,8 +8,10 @@ import Glibc
 #endif
 
 /// Runs one job through a worker pool on the in-memory broker with `register`'s handler.
-func runOneJob(_ job: Job, register: (inout HandlerRegistry) throws -> Void) async throws -> JobOutcome? {
-    let broker = InMemoryBroker(configuration: QueueConfiguration(retryPolicy: .immediate))
+func runOneJob(
+    _ job: Job, retryPolicy: RetryPolicy = .immediate, register: (inout HandlerRegistry) throws -> Void
+) async throws -> JobOutcome? {
+    let broker = InMemoryBroker(configuration: QueueConfiguration(retryPolicy: retryPolicy))
     var registry = HandlerRegistry()
     try register(&registry)
     let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 2))

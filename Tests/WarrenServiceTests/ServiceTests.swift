@@ -140,17 +140,7 @@ struct ConfigurationTests {
 struct HandlerTests {
     /// Runs one job through a worker pool on the in-memory broker with `register`'s handler.
     func run(_ job: Job, retryPolicy: RetryPolicy = .immediate, register: (inout HandlerRegistry) throws -> Void) async throws -> JobOutcome? {
-        let broker = InMemoryBroker(configuration: QueueConfiguration(retryPolicy: retryPolicy))
-        var registry = HandlerRegistry()
-        try register(&registry)
-        let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 2))
-        let runner = Task { await pool.run() }
-        try await broker.enqueue([job])
-        let outcome = await broker.outcome(of: job.id)
-        pool.shutdown()
-        await runner.value
-        await broker.close()
-        return outcome
+        try await runOneJob(job, retryPolicy: retryPolicy, register: register)
     }
 
     func exec(_ command: [String], timeout: Duration = .seconds(10)) -> (inout HandlerRegistry) throws -> Void {
