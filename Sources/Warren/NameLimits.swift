@@ -40,9 +40,4 @@ public final class NameLimits: Sendable {
             return count == limit
         }
     }
-
-    /// Jobs of this name running now (as far as these limits count them).
-    public func running(_ name: String) -> Int {
-        running.withLock { $0[name, default: 0] }
-    }
 }

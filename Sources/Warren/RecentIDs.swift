@@ -5,8 +5,9 @@
 package struct RecentIDs {
     private struct Entry {
         var value: UInt8
-        /// Places in `ring` holding this hash (more than one after a remove and a new insert).
-        var places: UInt16
+        /// Places in `ring` holding this hash (more than one after a remove and a new insert; never
+        /// more than the ring has).
+        var places: UInt32
         var present: Bool
     }
     private var entries: [UInt64: Entry] = [:]
