@@ -217,9 +217,7 @@ public enum WireFormat {
 
     /// Whether `body` is one JSON value (RFC 8259, any top-level value) in valid UTF-8.
     static func isJSON(_ body: [UInt8]) -> Bool {
-        // JSON in UTF-8 has no zero byte (JSONSerialization would also take UTF-16 and UTF-32).
-        // Most bodies are small objects: JSONSerialization reads them in microseconds.
-        !body.contains(0) && (try? JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])) != nil
+        JSONSyntax.isValid(body)
     }
 
     /// The message for a job: its properties and body. Every number is clamped to what the format
