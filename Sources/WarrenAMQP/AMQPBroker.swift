@@ -258,7 +258,9 @@ public final class AMQPBroker: Broker {
             defer { consuming = false }
             return consuming
         }
-        if wasConsuming {
+        // Not connected: no channel has consumers to cancel, and a command would wait for a
+        // connection that may never come (a broker unreachable since start-up kept SIGTERM waiting).
+        if wasConsuming, isReady {
             // Deliveries the broker sent before the cancel-ok are read after it and handed back.
             _ = try? await connection.perform { [consumers = messages.consumers] session throws(AMQPError) in
                 for priority in JobPriority.allCases {

@@ -197,6 +197,8 @@ public enum WireFormat {
         if let replyTo = p.replyTo, !replyTo.isEmpty { metadata[replyToKey] = replyTo }
         if let correlation = p.correlationID { metadata[correlationIDKey] = correlation }
         let id = p.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
+        // It would wait for itself until the dependency wait ran out, its message held unacked.
+        if dependencies.contains(id.rawValue) { return bad("\(Header.dependencies) names the job itself (\(id))") }
         var job = Job(
             id: id, name: name, payload: Data(body), priority: priority, createdAt: createdAt, notBefore: notBefore,
             deadline: deadline, timeout: timeout, maxRetries: maxRetries, attempt: attempt,

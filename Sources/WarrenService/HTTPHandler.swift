@@ -82,6 +82,9 @@ struct HTTPHandler: Sendable {
             throw HTTPHandlerError("\(target) answered with more than \(Self.maxResponseBytes) bytes: \(error)")
         } catch is CancellationError {
             throw CancellationError()
+        } catch let error as IOError {
+            // NIO describes a refused connect as "connection reset (error set): …": say what the system said.
+            throw HTTPHandlerError("\(target) failed: could not connect: \(String(cString: strerror(error.errnoCode))) (errno \(error.errnoCode))")
         } catch {
             throw HTTPHandlerError("\(target) failed: \(error)")
         }

@@ -188,6 +188,19 @@ public struct HandlersFile: Sendable, Equatable {
 
     private struct RawFile: Decodable {
         var handlers: [String: RawEntry]
+
+        enum CodingKeys: String, CodingKey { case handlers }
+
+        init(from decoder: any Decoder) throws {
+            // Worker settings belong in the configuration file: a key here would be ignored.
+            let container = try decoder.container(keyedBy: AnyKey.self)
+            for key in container.allKeys where key.stringValue != "handlers" {
+                throw DecodingError.dataCorruptedError(
+                    forKey: key, in: container,
+                    debugDescription: "unknown top-level key '\(key.stringValue)'; a handlers file has only 'handlers' (worker settings such as worker.concurrency go in the configuration file, --config)")
+            }
+            handlers = try decoder.container(keyedBy: CodingKeys.self).decode([String: RawEntry].self, forKey: .handlers)
+        }
     }
 
     private struct RawEntry: Decodable {

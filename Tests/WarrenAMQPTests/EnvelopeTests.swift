@@ -57,6 +57,12 @@ struct EnvelopeTests {
 
     /// The first-attempt-fails paths: whatever dates a job holds, encoding its retry and building
     /// its dead letter and event never trap.
+    /// A job naming itself as its dependency waited for itself, its message held unacked.
+    @Test func aJobThatDependsOnItselfIsMalformed() {
+        #expect(isMalformed(decoded(incoming(headers: [WireFormat.Header.dependencies: .array([.string("job-1")])]))))
+        #expect(!isMalformed(decoded(incoming(headers: [WireFormat.Header.dependencies: .array([.string("job-0")])]))))
+    }
+
     @Test func encodingClampsEveryDate() throws {
         var job = Job(name: "x", createdAt: Date(timeIntervalSince1970: 1e300), deadline: Date(timeIntervalSince1970: -.infinity), timeout: .seconds(Int64.max))
         job.notBefore = Date(timeIntervalSince1970: .nan)

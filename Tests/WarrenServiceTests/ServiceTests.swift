@@ -126,6 +126,7 @@ struct ConfigurationTests {
             ("handlers:\n  a:\n    http: {url: ftp://x}\n", "is not an http:// or https:// URL"),
             ("handlers:\n  a:\n    timeout: 5s\n", "give it an http or an exec section"),
             ("handlers:\n  a:\n    exec: {command: [x]}\n    retrys: 3\n", "unknown field 'retrys'"),
+            ("worker:\n  concurrency: 1\nhandlers:\n  a:\n    exec: {command: [x]}\n", "unknown top-level key 'worker'"),
             ("handlers:\n  a:\n    exec: {command: []}\n", "exec.command must name a program"),
             ("handlers:\n  a:\n    exec: {command: [x]}\n    timeout: forever\n", "timeout 'forever' is not a duration"),
             ("handlers:\n  a:\n    http: {url: \"${NOPE}\"}\n", "${NOPE} is not set in the environment"),
