@@ -693,15 +693,7 @@ private final class Messages: Sendable {
     private func delay(_ message: IncomingMessage, generation: UInt64, until notBefore: Date, priority: JobPriority) {
         var properties = message.properties
         properties.headers[WireFormat.Header.delay] = nil
-        let seconds = Topology.delaySeconds(notBefore.timeIntervalSinceNow)
-        let destination = topology.routingKey(priority)
-        let copy = if seconds > 0 {
-            OutgoingMessage(
-                exchange: Topology.delayEntry(seconds: seconds), routingKey: Topology.delayRoutingKey(seconds: seconds, destination: destination),
-                properties: properties, body: message.body, mandatory: true)
-        } else {
-            OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: message.body, mandatory: true)
-        }
+        let copy = topology.message(to: priority, notBefore: notBefore, properties: properties, body: message.body)
         settleAfter({ connection throws(AMQPError) in try await connection.publish(copy, deadline: self.configuration.publishDeadline) },
                     origins: Origins(first: Origin(message, generation: generation)))
     }
@@ -731,15 +723,7 @@ private final class Messages: Sendable {
     /// Publishes a job to its priority queue, through the delay cascade when it is not due yet.
     func publish(_ job: Job, on connection: AMQPConnection) async throws(AMQPError) {
         let (properties, body) = WireFormat.encode(job)
-        let destination = topology.routingKey(job.priority)
-        let delay = Topology.delaySeconds(job.notBefore.map { $0.timeIntervalSinceNow } ?? 0)
-        let message = if delay > 0 {
-            OutgoingMessage(
-                exchange: Topology.delayEntry(seconds: delay), routingKey: Topology.delayRoutingKey(seconds: delay, destination: destination),
-                properties: properties, body: body, mandatory: true)
-        } else {
-            OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: body, mandatory: true)
-        }
+        let message = topology.message(to: job.priority, notBefore: job.notBefore, properties: properties, body: body)
         try await connection.publish(message, deadline: configuration.publishDeadline)
     }
 }

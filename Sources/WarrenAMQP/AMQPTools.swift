@@ -59,13 +59,7 @@ public struct AMQPTools: Sendable {
         }
         var (properties, body) = WireFormat.encode(job)
         if !statesMaxRetries { properties.headers[WireFormat.Header.maxRetries] = nil }
-        let destination = topology.routingKey(job.priority)
-        let delay = Topology.delaySeconds(job.notBefore.map { $0.timeIntervalSinceNow } ?? 0)
-        let message = delay > 0
-            ? OutgoingMessage(
-                exchange: Topology.delayEntry(seconds: delay), routingKey: Topology.delayRoutingKey(seconds: delay, destination: destination),
-                properties: properties, body: body, mandatory: true)
-            : OutgoingMessage(exchange: Topology.exchange, routingKey: destination, properties: properties, body: body, mandatory: true)
+        let message = topology.message(to: job.priority, notBefore: job.notBefore, properties: properties, body: body)
         // A fast worker's reply can arrive before the confirm (the broker confirms persistent
         // messages once they are on disk): keep what arrives meanwhile.
         var early: [IncomingMessage] = []

@@ -67,6 +67,21 @@ public struct Topology: Sendable, Equatable {
         return Int(interval.rounded(.up))
     }
 
+    /// The message for one of this queue's priority queues, through the delay cascade when it is
+    /// not due until `notBefore`: how every job and delayed copy is published.
+    func message(
+        to priority: JobPriority, notBefore: Date?, properties: MessageProperties, body: [UInt8]
+    ) -> OutgoingMessage {
+        let destination = routingKey(priority)
+        let delay = Self.delaySeconds(notBefore.map { $0.timeIntervalSinceNow } ?? 0)
+        guard delay > 0 else {
+            return OutgoingMessage(exchange: Self.exchange, routingKey: destination, properties: properties, body: body, mandatory: true)
+        }
+        return OutgoingMessage(
+            exchange: Self.delayEntry(seconds: delay), routingKey: Self.delayRoutingKey(seconds: delay, destination: destination),
+            properties: properties, body: body, mandatory: true)
+    }
+
     /// Where a message was first sent: a message that came through the delay cascade (exchange
     /// `warren.delay.…`, routing key `<28 bits>.<destination>`) was bound for the work exchange with
     /// its destination key; anything else is returned as it is.

@@ -190,7 +190,7 @@ public enum WireFormat {
         // The body must be JSON; whether it is the JSON its handler expects is for the handler's
         // decoder to say (`undecodable_payload`, naming the field).
         let body = message.body.isEmpty ? Array("{}".utf8) : message.body
-        guard isJSON(body) else {
+        guard JSONSyntax.isValid(body) else {
             return bad("the body (\(message.body.count) bytes) is not JSON in UTF-8")
         }
         if headers[Header.replayed] != nil { metadata[replayedKey] = "true" }
@@ -215,11 +215,6 @@ public enum WireFormat {
     /// A header value as an error message shows it: short, on one line.
     static func show(_ value: AMQPValue) -> String {
         String(value.description.prefix(80).map { $0.isNewline ? " " : $0 })
-    }
-
-    /// Whether `body` is one JSON value (RFC 8259, any top-level value) in valid UTF-8.
-    static func isJSON(_ body: [UInt8]) -> Bool {
-        JSONSyntax.isValid(body)
     }
 
     /// The message for a job: its properties and body. Every number is clamped to what the format

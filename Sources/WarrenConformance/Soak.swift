@@ -248,7 +248,7 @@ public struct Soak: Sendable {
                 if let first = watch.violations.first { throw ConformanceFailure(first) }
                 let remaining = deadline - ContinuousClock.now
                 do {
-                    outcome = try await within(min(1, max(0.001, remaining.seconds)), "job \(id) to end (expected \(expected))") {
+                    outcome = try await within(min(1, max(0.001, remaining.timeInterval)), "job \(id) to end (expected \(expected))") {
                         await broker.outcome(of: id)
                     }
                     if outcome == nil { break }
@@ -471,10 +471,6 @@ final class Watch: Sendable {
         let before = context.isEmpty ? "" : "\nevents before the first violation:\n\(context)"
         return ConformanceFailure("soak seed \(settings.seed) (\(settings)): \(error)\(before)\nlast events:\n\(log)")
     }
-}
-
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
 }
 
 extension Soak.Settings {

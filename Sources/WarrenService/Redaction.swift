@@ -45,10 +45,8 @@ public struct Redactor: Sendable, Equatable {
     /// password (or the whole user-info when it is one part) and the listed query values.
     public func secrets(inURL text: String) -> [String] {
         var found: [String] = []
-        let afterScheme = text.range(of: "://").map { text[$0.upperBound...] } ?? Substring(text)
-        let authorityEnd = afterScheme.firstIndex { "?#".contains($0) } ?? afterScheme.endIndex
-        if let at = afterScheme[..<authorityEnd].lastIndex(of: "@") {
-            let userInfo = afterScheme[..<at]
+        if let range = AMQPURL.userInfo(in: text) {
+            let userInfo = text[range]
             found.append(String(userInfo.firstIndex(of: ":").map { userInfo[userInfo.index(after: $0)...] } ?? userInfo))
         }
         if let question = text.firstIndex(of: "?") {

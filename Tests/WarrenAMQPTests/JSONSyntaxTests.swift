@@ -12,7 +12,6 @@ struct JSONSyntaxTests {
     ])
     func validTextsPass(_ text: String) {
         #expect(JSONSyntax.isValid(Array(text.utf8)))
-        #expect(WireFormat.isJSON(Array(text.utf8)))
     }
 
     @Test(arguments: [
