@@ -11,7 +11,14 @@ public import Warren
 /// its successor is confirmed. Messages that are not valid jobs are dead-lettered the same way.
 public final class AMQPBroker: Broker {
     public struct Configuration: Sendable {
-        public var url: AMQPURL
+        /// The broker's addresses (the nodes of a cluster), tried in order: on a loss the next
+        /// one at once, backing off only after all of them failed in a row.
+        public var urls: [AMQPURL]
+        /// The first address.
+        public var url: AMQPURL {
+            get { urls[0] }
+            set { urls[0] = newValue }
+        }
         /// The Warren queue: broker queues `<queue>.<priority>` and `<queue>.dead`.
         public var queue: String
         public var queueType: QueueType
@@ -44,13 +51,17 @@ public final class AMQPBroker: Broker {
         /// small burst before reading again. Larger bursts cost less CPU per job; a job waits at
         /// most this much longer to start. Zero reads again at once.
         public var deliveryLinger: Duration = .microseconds(100)
+        /// Quorum queues: returns of a message to its priority queue (its consumer died or lost
+        /// its connection) before RabbitMQ dead-letters it into `<queue>.dead` with reason
+        /// `delivery_limit`. Graceful stops do not count: see `stopConsuming`.
+        public var deliveryLimit: Int = Topology.defaultDeliveryLimit
 
         public init(
             url: AMQPURL, queue: String = "default", queueType: QueueType = .classic, prefetch: UInt16 = 200,
             retryPolicy: RetryPolicy = .default, defaultMaxRetries: Int = 3, limits: WireFormat.Limits = WireFormat.Limits(),
             dedupWindow: Int = 100_000, maxQueueLength: Int? = nil, publishDeadline: Duration = .seconds(30)
         ) {
-            self.url = url
+            self.urls = [url]
             self.queue = queue
             self.queueType = queueType
             self.prefetch = prefetch
@@ -71,7 +82,9 @@ public final class AMQPBroker: Broker {
 
     public init(_ configuration: Configuration, clock: any WarrenClock = SystemClock()) {
         self.configuration = configuration
-        let topology = Topology(queue: configuration.queue, queueType: configuration.queueType, maxLength: configuration.maxQueueLength)
+        let topology = Topology(
+            queue: configuration.queue, queueType: configuration.queueType, maxLength: configuration.maxQueueLength,
+            deliveryLimit: configuration.deliveryLimit)
         self.topology = topology
         let messages = Messages(configuration: configuration, topology: topology)
         self.messages = messages
@@ -90,29 +103,16 @@ public final class AMQPBroker: Broker {
         let prefetch = configuration.prefetch
         connection = AMQPConnection(
             .init(
-                url: configuration.url, name: configuration.queue, ackBatch: max(1, min(256, Int(configuration.prefetch) / 4)),
+                urls: configuration.urls, name: configuration.queue, ackBatch: max(1, min(256, Int(configuration.prefetch) / 4)),
                 linger: configuration.deliveryLinger),
             setup: { session throws(AMQPError) in
-                try topology.declare(session.raw)
-                if consuming.withLock({ $0 }) { try Self.consume(session, topology: topology, prefetch: prefetch, consumers: consumers) }
+                let notes = try topology.declare(session.raw)
+                messages.connected(to: session.raw.serverVersion, notes: notes)
+                if consuming.withLock({ $0 }) { try consumers.start(session, topology: topology, prefetch: prefetch) }
             },
-            onMessage: { burst, generation in messages.receive(burst, generation: generation, into: local) })
+            onMessage: { burst, generation in messages.receive(burst, generation: generation, into: local) },
+            onCancel: { tag in consumers.cancelled(tag) })
         messages.connection.withLock { $0 = connection }
-    }
-
-    /// Consumers for the five priority queues, highest first: a backlog waiting when consumption
-    /// starts then arrives highest priority first. Once per channel: a new channel's setup and
-    /// `startConsuming` can both get here, and RabbitMQ closes the whole connection when a
-    /// channel reuses a consumer tag.
-    private static func consume(
-        _ session: ConnectionSession, topology: Topology, prefetch: UInt16, consumers: Locked<UInt64?>
-    ) throws(AMQPError) {
-        guard consumers.withLock({ $0 }) != session.generation else { return }
-        try session.raw.setPrefetch(prefetch)
-        for priority in JobPriority.allCases {
-            try session.raw.consume(topology.brokerQueue(priority), consumerTag: "warren.\(session.generation).\(priority.name)")
-        }
-        consumers.withLock { $0 = session.generation }
     }
 
     /// Starts consuming, once: a broker consumes only when asked for work, so a process that only
@@ -127,8 +127,28 @@ public final class AMQPBroker: Broker {
             // If the connection is down, its setup starts the consumers when it comes back; if it
             // came up since `consuming` was set, its setup may have started them already.
             try? await connection.perform { session throws(AMQPError) in
-                try Self.consume(session, topology: topology, prefetch: prefetch, consumers: consumers)
+                try consumers.start(session, topology: topology, prefetch: prefetch)
             }
+        }
+        let cancellations = consumers.cancellations()
+        Task { [weak self] in
+            for await _ in cancellations {
+                guard let self else { return }
+                await self.restartCancelledConsumers()
+            }
+        }
+    }
+
+    /// A consumer the broker cancelled (its queue's node went down, or the queue was deleted) is
+    /// started again once its queue answers, asked every `recheck` while any is cancelled.
+    private func restartCancelledConsumers(recheck: Duration = .milliseconds(250)) async {
+        let topology = self.topology, consumers = messages.consumers
+        while messages.consuming.withLock({ $0 }), !consumers.cancelledPriorities.isEmpty {
+            if isReady {
+                _ = try? await connection.perform { session throws(AMQPError) in try consumers.restart(session, topology: topology) }
+                if consumers.cancelledPriorities.isEmpty { return }
+            }
+            try? await Task.sleep(for: recheck)
         }
     }
 
@@ -138,10 +158,22 @@ public final class AMQPBroker: Broker {
         return false
     }
 
-    /// Whether the connection is up and this broker is consuming (not stopped).
+    /// Whether the connection is up and this broker is consuming all five priority queues (not
+    /// stopped, and no consumer cancelled by the broker and not yet restarted).
     public var isConsuming: Bool {
         isReady && messages.consuming.withLock { $0 } && !messages.handingBack.withLock { $0 }
+            && messages.consumers.cancelledPriorities.isEmpty
     }
+
+    /// The priority queues whose consumer the broker cancelled and that are not consumed again yet.
+    public var unconsumedQueues: [String] { messages.consumers.cancelledPriorities.map(topology.brokerQueue) }
+
+    /// The version of the RabbitMQ node last connected to (0.0.0 before the first connection).
+    public var brokerVersion: BrokerVersion { messages.serverVersion.withLock { $0 } }
+
+    /// What the last topology declaration found and accepted (an older Warren's quorum queues
+    /// without a dead-letter exchange): worth a warning in the log.
+    public var topologyNotes: [String] { messages.topologyNotes.withLock { $0 } }
 
     /// Times the connection (or its channel) was lost and set up again.
     public var reconnects: Int { max(0, connection.connectCount - 1) }
@@ -249,8 +281,10 @@ public final class AMQPBroker: Broker {
     public var malformedCount: Int { messages.malformedCount }
 
     /// The first half of a graceful shutdown: cancels the consumers (`basic.cancel`) and hands every
-    /// job that has not started back to RabbitMQ (reject with requeue), so other consumers take them
-    /// at once. Running jobs keep their messages and settle as usual; publishing still works. Call
+    /// job that has not started back to RabbitMQ, so other consumers take them at once: with
+    /// `basic.nack` (requeue), or, on a quorum queue whose broker counts that toward the delivery
+    /// limit (before RabbitMQ 4.3), as a copy at the end of its queue, confirmed before the
+    /// original is acked, so restarts never wear down a job's delivery count. Running jobs keep their messages and settle as usual; publishing still works. Call
     /// after the worker pool has stopped taking jobs, then let it finish, then `close()`.
     public func stopConsuming() async {
         messages.handingBack.withLock { $0 = true }
@@ -262,13 +296,14 @@ public final class AMQPBroker: Broker {
         // connection that may never come (a broker unreachable since start-up kept SIGTERM waiting).
         if wasConsuming, isReady {
             // Deliveries the broker sent before the cancel-ok are read after it and handed back.
-            _ = try? await connection.perform { [consumers = messages.consumers] session throws(AMQPError) in
-                for priority in JobPriority.allCases {
-                    try session.raw.cancelConsumer("warren.\(session.generation).\(priority.name)")
-                }
-                consumers.withLock { $0 = nil }
+            // Bounded: a connection lost meanwhile, or a broker that stopped answering, must not
+            // hold up the shutdown (the deliveries then go back when the channel closes).
+            let connection = self.connection, consumers = messages.consumers
+            _ = await Deadline.first(of: .seconds(5)) {
+                _ = try? await connection.perform { session throws(AMQPError) in try consumers.stop(session) }
             }
         }
+        messages.consumers.endCancellations()
         messages.handBack(local.withdrawUnstarted())
     }
 
@@ -361,8 +396,11 @@ private final class Messages: Sendable {
     let state: Locked<State>
     let connection = Locked<AMQPConnection?>(nil)
     let consuming = Locked(false)
-    /// The connection generation (one per channel) whose channel has the consumers, if any.
-    let consumers = Locked<UInt64?>(nil)
+    let consumers = Consumers()
+    /// The version of the node connected to (or last connected to), and what its topology
+    /// declaration noted.
+    let serverVersion = Locked(BrokerVersion(major: 0, minor: 0, patch: 0))
+    let topologyNotes = Locked<[String]>([])
     /// Set by a graceful stop: what arrives now goes back to the broker.
     let handingBack = Locked(false)
     /// Settlements in progress (publishes awaiting confirms).
@@ -379,6 +417,11 @@ private final class Messages: Sendable {
     private var link: AMQPConnection {
         guard let connection = connection.withLock({ $0 }) else { preconditionFailure("the broker's connection is not set") }
         return connection
+    }
+
+    func connected(to version: BrokerVersion, notes: [String]) {
+        serverVersion.withLock { $0 = version }
+        topologyNotes.withLock { $0 = notes }
     }
 
     var malformedCount: Int { state.withLock { $0.malformed } }
@@ -416,7 +459,10 @@ private final class Messages: Sendable {
     func receive(_ burst: [IncomingMessage], generation: UInt64, into local: LocalQueue) {
         if handingBack.withLock({ $0 }) {
             // Arrived after consumption stopped (sent before the broker took the cancel): give them back.
-            for message in burst { link.reject(message.deliveryTag, generation: generation, requeue: true) }
+            for message in burst {
+                giveBack(Origins(first: Origin(message, generation: generation)), priority: Consumers.priority(ofTag: message.consumerTag),
+                         body: message.body)
+            }
             return
         }
         // Decoded jobs, with where each came from and the index of its message in the burst.
@@ -431,7 +477,7 @@ private final class Messages: Sendable {
             if let consumer, consumer.tag == message.consumerTag {
                 priority = consumer.priority
             } else {
-                priority = Self.priority(ofConsumer: message.consumerTag)
+                priority = Consumers.priority(ofTag: message.consumerTag)
                 consumer = (message.consumerTag, priority)
             }
             switch WireFormat.decode(
@@ -517,12 +563,6 @@ private final class Messages: Sendable {
         }
     }
 
-    /// The priority of the queue a consumer reads: the last part of its tag (`warren.GEN.PRIORITY`).
-    static func priority(ofConsumer tag: String) -> JobPriority {
-        guard let dot = tag.utf8.lastIndex(of: UInt8(ascii: ".")) else { return .normal }
-        return JobPriority(name: String(tag[tag.utf8.index(after: dot)...])) ?? .normal
-    }
-
     /// Enqueues a received job once every dependency is here; then the jobs that waited for it.
     private func admit(_ job: Job, _ message: IncomingMessage, into local: LocalQueue, cancelled: Bool) {
         if let missing = job.dependencies.first(where: { local.snapshot($0) == nil }) {
@@ -572,7 +612,7 @@ private final class Messages: Sendable {
             ack(origins, on: link)
         case .queueFull, .closed, .unavailable:
             // Back to the broker, for this or another consumer.
-            origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
+            giveBack(origins, priority: job.priority, body: Array(job.payload))
         case let .unknownDependency(_, dependency):
             deadLetter(properties: message.properties, body: message.body,
                        reason: .malformedMessage("it depends on job \(dependency), which this worker has not seen"), errors: job.errors,
@@ -643,18 +683,43 @@ private final class Messages: Sendable {
     /// Returns unstarted jobs' messages (and their redelivered copies) to the broker, and every
     /// message still waiting here for a dependency.
     func handBack(_ jobs: [Job]) {
-        for job in jobs {
-            guard let origins = takeOrigins(job.id) else { continue }
-            origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
-        }
         let waiting = state.withLock { state in
             defer { state.waitingForDependency.removeAll() }
             return state.waitingForDependency.values.flatMap { $0 }
         }
-        for entry in waiting {
-            guard let origins = takeOrigins(entry.job.id) else { continue }
-            origins.forEach { link.reject($0.tag, generation: $0.generation, requeue: true) }
+        for job in jobs + waiting.map(\.job) {
+            guard let origins = takeOrigins(job.id) else { continue }
+            giveBack(origins, priority: job.priority, body: Array(job.payload))
         }
+    }
+
+    /// Whether returning a message to its queue counts toward the queue's delivery limit: on
+    /// quorum queues before RabbitMQ 4.3 every return does, a nack with requeue included.
+    private var returnsCount: Bool {
+        topology.queueType == .quorum && serverVersion.withLock { $0.quorumCountsNack }
+    }
+
+    /// Puts a message that did not run back in its queue. A nack with requeue returns it to the
+    /// head of its queue. Where that counts as a failed delivery, every graceful restart would
+    /// wear the count down until jobs that never failed were dead-lettered (32 to 38 of 50 jobs
+    /// vanished in 25 restarts before the queues had a dead-letter exchange): there a copy goes
+    /// to the end of its priority queue (confirmed), then the original is acked. Deliveries of a
+    /// channel that is gone are back in their queue already.
+    private func giveBack(_ origins: Origins, priority: JobPriority, body: [UInt8]) {
+        let connection = link
+        guard returnsCount else {
+            origins.forEach { connection.giveBack($0.tag, generation: $0.generation) }
+            return
+        }
+        guard case let .connected(generation) = connection.status else { return }
+        var live: [Origin] = []
+        origins.forEach { if $0.generation == generation { live.append($0) } }
+        guard let first = live.first else { return }
+        var properties = first.properties
+        properties.headers = properties.headers.filter { !WireFormat.brokerDeathHeaders.contains($0.key) }
+        let copy = topology.message(to: priority, notBefore: nil, properties: properties, body: body)
+        settleAfter({ connection throws(AMQPError) in try await connection.publish(copy, deadline: .seconds(5)) },
+                    origins: Origins(first: first, duplicates: Array(live.dropFirst())))
     }
 
     private func ack(_ origins: Origins, on connection: AMQPConnection) {
@@ -708,7 +773,7 @@ private final class Messages: Sendable {
                 origins.forEach { connection.ack($0.tag, generation: $0.generation) }
             } catch {
                 // Not acked: the message returns (now, or when its channel is gone) and is settled again.
-                origins.forEach { connection.reject($0.tag, generation: $0.generation, requeue: true) }
+                origins.forEach { connection.giveBack($0.tag, generation: $0.generation) }
             }
             settling.countDown()
         }

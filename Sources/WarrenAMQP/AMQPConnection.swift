@@ -14,7 +14,9 @@ import Synchronization
 /// dropped, never sent on the new channel, and the broker redelivers those messages.
 final class AMQPConnection: Sendable {
     struct Configuration: Sendable {
-        var url: AMQPURL
+        /// Tried in order; on a loss the next is tried at once, and the backoff applies only
+        /// after every address failed in a row (the nodes of one cluster).
+        var urls: [AMQPURL]
         var name: String = "warren"
         var initialBackoff: Double = 0.1
         var maxBackoff: Double = 10
@@ -24,7 +26,23 @@ final class AMQPConnection: Sendable {
         /// After a burst of fewer than `smallBurst` deliveries while they stream in, the I/O thread
         /// waits this long before reading again (see `IOLoop.linger`). Zero: never.
         var linger: Duration = .zero
+
+        init(urls: [AMQPURL], name: String = "warren", ackBatch: Int = 16, linger: Duration = .zero) {
+            precondition(!urls.isEmpty, "a connection needs an address")
+            self.urls = urls
+            self.name = name
+            self.ackBatch = ackBatch
+            self.linger = linger
+        }
+
+        init(url: AMQPURL, name: String = "warren", ackBatch: Int = 16, linger: Duration = .zero) {
+            self.init(urls: [url], name: name, ackBatch: ackBatch, linger: linger)
+        }
     }
+
+    /// Called on the I/O thread when the broker cancels a consumer (its queue was deleted, or the
+    /// queue's node went down): the consumer's tag. The channel and its other consumers live on.
+    typealias CancelHandler = @Sendable (String) -> Void
 
     typealias Status = ConnectionState
 
@@ -42,10 +60,13 @@ final class AMQPConnection: Sendable {
     private let currentStatus = Locked(Status.connecting)
     private let connects = Locked(0)
 
-    init(_ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler) {
+    init(
+        _ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler,
+        onCancel: @escaping CancelHandler = { _ in }
+    ) {
         self.configuration = configuration
         let loop = IOLoop(
-            configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage,
+            configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage, onCancel: onCancel,
             report: { [watchers, currentStatus, connects] status in
                 currentStatus.withLock { $0 = status }
                 if case .connected = status { connects.withLock { $0 += 1 } }
@@ -104,8 +125,8 @@ final class AMQPConnection: Sendable {
     /// Acks a delivery of `generation` (dropped if the channel has changed since).
     func ack(_ tag: UInt64, generation: UInt64) { send(.ack(tag, generation)) }
 
-    /// Rejects a delivery of `generation`, back to its queue when `requeue`.
-    func reject(_ tag: UInt64, generation: UInt64, requeue: Bool) { send(.reject(tag, generation, requeue)) }
+    /// Returns a delivery of `generation` to its queue (`basic.nack` with requeue).
+    func giveBack(_ tag: UInt64, generation: UInt64) { send(.giveBack(tag, generation)) }
 
     /// Runs `body` on the I/O thread with the live connection (declarations, purges, inspection).
     func perform<T: Sendable>(_ body: @escaping @Sendable (ConnectionSession) throws(AMQPError) -> T) async throws(AMQPError) -> T {
@@ -193,14 +214,14 @@ private enum Command: Sendable {
     indirect case publish(OutgoingMessage, CheckedContinuation<Result<Void, AMQPError>, Never>)
     indirect case notify(OutgoingMessage)
     case ack(UInt64, UInt64)
-    case reject(UInt64, UInt64, Bool)
+    case giveBack(UInt64, UInt64)
     case perform(@Sendable (ConnectionSession) -> Void, failed: @Sendable (AMQPError) -> Void)
 
     func fail(_ error: AMQPError) {
         switch self {
         case let .publish(_, continuation): continuation.resume(returning: .failure(error))
         case let .perform(_, failed): failed(error)
-        case .notify, .ack, .reject: break
+        case .notify, .ack, .giveBack: break
         }
     }
 }
@@ -212,6 +233,7 @@ private final class IOLoop: @unchecked Sendable {
     let wake: EventFD
     let setup: AMQPConnection.Setup
     let onMessage: AMQPConnection.MessageHandler
+    let onCancel: AMQPConnection.CancelHandler
     let report: @Sendable (AMQPConnection.Status) -> Void
 
     var raw: RawConnection?
@@ -223,6 +245,11 @@ private final class IOLoop: @unchecked Sendable {
     var returned: [String: AMQPError] = [:]
     var closing: CheckedContinuation<Void, Never>?
     var backoff: Double
+    /// The address (index in `configuration.urls`) to connect to next, and how many failed in a row.
+    var address = 0
+    var failedInRow = 0
+    /// Whether the connection to `address` was set up (and not lost since).
+    var established = false
     /// The channel `start` set up; any other means the channel was reopened since.
     var startedSerial = -1
     /// Acks asked for since the last flush, and when the first of them was.
@@ -235,13 +262,15 @@ private final class IOLoop: @unchecked Sendable {
 
     init(
         configuration: AMQPConnection.Configuration, inbox: Locked<Inbox>, wake: EventFD, setup: @escaping AMQPConnection.Setup,
-        onMessage: @escaping AMQPConnection.MessageHandler, report: @escaping @Sendable (AMQPConnection.Status) -> Void
+        onMessage: @escaping AMQPConnection.MessageHandler, onCancel: @escaping AMQPConnection.CancelHandler,
+        report: @escaping @Sendable (AMQPConnection.Status) -> Void
     ) {
         self.configuration = configuration
         self.inbox = inbox
         self.wake = wake
         self.setup = setup
         self.onMessage = onMessage
+        self.onCancel = onCancel
         self.report = report
         backoff = configuration.initialBackoff
     }
@@ -294,15 +323,22 @@ private final class IOLoop: @unchecked Sendable {
                 try start(raw)
             } else {
                 raw = nil
-                let connection = try RawConnection(url: configuration.url)
+                let url = configuration.urls[address]
+                let connection = try RawConnection(url: url, name: "warren \(configuration.name) (pid \(getpid()))")
                 raw = connection
                 try start(connection)
             }
             backoff = configuration.initialBackoff
+            failedInRow = 0
         } catch {
             lost(error)
-            pause(seconds: backoff)
-            backoff = min(configuration.maxBackoff, backoff * 2)
+            // The next address at once; the backoff only once all of them failed in a row.
+            failedInRow += 1
+            address = (address + 1) % configuration.urls.count
+            if failedInRow >= configuration.urls.count {
+                pause(seconds: backoff)
+                backoff = min(configuration.maxBackoff, backoff * 2)
+            }
         }
     }
 
@@ -320,6 +356,7 @@ private final class IOLoop: @unchecked Sendable {
         try setup(ConnectionSession(raw: raw, generation: generation))
         try raw.selectConfirms()
         startedSerial = raw.channelSerial
+        established = true
         report(.connected(generation: generation))
     }
 
@@ -329,7 +366,15 @@ private final class IOLoop: @unchecked Sendable {
         acks.reset()
         unflushed = 0
         firstUnflushed = nil
-        if error.isConnectionLoss { raw?.close(); raw = nil }
+        guard error.isConnectionLoss else { return }
+        if established {
+            // A working connection was lost: its node may be gone, so the next address first.
+            established = false
+            address = (address + 1) % configuration.urls.count
+            failedInRow = 0
+        }
+        raw?.close()
+        raw = nil
     }
 
     private func failUnconfirmed(_ error: AMQPError) {
@@ -386,9 +431,9 @@ private final class IOLoop: @unchecked Sendable {
                 acks.finish(tag)
                 unflushed += 1
                 if firstUnflushed == nil { firstUnflushed = .now }
-            case let .reject(tag, generation, requeue):
+            case let .giveBack(tag, generation):
                 guard generation == self.generation else { continue }
-                try raw.reject(tag, requeue: requeue)
+                try raw.nack(tag, requeue: true)
                 acks.settledElsewhere(tag)
             case let .perform(body, _):
                 body(ConnectionSession(raw: raw, generation: generation))
@@ -455,8 +500,10 @@ private final class IOLoop: @unchecked Sendable {
         case let .returned(code, text, exchange, key, messageID):
             if let messageID { returned[messageID] = .unroutable(exchange: exchange, routingKey: key, text: "\(code) \(text)") }
         case let .consumerCancelled(tag):
-            // The broker cancelled a consumer (its queue was deleted): set everything up again.
-            throw .channelClosed(code: 0, text: "consumer \(tag) was cancelled by the broker", during: "consuming")
+            // Its queue was deleted or its node went down. The channel lives on (with the
+            // unacked deliveries of running jobs); the owner starts the consumer again once the
+            // queue is back.
+            onCancel(tag)
         case .blocked, .unblocked, .other, .none:
             break
         }

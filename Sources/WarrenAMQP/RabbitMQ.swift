@@ -18,6 +18,22 @@ enum Method {
     static let basicReturn: UInt32 = 0x003C_0032
     static let basicAck: UInt32 = 0x003C_0050
     static let basicNack: UInt32 = 0x003C_0078
+    static let exchangeDeclare: UInt32 = 0x0028_000A
+    static let exchangeDeclareOk: UInt32 = 0x0028_000B
+    static let exchangeBind: UInt32 = 0x0028_001E
+    static let exchangeBindOk: UInt32 = 0x0028_001F
+    static let queueDeclare: UInt32 = 0x0032_000A
+    static let queueDeclareOk: UInt32 = 0x0032_000B
+    static let queueBind: UInt32 = 0x0032_0014
+    static let queueBindOk: UInt32 = 0x0032_0015
+}
+
+/// One object of the topology, declared idempotently (durable; a queue with its arguments).
+enum Declaration: Equatable {
+    case exchange(String, type: String)
+    case queue(String, arguments: [String: AMQPValue])
+    case bindQueue(String, exchange: String, routingKey: String)
+    case bindExchange(String, source: String, routingKey: String)
 }
 
 /// What a non-blocking look at the connection found.
@@ -53,7 +69,34 @@ final class RawConnection {
     /// Strings every delivery carries again (exchange, routing key, consumer tag, content type, type).
     private var recurring = RecurringStrings()
 
-    init(url: AMQPURL) throws(AMQPError) {
+    /// The broker's version (`server-properties.version` of `connection.start`), e.g. 4.0.5.
+    private(set) var serverVersion = BrokerVersion(major: 0, minor: 0, patch: 0)
+
+    /// What the client tells the broker at login. RabbitMQ sends `basic.cancel` when it cancels a
+    /// consumer (its queue was deleted, or its node went down) only to clients that announce
+    /// `consumer_cancel_notify`; the others are what every RabbitMQ client announces.
+    static func clientProperties(name: String) -> [String: AMQPValue] {
+        [
+            "product": .string("Warren"),
+            "platform": .string("Swift"),
+            "connection_name": .string(name),
+            "capabilities": .table([
+                "publisher_confirms": .bool(true),
+                "exchange_exchange_bindings": .bool(true),
+                "basic.nack": .bool(true),
+                "consumer_cancel_notify": .bool(true),
+                "connection.blocked": .bool(true),
+                "authentication_failure_close": .bool(true),
+            ]),
+        ]
+    }
+
+    /// Every synchronous call (declare, consume, close) waits at most this long for its reply:
+    /// a broker that stops answering (half-open connection, blocked) fails the call instead of
+    /// holding the I/O thread.
+    static let replyTimeout: Double = 15
+
+    init(url: AMQPURL, name: String = "warren") throws(AMQPError) {
         self.url = url
         guard let state = amqp_new_connection() else {
             throw .library(status: -1, text: "out of memory", during: "creating a connection")
@@ -82,7 +125,11 @@ final class RawConnection {
             // rabbitmq-c loses errno on a refused connection: say where we tried to go.
             throw .unreachable(host: url.host, port: url.port, reason: Self.text(status))
         }
-        let login = CWarrenAMQP_login_plain(state, url.vhost, 0, 131_072, Int32(url.heartbeat), url.user, url.password)
+        setReplyTimeout(Self.replyTimeout)
+        let arena = Arena()
+        var properties = arena.table(Self.clientProperties(name: name))
+        let login = CWarrenAMQP_login_plain_properties(
+            state, url.vhost, 0, 131_072, Int32(url.heartbeat), &properties, url.user, url.password)
         do {
             try check(login, "logging in to \(url.host):\(url.port) as '\(url.user)' on vhost '\(url.vhost)'")
         } catch {
@@ -95,7 +142,16 @@ final class RawConnection {
             throw error
         }
         isOpen = true
+        if let server = amqp_get_server_properties(state), case let .string(version)? = Self.table(server.pointee)["version"] {
+            serverVersion = BrokerVersion(version)
+        }
         try openChannel()
+    }
+
+    /// Bounds the wait for the reply of every synchronous call from now on.
+    func setReplyTimeout(_ seconds: Double) {
+        var timeout = timeval(tv_sec: Int(seconds), tv_usec: Int(seconds.truncatingRemainder(dividingBy: 1) * 1e6))
+        _ = amqp_set_rpc_timeout(state, &timeout)
     }
 
     deinit {
@@ -157,6 +213,107 @@ final class RawConnection {
         let arena = Arena()
         amqp_exchange_bind(state, channel, arena.bytes(destination), arena.bytes(source), arena.bytes(routingKey), amqp_empty_table)
         try check(amqp_get_rpc_reply(state), "binding exchange '\(destination)' to '\(source)' with key '\(routingKey)'")
+    }
+
+    /// Declares everything at once: every method is sent, then every reply read, so a topology
+    /// that exists already costs one round trip instead of one per object. The first refusal
+    /// closes the channel (later methods are ignored by the broker) and is thrown as
+    /// `channelClosed` with the broker's text; the channel is then closed.
+    func declare(_ batch: [Declaration]) throws(AMQPError) {
+        let arena = Arena()
+        var expected: [UInt32] = []
+        expected.reserveCapacity(batch.count)
+        for declaration in batch {
+            let sent: Int32
+            switch declaration {
+            case let .exchange(name, type):
+                var method = amqp_exchange_declare_t(
+                    ticket: 0, exchange: arena.bytes(name), type: arena.bytes(type), passive: 0, durable: 1, auto_delete: 0,
+                    internal: 0, nowait: 0, arguments: amqp_empty_table)
+                sent = amqp_send_method(state, channel, Method.exchangeDeclare, &method)
+                expected.append(Method.exchangeDeclareOk)
+            case let .queue(name, arguments):
+                var method = amqp_queue_declare_t(
+                    ticket: 0, queue: arena.bytes(name), passive: 0, durable: 1, exclusive: 0, auto_delete: 0, nowait: 0,
+                    arguments: arena.table(arguments))
+                sent = amqp_send_method(state, channel, Method.queueDeclare, &method)
+                expected.append(Method.queueDeclareOk)
+            case let .bindQueue(queue, exchange, key):
+                var method = amqp_queue_bind_t(
+                    ticket: 0, queue: arena.bytes(queue), exchange: arena.bytes(exchange), routing_key: arena.bytes(key), nowait: 0,
+                    arguments: amqp_empty_table)
+                sent = amqp_send_method(state, channel, Method.queueBind, &method)
+                expected.append(Method.queueBindOk)
+            case let .bindExchange(destination, source, key):
+                var method = amqp_exchange_bind_t(
+                    ticket: 0, destination: arena.bytes(destination), source: arena.bytes(source), routing_key: arena.bytes(key),
+                    nowait: 0, arguments: amqp_empty_table)
+                sent = amqp_send_method(state, channel, Method.exchangeBind, &method)
+                expected.append(Method.exchangeBindOk)
+            }
+            try status(sent, "sending the topology's declarations")
+        }
+        for ok in expected {
+            var frame = amqp_frame_t()
+            var timeout = timeval(tv_sec: Int(Self.replyTimeout), tv_usec: 0)
+            let read = amqp_simple_wait_frame_noblock(state, &frame, &timeout)
+            try status(read, "declaring the topology")
+            guard frame.frame_type == AMQP_FRAME_METHOD, frame.channel == channel else {
+                isOpen = false
+                throw .library(status: -1, text: "unexpected frame while declaring", during: "declaring the topology")
+            }
+            let method = frame.payload.method
+            if method.id == ok { continue }
+            try closed(by: method, during: "declaring the topology")
+            isOpen = false
+            throw .library(status: -1, text: "unexpected method 0x\(String(method.id, radix: 16))", during: "declaring the topology")
+        }
+    }
+
+    /// Whether `queue` can be consumed now, asked on a channel of its own so that a refusal (the
+    /// queue is gone, or its node is down) does not close the consuming channel.
+    func queueAvailable(_ queue: String) throws(AMQPError) -> Bool {
+        let probe: amqp_channel_t = 2
+        amqp_channel_open(state, probe)
+        try check(amqp_get_rpc_reply(state), "opening channel \(probe)")
+        let arena = Arena()
+        amqp_queue_declare(state, probe, arena.bytes(queue), 1, 1, 0, 0, amqp_empty_table)
+        let reply = amqp_get_rpc_reply(state)
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            amqp_channel_close(state, probe, AMQP_REPLY_SUCCESS)
+            try check(amqp_get_rpc_reply(state), "closing channel \(probe)")
+            return true
+        case AMQP_RESPONSE_SERVER_EXCEPTION where reply.reply.id == Method.channelClose:
+            var ok = amqp_channel_close_ok_t(dummy: 0)
+            try status(amqp_send_method(state, probe, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok), "closing channel \(probe)")
+            return false
+        default:
+            try check(reply, "checking queue '\(queue)'")
+            return false
+        }
+    }
+
+    /// Throws what a `channel.close` or `connection.close` from the broker says (answering it
+    /// first, as the protocol asks); returns for any other method.
+    private func closed(by method: amqp_method_t, during: String) throws(AMQPError) {
+        switch method.id {
+        case Method.channelClose:
+            let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            // Answer close-ok before anything else, or the broker closes the whole connection (504).
+            var ok = amqp_channel_close_ok_t(dummy: 0)
+            amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
+            channelOpen = false
+            throw .channelClosed(code: close.reply_code, text: Self.string(close.reply_text), during: during)
+        case Method.connectionClose:
+            let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            var ok = amqp_connection_close_ok_t(dummy: 0)
+            amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
+            isOpen = false
+            throw .connectionClosed(code: close.reply_code, text: Self.string(close.reply_text), during: during)
+        default:
+            return
+        }
     }
 
     func deleteQueue(_ name: String) throws(AMQPError) {
@@ -261,19 +418,9 @@ final class RawConnection {
         case Method.basicCancel:
             let cancel = method.decoded.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
             return .consumerCancelled(Self.string(cancel.consumer_tag))
-        case Method.channelClose:
-            let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-            // Answer close-ok before anything else, or the broker closes the whole connection (504).
-            var ok = amqp_channel_close_ok_t(dummy: 0)
-            amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
-            channelOpen = false
-            throw .channelClosed(code: close.reply_code, text: Self.string(close.reply_text), during: "consuming")
-        case Method.connectionClose:
-            let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-            var ok = amqp_connection_close_ok_t(dummy: 0)
-            amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
-            isOpen = false
-            throw .connectionClosed(code: close.reply_code, text: Self.string(close.reply_text), during: "consuming")
+        case Method.channelClose, Method.connectionClose:
+            try closed(by: method, during: "consuming")
+            return .other(method.id)
         case Method.connectionBlocked:
             let blocked = method.decoded.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
             return .blocked(Self.string(blocked.reason))
@@ -307,8 +454,10 @@ final class RawConnection {
         try status(amqp_basic_ack(state, channel, tag, multiple ? 1 : 0), "acking delivery \(tag)")
     }
 
-    func reject(_ tag: UInt64, requeue: Bool) throws(AMQPError) {
-        try status(amqp_basic_reject(state, channel, tag, requeue ? 1 : 0), "rejecting delivery \(tag)")
+    /// `basic.nack`: from RabbitMQ 4.3 a quorum queue does not count a nack with requeue as a
+    /// failed delivery (a reject it does).
+    func nack(_ tag: UInt64, requeue: Bool) throws(AMQPError) {
+        try status(amqp_basic_nack(state, channel, tag, 0, requeue ? 1 : 0), "returning delivery \(tag)")
     }
 
     /// Turns on publisher confirms: the broker then acks (or nacks) every publish by sequence number.
@@ -345,22 +494,8 @@ final class RawConnection {
             isOpen = false
             throw .library(status: reply.library_error, text: Self.text(reply.library_error), during: during)
         case AMQP_RESPONSE_SERVER_EXCEPTION:
-            switch reply.reply.id {
-            case Method.channelClose:
-                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-                var ok = amqp_channel_close_ok_t(dummy: 0)
-                amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
-                channelOpen = false
-                throw .channelClosed(code: close.reply_code, text: Self.string(close.reply_text), during: during)
-            case Method.connectionClose:
-                let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-                var ok = amqp_connection_close_ok_t(dummy: 0)
-                amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
-                isOpen = false
-                throw .connectionClosed(code: close.reply_code, text: Self.string(close.reply_text), during: during)
-            default:
-                throw .library(status: -1, text: "unexpected server method 0x\(String(reply.reply.id, radix: 16))", during: during)
-            }
+            try closed(by: reply.reply, during: during)
+            throw .library(status: -1, text: "unexpected server method 0x\(String(reply.reply.id, radix: 16))", during: during)
         default:
             throw .library(status: -1, text: "no RPC reply", during: during)
         }

@@ -30,11 +30,20 @@ public struct Topology: Sendable, Equatable {
     public let queueType: QueueType
     /// `x-max-length` of the priority queues, with `reject-publish` overflow.
     public let maxLength: Int?
+    /// Quorum queues: how often a message may be returned to its priority queue (a consumer
+    /// that died or lost its connection holding it) before RabbitMQ dead-letters it into
+    /// `<queue>.dead` with reason `delivery_limit`. RabbitMQ 4 defaults to 20 and, without a
+    /// dead-letter exchange, drops the message.
+    public let deliveryLimit: Int
 
-    public init(queue: String, queueType: QueueType = .classic, maxLength: Int? = nil) {
+    public static let defaultDeliveryLimit = 20
+    public static let deliveryLimits = 1...1_000_000
+
+    public init(queue: String, queueType: QueueType = .classic, maxLength: Int? = nil, deliveryLimit: Int = Topology.defaultDeliveryLimit) {
         self.queue = queue
         self.queueType = queueType
         self.maxLength = maxLength
+        self.deliveryLimit = min(max(deliveryLimit, Self.deliveryLimits.lowerBound), Self.deliveryLimits.upperBound)
     }
 
     public func brokerQueue(_ priority: JobPriority) -> String { "\(queue).\(priority.name)" }
@@ -96,76 +105,141 @@ public struct Topology: Sendable, Equatable {
 
     // MARK: Declaring
 
-    /// Declares this queue's topology and the shared exchanges and cascade.
-    func declare(_ raw: RawConnection) throws(AMQPError) {
-        try raw.declareExchange(Self.exchange, type: "direct")
-        try raw.declareExchange(Self.deadExchange, type: "direct")
-        try raw.declareExchange(Self.eventsExchange, type: "topic")
-        try declareCascade(raw)
-        for priority in JobPriority.allCases {
-            let name = brokerQueue(priority)
-            var arguments = queueArguments
-            if let maxLength {
-                arguments["x-max-length"] = .int(Int64(maxLength))
-                arguments["x-overflow"] = .string("reject-publish")
-            }
-            try declareQueue(raw, name, arguments: arguments)
-            try raw.bindQueue(name, exchange: Self.exchange, routingKey: routingKey(priority))
-            try raw.bindQueue(name, exchange: Self.deliverExchange, routingKey: "#." + routingKey(priority))
-        }
-        try raw.bindQueue(brokerQueue(.normal), exchange: Self.exchange, routingKey: queue)
-        try declareQueue(raw, deadQueue, arguments: queueArguments)
-        try raw.bindQueue(deadQueue, exchange: Self.deadExchange, routingKey: deadRoutingKey)
-    }
-
-    private var queueArguments: [String: AMQPValue] {
-        ["x-queue-type": .string(queueType.rawValue)]
-    }
-
-    /// The cascade is shared by every Warren queue on the vhost, whatever their type. Level queues
-    /// are quorum queues with at-least-once dead-lettering, so a delayed message is not lost between
-    /// levels; a cascade already declared otherwise (an older broker, an operator's choice) is used
-    /// as it is.
-    private func declareCascade(_ raw: RawConnection) throws(AMQPError) {
-        try raw.declareExchange(Self.deliverExchange, type: "topic")
-        // A message leaving the cascade for a queue that no longer exists (deleted, renamed, or a
-        // routing key no Warren queue has) is unroutable, and at-least-once dead-lettering retries
-        // it forever while every message behind it waits: one such message stalled every delay
-        // and retry on the vhost (measured: 3,266 messages stuck behind it in warren.delay.0).
-        // The sink takes a copy of everything the last hop delivers and keeps none, so every
-        // message is routed and the cascade always moves; a message with no queue is dropped.
-        _ = try raw.declareQueue(Self.delaySink, arguments: ["x-max-length": .int(0)])
-        try raw.bindQueue(Self.delaySink, exchange: Self.deliverExchange, routingKey: "#")
+    /// Everything this queue needs on the broker, in order: the shared exchanges and delay cascade,
+    /// the five priority queues and the dead queue with their bindings.
+    func declarations(on version: BrokerVersion) -> [Declaration] {
+        var batch: [Declaration] = [
+            .exchange(Self.exchange, type: "direct"),
+            .exchange(Self.deadExchange, type: "direct"),
+            .exchange(Self.eventsExchange, type: "topic"),
+            .exchange(Self.deliverExchange, type: "topic"),
+            // A message leaving the cascade for a queue that no longer exists (deleted, renamed, or
+            // a routing key no Warren queue has) is unroutable, and at-least-once dead-lettering
+            // retries it forever while every message behind it waits: one such message stalled
+            // every delay and retry on the vhost (measured: 3,266 messages stuck behind it in
+            // warren.delay.0). The sink takes a copy of everything the last hop delivers and keeps
+            // none, so every message is routed and the cascade always moves.
+            .queue(Self.delaySink, arguments: ["x-max-length": .int(0)]),
+            .bindQueue(Self.delaySink, exchange: Self.deliverExchange, routingKey: "#"),
+        ]
         for level in 0..<Self.delayLevels {
             let name = Self.delayName(level)
-            try raw.declareExchange(name, type: "topic")
-            let arguments: [String: AMQPValue] = [
-                "x-message-ttl": .int(Int64(1_000) << level),
-                "x-dead-letter-exchange": .string(level == 0 ? Self.deliverExchange : Self.delayName(level - 1)),
-                "x-queue-type": .string("quorum"),
-                "x-dead-letter-strategy": .string("at-least-once"),
-                "x-overflow": .string("reject-publish"),
-            ]
-            do {
-                try raw.declareQueue(name, arguments: arguments)
-            } catch let error {
-                guard case let .channelClosed(code, _, _) = error, code == 406 else { throw error }
-                try raw.openChannel()
-                try raw.declareQueue(name, passive: true)
-            }
-            let prefix = Array(repeating: "*", count: Self.delayLevels - 1 - level)
-            try raw.bindQueue(name, exchange: name, routingKey: (prefix + ["1", "#"]).joined(separator: "."))
             let next = level == 0 ? Self.deliverExchange : Self.delayName(level - 1)
-            try raw.bindExchange(next, to: name, routingKey: (prefix + ["0", "#"]).joined(separator: "."))
+            let prefix = Array(repeating: "*", count: Self.delayLevels - 1 - level)
+            batch += [
+                .exchange(name, type: "topic"),
+                .queue(name, arguments: Self.cascadeArguments(level)),
+                .bindQueue(name, exchange: name, routingKey: (prefix + ["1", "#"]).joined(separator: ".")),
+                .bindExchange(next, source: name, routingKey: (prefix + ["0", "#"]).joined(separator: ".")),
+            ]
         }
+        for priority in JobPriority.allCases {
+            let name = brokerQueue(priority)
+            batch += [
+                .queue(name, arguments: priorityQueueArguments),
+                .bindQueue(name, exchange: Self.exchange, routingKey: routingKey(priority)),
+                .bindQueue(name, exchange: Self.deliverExchange, routingKey: "#." + routingKey(priority)),
+            ]
+        }
+        batch += [
+            .bindQueue(brokerQueue(.normal), exchange: Self.exchange, routingKey: queue),
+            .queue(deadQueue, arguments: deadQueueArguments(on: version)),
+            .bindQueue(deadQueue, exchange: Self.deadExchange, routingKey: deadRoutingKey),
+        ]
+        return batch
     }
 
-    private func declareQueue(_ raw: RawConnection, _ name: String, arguments: [String: AMQPValue]) throws(AMQPError) {
+    /// Declares this queue's topology and the shared exchanges and cascade, all in one pipelined
+    /// batch (one round trip when it exists already). When the broker refuses something, the
+    /// declarations are made again one by one to find it: a cascade or a quorum queue declared
+    /// otherwise by an older Warren or an operator is used as it is (returned as a note for the
+    /// log), any other conflict is an error that says which argument and how to fix it.
+    @discardableResult
+    func declare(_ raw: RawConnection) throws(AMQPError) -> [String] {
+        let batch = declarations(on: raw.serverVersion)
+        do {
+            try raw.declare(batch)
+            return []
+        } catch let error {
+            guard case .channelClosed = error else { throw error }
+            try raw.openChannel()
+        }
+        var notes: [String] = []
+        for declaration in batch {
+            switch declaration {
+            case let .exchange(name, type): try raw.declareExchange(name, type: type)
+            case let .bindQueue(name, exchange, key): try raw.bindQueue(name, exchange: exchange, routingKey: key)
+            case let .bindExchange(destination, source, key): try raw.bindExchange(destination, to: source, routingKey: key)
+            case let .queue(name, arguments):
+                if let note = try declareQueue(raw, name, arguments: arguments) { notes.append(note) }
+            }
+        }
+        return notes
+    }
+
+    /// Delay levels are quorum queues with at-least-once dead-lettering, so a delayed message is
+    /// not lost between levels; shared by every Warren queue on the vhost, whatever their type.
+    private static func cascadeArguments(_ level: Int) -> [String: AMQPValue] {
+        [
+            "x-message-ttl": .int(Int64(1_000) << level),
+            "x-dead-letter-exchange": .string(level == 0 ? deliverExchange : delayName(level - 1)),
+            "x-queue-type": .string("quorum"),
+            "x-dead-letter-strategy": .string("at-least-once"),
+            "x-overflow": .string("reject-publish"),
+        ]
+    }
+
+    /// Quorum priority queues dead-letter a message returned `deliveryLimit` times into
+    /// `<queue>.dead` (at least once: kept until the dead queue confirms it), instead of RabbitMQ
+    /// 4's default of dropping it after 20 returns.
+    var priorityQueueArguments: [String: AMQPValue] {
+        var arguments: [String: AMQPValue] = ["x-queue-type": .string(queueType.rawValue)]
+        if let maxLength {
+            arguments["x-max-length"] = .int(Int64(maxLength))
+            arguments["x-overflow"] = .string("reject-publish")
+        }
+        if queueType == .quorum {
+            arguments["x-delivery-limit"] = .int(Int64(deliveryLimit))
+            arguments["x-dead-letter-exchange"] = .string(Self.deadExchange)
+            arguments["x-dead-letter-routing-key"] = .string(deadRoutingKey)
+            arguments["x-dead-letter-strategy"] = .string("at-least-once")
+            arguments["x-overflow"] = .string("reject-publish")
+        }
+        return arguments
+    }
+
+    /// A quorum dead queue has no delivery limit where the broker allows that (4.0 and later;
+    /// 3.x has none by default), so reading dead letters without acking them never drops one.
+    func deadQueueArguments(on version: BrokerVersion) -> [String: AMQPValue] {
+        var arguments: [String: AMQPValue] = ["x-queue-type": .string(queueType.rawValue)]
+        if queueType == .quorum, version.quorumTakesUnlimitedDeliveries { arguments["x-delivery-limit"] = .int(-1) }
+        return arguments
+    }
+
+    /// The arguments a conflict about which is survivable: an older Warren declared quorum queues
+    /// without them, and RabbitMQ refuses to change a queue's arguments.
+    private static let safetyArguments = ["x-delivery-limit", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow"]
+
+    private func declareQueue(_ raw: RawConnection, _ name: String, arguments: [String: AMQPValue]) throws(AMQPError) -> String? {
         do {
             try raw.declareQueue(name, arguments: arguments)
+            return nil
         } catch let error {
             guard case let .channelClosed(code, text, _) = error, code == 406 else { throw error }
             try raw.openChannel()
+            if name.hasPrefix("warren.delay.") {
+                try raw.declareQueue(name, passive: true)
+                return nil
+            }
+            if arguments["x-queue-type"] == .string("quorum"), Self.safetyArguments.contains(where: { text.contains("'\($0)'") }) {
+                try raw.declareQueue(name, passive: true)
+                return """
+                    queue '\(name)' exists without \(arguments.keys.filter(Self.safetyArguments.contains).sorted().joined(separator: ", ")) \
+                    (declared by an older Warren); it is used as it is, and RabbitMQ drops a message returned more often than its \
+                    delivery limit (20 by default on 4.x) instead of dead-lettering it. Set them with a policy, or move the messages \
+                    and delete the queue so Warren declares it again
+                    """
+            }
             // PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'jobs.high' …
             throw .conflictingQueue(queue: name, detail: """
                 \(text). Warren declares it with \(arguments.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")); \

@@ -315,11 +315,12 @@ public enum WireFormat {
         return date
     }
 
-    /// Headers RabbitMQ adds on dead-lettering; a message republished with them can be dropped
-    /// silently when it comes back to a queue already in its `x-death` cycle.
+    /// Headers RabbitMQ adds on dead-lettering, and the count of returns a quorum queue adds to a
+    /// redelivery: a message republished with the former can be dropped silently when it comes
+    /// back to a queue already in its `x-death` cycle; the latter describes the old message only.
     static let brokerDeathHeaders: Set<String> = [
         "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-        "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+        "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
     ]
 
     /// The dead letter for a message: its own properties and body, with the reason added, the

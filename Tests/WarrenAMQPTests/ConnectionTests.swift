@@ -129,14 +129,14 @@ struct AMQPConnectionTests {
             let name = TestBroker.unique()
             let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
             let topology = Topology(queue: name, queueType: .classic)
-            try await connection.perform { session throws(AMQPError) in try topology.declare(session.raw) }
-            try await connection.perform { session throws(AMQPError) in try topology.declare(session.raw) }
+            try await connection.perform { session throws(AMQPError) in _ = try topology.declare(session.raw) }
+            try await connection.perform { session throws(AMQPError) in _ = try topology.declare(session.raw) }
             for priority in JobPriority.allCases {
                 try await connection.perform { session throws(AMQPError) in _ = try session.raw.declareQueue(topology.brokerQueue(priority), passive: true) }
             }
             let quorum = Topology(queue: name, queueType: .quorum)
             do {
-                try await connection.perform { session throws(AMQPError) in try quorum.declare(session.raw) }
+                try await connection.perform { session throws(AMQPError) in _ = try quorum.declare(session.raw) }
                 Issue.record("a conflicting declaration was accepted")
             } catch {
                 guard case let .conflictingQueue(queue, detail)? = error as? AMQPError else { Issue.record("expected conflictingQueue, got \(error)"); return }
