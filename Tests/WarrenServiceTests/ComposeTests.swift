@@ -9,41 +9,179 @@ import Glibc
 #endif
 
 /// The docker compose deployment, checked without a docker engine: the file is validated with
-/// `docker-compose config`, and the same configuration runs natively against the test broker.
+/// `docker-compose config` in both profiles, and the same configuration runs natively against the
+/// test broker.
 @Suite("docker compose")
 struct ComposeTests {
     static let composeFile = TestEnvironment.root.appendingPathComponent("compose/docker-compose.yml").path
 
     struct Compose: Decodable {
         struct Service: Decodable {
+            struct Build: Decodable {
+                var context: String?
+                var dockerfile: String?
+            }
+
+            struct Healthcheck: Decodable {
+                var test: [String]?
+            }
+
+            var image: String?
+            var build: Build?
+            var pullPolicy: String?
+            var profiles: [String]?
+            var hostname: String?
+            var command: [String]?
+            var runsInit: Bool?
             var environment: [String: String]?
-            var stop_grace_period: String?
-            var depends_on: [String: [String: String]]?
+            var stopGracePeriod: String?
+            var dependsOn: [String: [String: String]]?
             var secrets: [String]?
             var volumes: [String]?
             var ports: [String]?
+            var healthcheck: Healthcheck?
+
+            enum CodingKeys: String, CodingKey {
+                case image, build, profiles, hostname, command, environment, secrets, volumes, ports, healthcheck
+                case pullPolicy = "pull_policy"
+                case runsInit = "init"
+                case stopGracePeriod = "stop_grace_period"
+                case dependsOn = "depends_on"
+            }
+
+            /// Whether `docker compose [--profile P] up` starts it (nil: no --profile flag): a
+            /// service without profiles runs in every one.
+            func runs(in profile: String?) -> Bool {
+                guard let profiles, !profiles.isEmpty else { return true }
+                return profile.map { profiles.contains($0) } ?? false
+            }
+
+            var isRabbitMQ: Bool { image?.hasPrefix("rabbitmq:") == true }
+            /// Runs the Warren image: `warren serve` or the producer's `warren submit`.
+            var runsWarren: Bool { image == "warren:local" }
+            var isWorker: Bool { runsWarren && command == ["serve"] }
         }
+
         var services: [String: Service]
+
+        func services(in profile: String?) -> [String: Service] { services.filter { $0.value.runs(in: profile) } }
     }
 
+    /// The compose file as written; YAML anchors and merge keys (`<<: *warren`) are resolved.
     func compose() throws -> Compose {
         try YAMLDecoder().decode(Compose.self, from: String(contentsOfFile: Self.composeFile, encoding: .utf8))
     }
 
+    func text(_ path: String) throws -> String {
+        try String(contentsOfFile: TestEnvironment.root.appendingPathComponent(path).path, encoding: .utf8)
+    }
+
+    func validate(profile: String?) async throws {
+        let flags = profile.map { ["--profile", $0] } ?? []
+        let child = try ChildProcess(
+            "/usr/bin/env", ["docker-compose", "-f", Self.composeFile] + flags + ["config", "--quiet"],
+            environment: ProcessInfo.processInfo.environment)
+        let exit = try await child.exit(within: 50)
+        #expect(exit == .exited(0), "docker-compose \(flags.joined(separator: " ")) config: \(child.output)")
+    }
+
     @Test(.timeLimit(.minutes(1)))
     func theComposeFileIsValid() async throws {
-        let child = try ChildProcess("/usr/bin/env", ["docker-compose", "-f", Self.composeFile, "config", "--quiet"], environment: ProcessInfo.processInfo.environment)
-        let exit = try await child.exit(within: 50)
-        #expect(exit == .exited(0), "docker-compose config: \(child.output)")
+        try await validate(profile: nil)
+        try await validate(profile: "cluster")
         let file = try compose()
-        let warren = try #require(file.services["warren"])
-        #expect(warren.depends_on?["rabbitmq"]?["condition"] == "service_healthy", "Warren waits for a healthy RabbitMQ")
+        let services = file.services(in: nil)
+        #expect(Set(services.keys) == ["rabbitmq", "orders", "warren", "producer"], "the default profile: \(services.keys.sorted())")
+        let warren = try #require(services["warren"])
+        #expect(warren.dependsOn?["rabbitmq"]?["condition"] == "service_healthy", "Warren waits for a healthy RabbitMQ")
         let grace = ServiceConfiguration.duration(warren.environment?["WARREN_WORKER_SHUTDOWN_GRACE"] ?? "") ?? .zero
-        let stop = ServiceConfiguration.duration(warren.stop_grace_period ?? "") ?? .zero
+        let stop = ServiceConfiguration.duration(warren.stopGracePeriod ?? "") ?? .zero
         #expect(grace > .zero && stop > grace, "docker's stop grace period (\(stop)) is longer than Warren's drain (\(grace))")
         #expect(warren.secrets == ["broker-password"], "the broker password comes from a secret file")
-        #expect(file.services["rabbitmq"] != nil && file.services["orders"] != nil)
-        #expect(file.services["rabbitmq"]?.ports?.contains("127.0.0.1:5672:5672") == true, "producers outside compose reach AMQP")
+        #expect(warren.environment?["WARREN_QUEUE_TYPE"] == "quorum", "Warren's queues are quorum queues")
+        #expect(services["rabbitmq"]?.ports?.contains("127.0.0.1:5672:5672") == true, "producers outside compose reach AMQP")
+
+        for (name, service) in file.services where service.isRabbitMQ {
+            #expect(service.image?.hasPrefix("rabbitmq:4.") == true, "\(name) runs RabbitMQ 4.x: \(service.image ?? "")")
+        }
+        // warren:local is built by the compose file, never pulled: a registry has no such image.
+        let builders = file.services.filter { $0.value.build != nil }
+        #expect(builders.count == 1 && builders.values.first?.image == "warren:local", "one service builds warren:local")
+        for (name, service) in file.services where service.runsWarren {
+            #expect(service.build != nil || service.pullPolicy == "never", "\(name) uses warren:local: built here or never pulled")
+            #expect(service.runsInit == true, "\(name) runs under an init that forwards signals and reaps exec handlers' orphans")
+        }
+
+        // The healthcheck asks /readyz on Warren's own port, with a program the runtime image has.
+        let runtimeStage = try text("compose/Dockerfile").components(separatedBy: "\nFROM ").last ?? ""
+        for (name, service) in file.services where service.isWorker {
+            let test = service.healthcheck?.test ?? []
+            let port = service.environment?["WARREN_HTTP_ADDRESS"]?.split(separator: ":").last.map(String.init) ?? "none"
+            #expect(test.first == "CMD" && test.contains("http://127.0.0.1:\(port)/readyz"), "\(name)'s healthcheck: \(test)")
+            let program = test.dropFirst().first ?? ""
+            #expect(!program.isEmpty && runtimeStage.contains(" \(program)"), "the runtime image installs \(program)")
+        }
+
+        // The producer's warren submit reads the same broker and queue settings as warren serve,
+        // and starts once Warren is ready (Warren declares the topology; submit only checks it).
+        let producer = try #require(services["producer"])
+        #expect(producer.dependsOn?["warren"]?["condition"] == "service_healthy", "the producer waits for a ready Warren")
+        for key in ["WARREN_BROKER_URL", "WARREN_QUEUE_NAME", "WARREN_QUEUE_TYPE"] {
+            #expect(producer.environment?[key] != nil && producer.environment?[key] == warren.environment?[key], "the producer's \(key) is Warren's")
+        }
+        #expect(producer.secrets == ["broker-password"])
+
+        // The classic builder reads only the context's .dockerignore: .build (hundreds of MB) and a
+        // local Package.resolved stay out of the build context.
+        let ignored = try text(".dockerignore").split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        #expect(ignored.first == "*" && !ignored.contains { $0.hasPrefix("!.build") || $0.hasPrefix("!Package.resolved") }, "\(ignored)")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func theClusterProfileRunsThreeNodesAndTwoWarrensOnOneQueue() throws {
+        let file = try compose()
+        let services = file.services(in: "cluster")
+        let nodes = services.filter { $0.value.isRabbitMQ }
+        let workers = services.filter { $0.value.isWorker }
+        #expect(nodes.count == 3, "three RabbitMQ nodes: \(nodes.keys.sorted())")
+        #expect(workers.count == 2, "two Warren instances: \(workers.keys.sorted())")
+        #expect(services["producer"] != nil && services["orders"] != nil)
+
+        // A node is rabbit@<hostname>; the hostname is its service name, which the URLs name.
+        for (name, node) in nodes {
+            #expect(node.hostname == name, "\(name)'s node name is rabbit@\(name)")
+            #expect(node.secrets?.contains("erlang-cookie") == true, "\(name) shares the cluster's Erlang cookie")
+        }
+        let clusterConfig = try text("compose/rabbitmq-cluster.conf")
+        let joining = nodes.filter { $0.value.volumes?.contains { $0.hasPrefix("./rabbitmq-cluster.conf:") } == true }
+        let seeds = nodes.keys.filter { joining[$0] == nil }
+        #expect(joining.count == 2 && seeds.count == 1, "two nodes join the third: \(joining.keys.sorted())")
+        #expect(clusterConfig.contains("cluster_formation.peer_discovery_backend = classic_config"))
+        for seed in seeds {
+            #expect(clusterConfig.contains("= rabbit@\(seed)\n"), "the joining nodes discover rabbit@\(seed)")
+            for (name, node) in joining {
+                #expect(node.dependsOn?.values.allSatisfy { $0["condition"] == "service_healthy" } == true, "\(name) starts after a healthy node")
+            }
+        }
+
+        // Both Warrens consume one queue and are given every node, in one comma-separated list.
+        let queues = Set(workers.values.map { $0.environment?["WARREN_QUEUE_NAME"] ?? "" })
+        #expect(queues.count == 1 && queues.first?.isEmpty == false, "one queue: \(queues)")
+        for (name, worker) in workers {
+            let list = worker.environment?["WARREN_BROKER_URL"] ?? ""
+            let urls = try list.split(separator: ",").map { try AMQPURL(String($0)) }
+            #expect(urls.count == nodes.count && Set(urls.map(\.host)) == Set(nodes.keys), "\(name) is given every node: \(list)")
+            #expect(urls.allSatisfy { $0.password.isEmpty } && worker.secrets == ["broker-password"], "the secret's password applies to each URL")
+            #expect(worker.environment?["WARREN_QUEUE_TYPE"] == "quorum", "\(name)'s queues are replicated")
+        }
+        // The cluster's own Warren starts once every node has joined.
+        let second = try #require(workers.first { $0.value.profiles?.contains("cluster") == true })
+        for node in nodes.keys {
+            #expect(second.value.dependsOn?[node]?["condition"] == "service_healthy", "\(second.key) waits for \(node)")
+        }
+        let published = workers.values.flatMap { $0.ports ?? [] }
+        #expect(published.count == 2 && Set(published).count == 2, "each Warren's metrics on a port of its own: \(published)")
     }
 
     @Test(.timeLimit(.minutes(4)))
@@ -59,10 +197,12 @@ struct ComposeTests {
         }
         let file = try compose()
         let warren = try #require(file.services["warren"])
-        // The compose file's environment, with what only differs outside docker: where RabbitMQ
-        // and the orders service are, the handlers file's path, a free HTTP port (port 0: the log
-        // says which), this test's queue.
+        // The compose file's environment (quorum queues among it), with what only differs outside
+        // docker: where RabbitMQ is (the test broker's one URL for the file's list of nodes) and
+        // the orders service, the handlers file's path, a free HTTP port (port 0: the log says
+        // which), this test's queue.
         var environment = warren.environment ?? [:]
+        #expect(environment["WARREN_QUEUE_TYPE"] == "quorum")
         let queue = TestEnvironment.unique()
         var url = try AMQPURL(try TestEnvironment.amqpURL)
         let password = url.password
@@ -139,8 +279,15 @@ struct ComposeTests {
         #expect(started.isSubset(of: finished), "every request Warren started was let finish")
         let inspector = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
         defer { inspector.close() }
-        let counts = try inspector.declareQueue("\(queue).normal", passive: true)
         let slowDone = Set(slow).intersection(finished).count
+        // A quorum queue takes back a closed connection's unacked messages and drops its consumers
+        // a moment after the connection is gone (a command through the queue's log): wait for it.
+        var counts = try inspector.declareQueue("\(queue).normal", passive: true)
+        let settled = ContinuousClock.now + .seconds(10)
+        while counts.consumers != 0 || counts.messages != slow.count - slowDone, ContinuousClock.now < settled {
+            try await Task.sleep(for: .milliseconds(20))
+            counts = try inspector.declareQueue("\(queue).normal", passive: true)
+        }
         #expect(counts.consumers == 0)
         #expect(counts.messages == slow.count - slowDone, "no job lost: \(slowDone) done + \(counts.messages) back in the queue = \(slow.count)")
         // Logs are JSON lines (the compose file sets log.format json) with job ids.
