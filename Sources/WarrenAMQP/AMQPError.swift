@@ -17,6 +17,8 @@ public enum AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The broker refused a published message (publisher confirm `nack`, e.g. a full queue with
     /// `reject-publish` overflow).
     case publishRefused(String)
+    /// Something the worker declares is missing (a tool that only checks found no queue).
+    case missingTopology(String)
     /// A mandatory message had no queue to go to.
     case unroutable(exchange: String, routingKey: String, text: String)
     /// The connection is closed, or closing.
@@ -32,6 +34,7 @@ public enum AMQPError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .invalidURL(text): "invalid broker URL: \(text)"
         case let .conflictingQueue(queue, detail): "queue '\(queue)' exists with other arguments: \(detail)"
         case let .publishRefused(text): "RabbitMQ refused the message: \(text)"
+        case let .missingTopology(text): text
         case let .unroutable(exchange, key, text): "no queue is bound to exchange '\(exchange)' with routing key '\(key)': \(text)"
         case .closed: "the connection to RabbitMQ is closed"
         }

@@ -4,13 +4,65 @@ public import Warren
 /// Operations on a Warren queue's broker queues, each on a short connection of its own (never on
 /// a worker's consuming channel): depths, publishing a job and waiting for its result, and
 /// dead-letter inspection, replay and purge that never lose a message.
+///
+/// The tools declare nothing: the worker (`warren serve`, or an `AMQPBroker`) owns the topology.
+/// They check that the queues they use exist, and that the configured queue type and arguments
+/// match the queues' (a declaration with the same arguments changes nothing; RabbitMQ names any
+/// argument that differs), and say what is wrong.
 public struct AMQPTools: Sendable {
-    public let url: AMQPURL
+    /// Tried in order until one connects.
+    public let urls: [AMQPURL]
     public let topology: Topology
 
-    public init(url: AMQPURL, queue: String) {
-        self.url = url
-        topology = Topology(queue: queue)
+    public init(urls: [AMQPURL], topology: Topology) {
+        precondition(!urls.isEmpty, "the tools need a broker address")
+        self.urls = urls
+        self.topology = topology
+    }
+
+    public init(url: AMQPURL, queue: String, queueType: QueueType = .classic) {
+        self.init(urls: [url], topology: Topology(queue: queue, queueType: queueType))
+    }
+
+    /// A connection to the first address that answers.
+    private func connect() throws(AMQPError) -> RawConnection {
+        var failure: AMQPError = .closed
+        for url in urls {
+            do {
+                return try RawConnection(url: url, name: "warren tools (pid \(getpid()))")
+            } catch {
+                // A refused login is the same everywhere: say it at once.
+                if case .accessRefused = error { throw error }
+                failure = error
+            }
+        }
+        throw failure
+    }
+
+    /// Throws saying what to do when `queue` does not exist.
+    private func requireQueue(_ raw: RawConnection, _ queue: String) throws(AMQPError) {
+        guard try raw.queueAvailable(queue) else {
+            throw .missingTopology("""
+                queue '\(queue)' does not exist on vhost '\(raw.url.vhost)' (or its node is down): start `warren serve` \
+                for queue '\(topology.queue)' once so it declares its queues, or check queue.name
+                """)
+        }
+    }
+
+    /// Checks that `queue` exists, then that it was declared as this configuration declares it.
+    private func check(_ raw: RawConnection, _ queue: String, arguments: [String: AMQPValue]) throws(AMQPError) {
+        try requireQueue(raw, queue)
+        do {
+            try raw.declareQueue(queue, arguments: arguments)
+        } catch let error {
+            guard case let .channelClosed(code, text, _) = error, code == 406 else { throw error }
+            try raw.openChannel()
+            if Topology.tolerates(conflict: text, arguments: arguments) { return }
+            throw .conflictingQueue(queue: queue, detail: """
+                \(text). Configure these tools as the worker is configured (queue.type \(topology.queueType.rawValue) was given; \
+                the same file, WARREN_… variables or flags as warren serve)
+                """)
+        }
     }
 
     // MARK: Depths
@@ -25,13 +77,15 @@ public struct AMQPTools: Sendable {
 
     /// Ready messages and consumers of the five priority queues and the dead-letter queue.
     public func depths() throws(AMQPError) -> [QueueDepth] {
-        let raw = try RawConnection(url: url)
+        let raw = try connect()
         defer { raw.close() }
         var depths: [QueueDepth] = []
         for priority in JobPriority.allCases {
+            try requireQueue(raw, topology.brokerQueue(priority))
             let counts = try raw.declareQueue(topology.brokerQueue(priority), passive: true)
             depths.append(QueueDepth(name: topology.brokerQueue(priority), priority: priority, messages: counts.messages, consumers: counts.consumers))
         }
+        try requireQueue(raw, topology.deadQueue)
         let dead = try raw.declareQueue(topology.deadQueue, passive: true)
         depths.append(QueueDepth(name: topology.deadQueue, priority: nil, messages: dead.messages, consumers: dead.consumers))
         return depths
@@ -44,9 +98,9 @@ public struct AMQPTools: Sendable {
     /// Without `statesMaxRetries` the message carries no retry count: the worker's default for the
     /// job's name applies.
     public func submit(_ job: Job, wait: Duration? = nil, statesMaxRetries: Bool = true) throws(AMQPError) -> JobOutcome? {
-        let raw = try RawConnection(url: url)
+        let raw = try connect()
         defer { raw.close() }
-        try topology.declare(raw)
+        try check(raw, topology.brokerQueue(job.priority), arguments: topology.priorityQueueArguments)
         try raw.selectConfirms()
         var job = job
         var replyQueue: String?
@@ -191,11 +245,14 @@ public struct AMQPTools: Sendable {
     private enum Step { case keep, stop }
 
     /// Takes every message of the dead-letter queue once, unacked, and hands each to `body`; what
-    /// it does not ack returns to the queue, in its place, when the connection closes.
+    /// it does not ack returns to the queue, in its place, when the connection closes. On a quorum
+    /// dead queue each such look counts as a delivery: Warren declares it without a delivery limit
+    /// on RabbitMQ 4 (3.x sets none), so looking never drops a dead letter.
     private func walkDeadLetters(_ body: (RawConnection, IncomingMessage, DeadLetter) throws(AMQPError) -> Step) throws(AMQPError) {
-        let raw = try RawConnection(url: url)
+        let raw = try connect()
         defer { raw.close() }
         let queue = topology.deadQueue
+        try check(raw, queue, arguments: topology.deadQueueArguments(on: raw.serverVersion))
         let count = try raw.declareQueue(queue, passive: true).messages
         try raw.selectConfirms()
         for _ in 0..<count {

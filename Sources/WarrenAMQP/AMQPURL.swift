@@ -34,6 +34,12 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         default: throw .invalidURL("scheme '\(scheme)' is not amqp or amqps")
         }
         host = components.host.flatMap { $0.isEmpty ? nil : $0 } ?? "localhost"
+        guard host.allSatisfy({ $0.isLetter || $0.isNumber || "-._:[]%".contains($0) }) else {
+            throw .invalidURL("""
+                '\(host)' is not a host name; several brokers are given as whole URLs separated by commas \
+                (amqp://user@node1:5672/,amqp://user@node2:5672/)
+                """)
+        }
         port = components.port ?? (tls ? 5671 : 5672)
         guard (1...65_535).contains(port) else { throw .invalidURL("port \(port) is out of range") }
         user = components.percentEncodedUser.flatMap { $0.removingPercentEncoding } ?? "guest"
@@ -67,6 +73,28 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
                 throw .invalidURL("unknown query option '\(item.name)'; known: \(Self.queryOptions.map(\.name).joined(separator: ", "))")
             }
         }
+    }
+
+    /// Several URLs separated by commas (`amqp://a:5672/,amqp://b:5672/`): the nodes of one
+    /// cluster, tried in order. A comma splits only where the next URL's scheme follows, so a
+    /// password holding a comma stays whole.
+    public static func list(_ text: String) throws(AMQPError) -> [AMQPURL] {
+        var parts: [Substring] = []
+        var start = text.startIndex
+        for comma in text.indices where text[comma] == "," {
+            let after = text[text.index(after: comma)...].drop { $0 == " " }.prefix(8).lowercased()
+            guard after.hasPrefix("amqp://") || after.hasPrefix("amqps://") else { continue }
+            parts.append(text[start..<comma])
+            start = text.index(after: comma)
+        }
+        parts.append(text[start...])
+        var urls: [AMQPURL] = []
+        for part in parts {
+            let trimmed = part.trimmingCharacters(in: .whitespaces)
+            guard !trimmed.isEmpty else { throw .invalidURL("an empty address in the list '\(redacted(text))'") }
+            urls.append(try AMQPURL(trimmed))
+        }
+        return urls
     }
 
     /// The URL with the password hidden, for logs and errors.

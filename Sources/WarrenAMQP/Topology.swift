@@ -118,8 +118,10 @@ public struct Topology: Sendable, Equatable {
             // retries it forever while every message behind it waits: one such message stalled
             // every delay and retry on the vhost (measured: 3,266 messages stuck behind it in
             // warren.delay.0). The sink takes a copy of everything the last hop delivers and keeps
-            // none, so every message is routed and the cascade always moves.
-            .queue(Self.delaySink, arguments: ["x-max-length": .int(0)]),
+            // none, so every message is routed and the cascade always moves. A quorum queue, so
+            // that in a cluster it is there while any majority of nodes is (a sink lost with its
+            // node would stall the cascade again; one declared classic earlier is kept).
+            .queue(Self.delaySink, arguments: ["x-max-length": .int(0), "x-queue-type": .string("quorum")]),
             .bindQueue(Self.delaySink, exchange: Self.deliverExchange, routingKey: "#"),
         ]
         for level in 0..<Self.delayLevels {
@@ -220,6 +222,12 @@ public struct Topology: Sendable, Equatable {
     /// without them, and RabbitMQ refuses to change a queue's arguments.
     private static let safetyArguments = ["x-delivery-limit", "x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow"]
 
+    /// Whether a refused declaration (RabbitMQ's text) is only about the arguments an older
+    /// Warren did not give its quorum queues: the queue is then used as it is.
+    static func tolerates(conflict text: String, arguments: [String: AMQPValue]) -> Bool {
+        arguments["x-queue-type"] == .string("quorum") && safetyArguments.contains { text.contains("'\($0)'") }
+    }
+
     private func declareQueue(_ raw: RawConnection, _ name: String, arguments: [String: AMQPValue]) throws(AMQPError) -> String? {
         do {
             try raw.declareQueue(name, arguments: arguments)
@@ -229,9 +237,14 @@ public struct Topology: Sendable, Equatable {
             try raw.openChannel()
             if name.hasPrefix("warren.delay.") {
                 try raw.declareQueue(name, passive: true)
-                return nil
+                guard name == Self.delaySink else { return nil }
+                return """
+                    queue '\(name)' exists as declared by an older Warren (\(text)); it keeps no messages: delete it so that \
+                    Warren declares it again as a quorum queue (in a cluster a classic one is lost with its node and stalls every \
+                    delay and retry), and starts declare the topology in one batch again
+                    """
             }
-            if arguments["x-queue-type"] == .string("quorum"), Self.safetyArguments.contains(where: { text.contains("'\($0)'") }) {
+            if Self.tolerates(conflict: text, arguments: arguments) {
                 try raw.declareQueue(name, passive: true)
                 return """
                     queue '\(name)' exists without \(arguments.keys.filter(Self.safetyArguments.contains).sorted().joined(separator: ", ")) \

@@ -15,7 +15,7 @@ enum OperationsServer {
             text("ok\n")
         }
         router.get("readyz") { _, _ in
-            service.isReady ? text("ready\n") : text("not ready: not connected to RabbitMQ or not consuming\n", status: .serviceUnavailable)
+            service.isReady ? text("ready\n") : text("not ready: \(service.notReadyReason)\n", status: .serviceUnavailable)
         }
         router.get("metrics") { _, _ in
             text(service.observer.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")

@@ -17,10 +17,14 @@ public struct ServiceConfiguration: Sendable {
         case json
     }
 
-    public var brokerURL: AMQPURL
+    /// The broker's addresses, tried in order (the nodes of a cluster); the password applies to each.
+    public var brokerURLs: [AMQPURL]
+    /// The first address.
+    public var brokerURL: AMQPURL { brokerURLs[0] }
     public var queue: String
     public var queueType: QueueType
     public var maxQueueLength: Int?
+    public var deliveryLimit: Int
     public var concurrency: Int
     public var prefetch: UInt16
     public var reservedForCritical: Int
@@ -44,13 +48,17 @@ public struct ServiceConfiguration: Sendable {
     /// and the README repeats.
     public static let keys: [Key] = [
         Key("broker.url", "amqp://guest:guest@127.0.0.1:5672/",
-            "the RabbitMQ URL: amqp:// or amqps://, user, password, host, port, vhost, and the query options "
+            "the RabbitMQ URL, or several separated by commas (the nodes of a cluster, tried in order; on a loss the next at once): "
+                + "amqp:// or amqps://, user, password, host, port, vhost, and the query options "
                 + AMQPURL.queryOptions.map { "?\($0.name)= (\($0.help))" }.joined(separator: ", ")),
         Key("broker.password", "(from the URL)", "overrides the URL's password; best kept in a secret file", secret: true),
         Key("broker.password_file", "", "a file holding the broker password (Docker and Kubernetes secrets)"),
         Key("queue.name", "default", "the Warren queue to consume: broker queues <name>.<priority> and <name>.dead"),
         Key("queue.type", "classic", "classic or quorum (quorum: replicated, survives a node loss)"),
         Key("queue.max_length", "", "most ready messages per priority queue, 1 to 100000000; publishes beyond it are refused"),
+        Key("queue.delivery_limit", "\(Topology.defaultDeliveryLimit)",
+            "quorum queues: how often a message may return to its queue (its worker died or lost the connection) before it is "
+                + "dead-lettered with reason delivery_limit, \(Topology.deliveryLimits.lowerBound) to \(Topology.deliveryLimits.upperBound)"),
         Key("worker.concurrency", "16", "jobs run at once, 1 to 4096"),
         Key("worker.prefetch", "200", "unacked messages each priority queue's consumer may hold, 1 to 65535"),
         Key("worker.reserved_critical", "0", "extra slots only critical jobs may use, 0 to 1024 (less than worker.concurrency)"),
@@ -206,20 +214,20 @@ public struct ServiceConfiguration: Sendable {
         redactor = Redactor(parameters: redactParameters)
         let urlText = values.string("broker.url") ?? "amqp://guest:guest@127.0.0.1:5672/"
         do {
-            brokerURL = try AMQPURL(urlText)
+            brokerURLs = try AMQPURL.list(urlText)
         } catch {
             // The URL as given may hold the password: never shown.
-            throw invalid("broker.url", redactor.url(urlText), "amqp://user:password@host:port/vhost or amqps://… (\(error))")
+            throw invalid("broker.url", redactor.url(urlText), "amqp://user:password@host:port/vhost or amqps://…, or several separated by commas (\(error))")
         }
-        if let password = values.string("broker.password", secret: true) {
-            brokerURL.password = password
-        } else if let file = values.string("broker.password_file") {
+        var password = values.string("broker.password", secret: true)
+        if password == nil, let file = values.string("broker.password_file") {
             do {
-                brokerURL.password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
             } catch {
                 throw invalid("broker.password_file", file, "a readable file holding the password")
             }
         }
+        if let password { for index in brokerURLs.indices { brokerURLs[index].password = password } }
         queue = values.string("queue.name") ?? "default"
         guard queue.utf8.count <= 200, queue.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw invalid("queue.name", queue, "letters, digits, '-', '_' and '.', at most 200 characters")
@@ -228,6 +236,7 @@ public struct ServiceConfiguration: Sendable {
         guard let type = QueueType(rawValue: typeText.lowercased()) else { throw invalid("queue.type", typeText, "classic or quorum") }
         queueType = type
         maxQueueLength = try values.string("queue.max_length").map { _ in try integer("queue.max_length", 0, 1...100_000_000) }
+        deliveryLimit = try integer("queue.delivery_limit", Topology.defaultDeliveryLimit, Topology.deliveryLimits)
         concurrency = try integer("worker.concurrency", 16, 1...4_096)
         prefetch = UInt16(try integer("worker.prefetch", 200, 1...65_535))
         reservedForCritical = try integer("worker.reserved_critical", 0, 0...1_024)
@@ -275,6 +284,16 @@ public struct ServiceConfiguration: Sendable {
         }
     }
 
+    /// The queue's broker objects as this configuration declares them.
+    public var topology: Topology {
+        Topology(queue: queue, queueType: queueType, maxLength: maxQueueLength, deliveryLimit: deliveryLimit)
+    }
+
+    /// The tools (`submit`, `queues`, `dead-letters`) for `queue` (default: the configured one).
+    public func tools(queue name: String? = nil) -> AMQPTools {
+        AMQPTools(urls: brokerURLs, topology: name.map { Topology(queue: $0, queueType: queueType) } ?? topology)
+    }
+
     /// The longest duration any key, handler field or flag takes.
     public static let longestDuration = Duration.seconds(30 * 86_400)
     /// What a duration may be, for error messages.
@@ -302,9 +321,10 @@ public struct ServiceConfiguration: Sendable {
     /// A summary for `config check` and the start-up log line (no password).
     public var summary: [(String, String)] {
         [
-            ("broker.url", brokerURL.description),
+            ("broker.url", brokerURLs.map(\.description).joined(separator: ",")),
             ("queue.name", queue), ("queue.type", queueType.rawValue),
             ("queue.max_length", maxQueueLength.map(String.init) ?? "unbounded"),
+            ("queue.delivery_limit", "\(deliveryLimit)"),
             ("worker.concurrency", "\(concurrency)"), ("worker.prefetch", "\(prefetch)"),
             ("worker.reserved_critical", "\(reservedForCritical)"),
             ("worker.capabilities", capabilities.sorted().joined(separator: ",")),

@@ -51,6 +51,8 @@ public final class WorkerService: Sendable {
         var brokerConfiguration = AMQPBroker.Configuration(
             url: configuration.brokerURL, queue: configuration.queue, queueType: configuration.queueType, prefetch: configuration.prefetch,
             retryPolicy: configuration.retryPolicy, defaultMaxRetries: configuration.maxRetries, maxQueueLength: configuration.maxQueueLength)
+        brokerConfiguration.urls = configuration.brokerURLs
+        brokerConfiguration.deliveryLimit = configuration.deliveryLimit
         brokerConfiguration.jobDefaults = defaults
         brokerConfiguration.retryPolicies = policies
         brokerConfiguration.publishesEvents = configuration.publishesEvents
@@ -82,7 +84,7 @@ public final class WorkerService: Sendable {
     /// calling task is cancelled, then drains.
     public func runWorker() async {
         logger.info("warren is starting", metadata: [
-            "queue": "\(configuration.queue)", "broker": "\(configuration.brokerURL)", "handlers": "\(handlerNames.joined(separator: ","))",
+            "queue": "\(configuration.queue)", "broker": "\(configuration.brokerURLs.map(\.description).joined(separator: ","))", "handlers": "\(handlerNames.joined(separator: ","))",
             "concurrency": "\(configuration.concurrency)",
         ])
         if handlerNames.isEmpty {
@@ -92,11 +94,11 @@ public final class WorkerService: Sendable {
         let observing = Task { await observer.follow(events) }
         let updates = broker.connectionUpdates
         // The connection may have come up before we started listening.
-        if broker.isReady { logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(configuration.queue)"]) }
-        let connection = Task { [logger, queue = configuration.queue] in
+        if broker.isReady { logConnected() }
+        let connection = Task { [self] in
             for await state in updates {
                 switch state {
-                case .connected: logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(queue)"])
+                case .connected: logConnected()
                 case let .disconnected(reason): logger.warning("lost the RabbitMQ connection; reconnecting", metadata: ["reason": "\(reason)"])
                 case .connecting, .closed: break
                 }
@@ -109,8 +111,22 @@ public final class WorkerService: Sendable {
         try? await httpClient.shutdown()
     }
 
-    /// Ready: connected to RabbitMQ and consuming.
+    private func logConnected() {
+        logger.info("connected to RabbitMQ; consuming", metadata: ["queue": "\(configuration.queue)", "rabbitmq": "\(broker.brokerVersion)"])
+        for note in broker.topologyNotes { logger.warning("\(note)") }
+    }
+
+    /// Ready: connected to RabbitMQ and consuming all five priority queues.
     public var isReady: Bool { broker.isConsuming }
+
+    /// Why not ready, for `/readyz`.
+    var notReadyReason: String {
+        let unconsumed = broker.unconsumedQueues
+        guard unconsumed.isEmpty else {
+            return "not consuming \(unconsumed.joined(separator: ", ")): RabbitMQ cancelled the consumer (the queue's node is down or the queue was deleted); consuming again once it is back"
+        }
+        return broker.isReady ? "not consuming" : "not connected to RabbitMQ"
+    }
 }
 
 /// The worker as a lifecycle service: a graceful shutdown cancels its run, which drains.

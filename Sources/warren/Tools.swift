@@ -40,7 +40,7 @@ struct Submit: AsyncParsableCommand {
             id: id.map { JobID($0) } ?? .random(), name: name, payload: Data(payload.utf8), priority: level,
             notBefore: delay == nil ? nil : Date().addingTimeInterval(delayed.timeInterval),
             maxRetries: maxRetries ?? configuration.maxRetries)
-        let tools = AMQPTools(url: configuration.brokerURL, queue: configuration.queue)
+        let tools = configuration.tools()
         // A delayed job is waited for past its delay.
         let outcome = try tools.submit(job, wait: wait ? waitFor + delayed : nil, statesMaxRetries: maxRetries != nil)
         guard wait else {
@@ -73,7 +73,7 @@ struct Queues: AsyncParsableCommand {
         var depths: [AMQPTools.QueueDepth] = []
         for name in names.isEmpty ? [configuration.queue] : names {
             do {
-                depths += try AMQPTools(url: configuration.brokerURL, queue: name).depths()
+                depths += try configuration.tools(queue: name).depths()
             } catch {
                 throw Failure("queue '\(name)': \(error)")
             }
@@ -112,7 +112,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load()
-            let letters = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).deadLetters(filters.filter())
+            let letters = try configuration.tools().deadLetters(filters.filter())
             print("ID                                    NAME                      REASON               ATTEMPTS  AGE")
             for letter in letters {
                 print("\(letter.id.rightPadded(37)) \(letter.name.rightPadded(25)) \(letter.reason.rightPadded(20)) \(String(letter.attempts).leftPadded(8))  \(age(letter.deadAt))")
@@ -128,7 +128,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load()
-            guard let letter = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue)
+            guard let letter = try configuration.tools()
                 .deadLetters(AMQPTools.Filter(id: id, limit: 1)).first else {
                 throw ValidationError("no dead letter with id \(id)")
             }
@@ -147,7 +147,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load()
-            let count = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).replay(filters.filter(id: id))
+            let count = try configuration.tools().replay(filters.filter(id: id))
             print("replayed \(count) job(s)")
         }
     }
@@ -164,7 +164,7 @@ struct DeadLetters: AsyncParsableCommand {
                 throw ValidationError("give --name, --reason or --id, or --all to purge every dead letter")
             }
             let configuration = try await options.load()
-            let count = try AMQPTools(url: configuration.brokerURL, queue: configuration.queue).purge(filters.filter(id: id))
+            let count = try configuration.tools().purge(filters.filter(id: id))
             print("purged \(count) dead letter(s)")
         }
     }
