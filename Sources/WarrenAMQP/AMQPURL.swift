@@ -45,6 +45,9 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         user = components.percentEncodedUser.flatMap { $0.removingPercentEncoding } ?? "guest"
         password = components.percentEncodedPassword.flatMap { $0.removingPercentEncoding } ?? "guest"
         let path = components.percentEncodedPath
+        guard !path.contains(","), !path.contains(" ") else {
+            throw .invalidURL("the vhost '\(path.dropFirst())' holds a comma or space: percent-encode it (%2C, %20), or separate several URLs with commas")
+        }
         if path.isEmpty || path == "/" {
             vhost = "/"
         } else {
