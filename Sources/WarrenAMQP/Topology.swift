@@ -197,7 +197,9 @@ public struct Topology: Sendable, Equatable {
     var priorityQueueArguments: [String: AMQPValue] {
         var arguments: [String: AMQPValue] = ["x-queue-type": .string(queueType.rawValue)]
         if let maxLength {
-            arguments["x-max-length"] = .int(Int64(maxLength))
+            // A quorum queue refuses a publish once it holds more than x-max-length (it checks
+            // after each enqueue), so it takes one more than a classic queue does.
+            arguments["x-max-length"] = .int(Int64(queueType == .quorum ? maxLength - 1 : maxLength))
             arguments["x-overflow"] = .string("reject-publish")
         }
         if queueType == .quorum {

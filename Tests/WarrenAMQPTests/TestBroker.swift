@@ -22,6 +22,12 @@ enum TestBroker {
         return url
     }
 
+    /// The second broker of the test run: Debian's RabbitMQ 3.10, for the conformance suite.
+    static func legacyURL() throws -> AMQPURL {
+        guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_LEGACY_AMQP_URL"] else { throw NotConfigured() }
+        return try AMQPURL(text)
+    }
+
     /// The same broker's TLS listener (a throwaway CA made by scripts/rabbitmq.sh).
     static func tlsURL() throws -> AMQPURL {
         guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_AMQPS_URL"] else { throw NotConfigured() }
@@ -36,8 +42,8 @@ enum TestBroker {
 
     /// Removes the broker queues of the Warren queues `names` (five priorities and the dead
     /// letters), so that a broker kept across runs does not pile them up.
-    static func deleteQueues(_ names: [String]) throws {
-        let cleaner = try RawConnection(url: try url())
+    static func deleteQueues(_ names: [String], at broker: AMQPURL? = nil) throws {
+        let cleaner = try RawConnection(url: try broker ?? url())
         defer { cleaner.close() }
         for name in names {
             let topology = Topology(queue: name)
