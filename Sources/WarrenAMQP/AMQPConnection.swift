@@ -19,7 +19,9 @@ final class AMQPConnection: Sendable {
         var urls: [AMQPURL]
         var name: String = "warren"
         var initialBackoff: Double = 0.1
-        var maxBackoff: Double = 10
+        // Short: a node back from a restart is used within this much (with 10 s a node's return
+        // was missed by almost 10 s); an unreachable broker costs one attempt per address this often.
+        var maxBackoff: Double = 2
         /// While deliveries stream in, finished deliveries are acked once this many wait (or 2 ms
         /// have passed): one `multiple` ack instead of many. Keep it well under the prefetch.
         var ackBatch = 16

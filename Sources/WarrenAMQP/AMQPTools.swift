@@ -161,14 +161,18 @@ public struct AMQPTools: Sendable {
             properties = message.properties
             id = message.properties.messageID ?? ""
             name = message.properties.type ?? headers[WireFormat.Header.job]?.stringValue ?? queue
-            reason = headers[WireFormat.Header.deadReason]?.stringValue ?? "unknown"
+            // A quorum queue dead-letters a message returned past its delivery limit itself: its
+            // reason is only in RabbitMQ's headers.
+            reason = headers[WireFormat.Header.deadReason]?.stringValue ?? headers["x-last-death-reason"]?.stringValue
+                ?? headers["x-first-death-reason"]?.stringValue ?? "unknown"
             error = headers[WireFormat.Header.deadError]?.stringValue ?? ""
             attempts = Int(headers[WireFormat.Header.deadAttempts]?.intValue ?? 0)
             deadAt = headers[WireFormat.Header.deadAt].flatMap(WireFormat.date)
             originalRoutingKey = headers[WireFormat.Header.originalRoutingKey]?.stringValue ?? ""
             let named = headers[WireFormat.Header.priority]?.stringValue.flatMap { JobPriority(name: $0) }
             let keyed = originalRoutingKey.split(separator: ".").last.flatMap { JobPriority(name: String($0)) }
-            priority = named ?? keyed ?? .normal
+            let dropped = headers["x-first-death-queue"]?.stringValue?.split(separator: ".").last.flatMap { JobPriority(name: String($0)) }
+            priority = named ?? keyed ?? dropped ?? .normal
             body = message.body
         }
     }

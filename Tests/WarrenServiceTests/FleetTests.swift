@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+import Warren
+@testable import WarrenAMQP
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Several `warren serve` instances on one quorum queue of the test run's RabbitMQ 4 node, run
+/// side by side, and instances that die.
+@Suite("instances side by side")
+struct FleetTests {
+    /// Three instances share 30,000 jobs; one is SIGKILLed mid-run and started again. No job is
+    /// lost; the jobs it held (its prefetch window and its running jobs) may run twice, no more;
+    /// each instance ran a share.
+    @Test(.timeLimit(.minutes(6)))
+    func threeInstancesShareAQueueAndOneDiesMidRun() async throws {
+        try await usingBroker {
+            let url = try TestEnvironment.amqpURL
+            let fleet = try await Fleet(queue: TestEnvironment.unique(), queueType: .quorum)
+            for index in 1...3 { try await fleet.launch(index, urls: [url]) }
+            let ids = try await fleet.publish(30_000, urls: [url])
+            try await waitUntil("a third of the jobs to run", within: 120) { fleet.service.completed.count >= 10_000 }
+            try await fleet.kill(2)
+            try await fleet.launch(2, urls: [url])
+            try await waitUntil("every job to run", within: 240) { fleet.service.completed.count >= ids.count }
+            let runs = fleet.runs
+            #expect(Set(runs.keys) == Set(ids), "every job ran")
+            let duplicates = runs.values.reduce(0) { $0 + $1 - 1 }
+            // What the killed instance held: up to its prefetch on each of the five queues, and
+            // (within that) its running jobs.
+            #expect(duplicates <= 50 * 5, "\(duplicates) jobs ran twice")
+            for index in 1...3 { #expect(fleet.runs(by: index) > 1_000, "instance \(index) ran \(fleet.runs(by: index))") }
+            await fleet.stopAll()
+            let left = try fleet.leftInQueues(url: url)
+            #expect(left.ready == 0 && left.dead == 0, "\(left)")
+            fleet.deleteQueues(url: url)
+        }
+    }
+
+    /// A job whose handler kills the worker process: each death returns the message to its
+    /// quorum queue, which counts it; past `queue.delivery_limit` RabbitMQ dead-letters it into
+    /// `<queue>.dead` with reason `delivery_limit` (without a dead-letter exchange it dropped it),
+    /// and the worker runs again.
+    @Test(.timeLimit(.minutes(4)))
+    func aJobThatKillsItsWorkerEndsInTheDeadQueueAfterTheDeliveryLimit() async throws {
+        try await usingBroker {
+            let queue = TestEnvironment.unique()
+            let dir = try makeTemporaryDirectory()
+            try """
+                handlers:
+                  poison:
+                    exec: { command: [/bin/sh, -c, 'kill -9 $PPID'] }
+                """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
+            var environment = ProcessInfo.processInfo.environment
+            environment["WARREN_BROKER_URL"] = try TestEnvironment.amqpURL
+            environment["WARREN_QUEUE_NAME"] = queue
+            environment["WARREN_QUEUE_TYPE"] = "quorum"
+            environment["WARREN_QUEUE_DELIVERY_LIMIT"] = "2"
+            environment["WARREN_HANDLERS_FILE"] = dir + "/handlers.yaml"
+            environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
+            environment["WARREN_LOG_FORMAT"] = "json"
+            environment["WARREN_SECRETS_DIR"] = "/nonexistent"
+            let tools = AMQPTools(url: try AMQPURL(try TestEnvironment.amqpURL), queue: queue, queueType: .quorum)
+            var worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
+            let address = try await operationsAddress(of: worker)
+            try await waitUntil("the worker to be ready", within: 30) { await get(address + "/readyz")?.0 == 200 }
+            let submit = try ChildProcess(TestEnvironment.binary("warren"), ["submit", "poison"], environment: environment)
+            #expect(try await submit.exit(within: 60) == .exited(0), "\(submit.output)")
+            var deaths = 0
+            func deadLetters() throws -> Int { try tools.depths().first(where: { $0.priority == nil })?.messages ?? 0 }
+            // Each worker either takes the job and dies, or finds it dead-lettered by the last death.
+            while deaths <= 5 {
+                let deadline = ContinuousClock.now + .seconds(60)
+                var exit: ProcessExit?
+                while exit == nil, try deadLetters() == 0, ContinuousClock.now < deadline {
+                    exit = try? await worker.exit(within: 0.2)
+                }
+                guard let exit else { break }
+                #expect(exit == .signalled(SIGKILL), "the poison job killed the worker")
+                deaths += 1
+                worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
+                _ = try await operationsAddress(of: worker)
+            }
+            #expect(deaths == 3, "dead-lettered on the third return (delivery limit 2), after \(deaths) deaths")
+            let letters = try tools.deadLetters()
+            #expect(letters.count == 1 && letters.first?.reason == "delivery_limit", "\(letters.map(\.reason))")
+            #expect(letters.first?.name == "poison" && letters.first?.priority == .normal)
+            worker.signal(SIGTERM)
+            #expect(try await worker.exit(within: 60) == .exited(0), "the worker lives on once the job is dead-lettered")
+            let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
+            defer { raw.close() }
+            try TestBrokerQueues.delete(queue, on: raw)
+        }
+    }
+}
