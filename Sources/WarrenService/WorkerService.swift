@@ -65,7 +65,7 @@ public final class WorkerService: Sendable {
             configuration: WorkerPoolConfiguration(
                 concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
                 capabilities: configuration.capabilities, defaultTimeout: configuration.defaultTimeout,
-                shutdownGrace: configuration.shutdownGrace, limits: limits))
+                shutdownGrace: configuration.shutdownGrace - Self.settlingReserve(configuration.shutdownGrace), limits: limits))
     }
 
     /// Runs until SIGTERM or SIGINT, then drains and returns.
@@ -116,6 +116,10 @@ public final class WorkerService: Sendable {
         for note in broker.topologyNotes { logger.warning("\(note)") }
     }
 
+    /// The end of the grace period kept for settling the last jobs and closing the connection:
+    /// a fifth of it, at most 5 s. Running jobs get the rest.
+    static func settlingReserve(_ grace: Duration) -> Duration { min(.seconds(5), grace / 5) }
+
     /// Ready: connected to RabbitMQ and consuming all five priority queues.
     public var isReady: Bool { broker.isConsuming }
 
@@ -139,9 +143,16 @@ struct WorkerLoop: Service {
             await withTaskCancellationHandler {
                 await service.runWorker()
             } onCancel: {
-                service.logger.info("shutting down: finishing running jobs, handing back the rest", metadata: [
-                    "grace": "\(service.configuration.shutdownGrace)",
-                ])
+                let grace = service.configuration.shutdownGrace
+                service.logger.info("shutting down: finishing running jobs, handing back the rest", metadata: ["grace": "\(grace)"])
+                // Shutdown always wins: whatever the broker does (unreachable, blocking publishers
+                // under a resource alarm, a half-open connection), the process ends within its
+                // grace period. What it did not settle is still unacked: RabbitMQ hands it to
+                // another consumer. On a thread of the dispatch pool, which nothing here can hold up.
+                DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) {
+                    service.logger.error("the drain did not end within worker.shutdown_grace (\(grace)): exiting; unsettled jobs return to RabbitMQ")
+                    exit(1)
+                }
             }
         }
     }

@@ -94,3 +94,32 @@ struct FleetTests {
         }
     }
 }
+
+@Suite("shutdown always wins")
+struct ShutdownTests {
+    /// The broker stops answering while a job runs (half-open connection, or a resource alarm that
+    /// blocks the connection): SIGTERM still ends `warren serve` within its grace period. Without
+    /// the bound it waited for the consumers' cancel, the job's settlement and the close (over
+    /// 20 s here).
+    @Test(.timeLimit(.minutes(2)))
+    func sigtermEndsTheWorkerWithinItsGraceWhenTheBrokerStopsAnswering() async throws {
+        try await usingBroker {
+            let url = try AMQPURL(try TestEnvironment.amqpURL)
+            let proxy = try FreezingProxy(targetPort: url.port)
+            defer { proxy.stop() }
+            let fleet = try await Fleet(
+                queue: TestEnvironment.unique(), queueType: .quorum, environment: ["WARREN_WORKER_SHUTDOWN_GRACE": "3s"],
+                handlerDelay: .milliseconds(1_500))
+            let worker = try await fleet.launch(1, urls: ["amqp://\(url.user):\(url.password)@127.0.0.1:\(proxy.port)/"])
+            _ = try await fleet.publish(20, urls: [try TestEnvironment.amqpURL])
+            try await waitUntil("a job to start", within: 30) { !fleet.service.received.isEmpty }
+            proxy.freeze()
+            let stopped = ContinuousClock.now
+            worker.signal(SIGTERM)
+            _ = try await worker.exit(within: 20)
+            let took = ContinuousClock.now - stopped
+            #expect(took < .seconds(4), "SIGTERM took \(took) with a grace of 3 s")
+            fleet.deleteQueues(url: try TestEnvironment.amqpURL)
+        }
+    }
+}
