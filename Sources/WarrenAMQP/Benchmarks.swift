@@ -93,10 +93,10 @@ public enum AMQPBenchmarks {
     }
 
     /// Declares (if needed) and empties a plain queue.
-    public static func prepare(url: AMQPURL, queue: String) throws(AMQPError) {
+    public static func prepare(url: AMQPURL, queue: String, type: QueueType = .classic) throws(AMQPError) {
         let raw = try RawConnection(url: url)
         defer { raw.close() }
-        try raw.declareQueue(queue)
+        try raw.declareQueue(queue, arguments: ["x-queue-type": .string(type.rawValue)])
         _ = try raw.purgeQueue(queue)
     }
 
@@ -104,7 +104,7 @@ public enum AMQPBenchmarks {
     public static func prepare(url: AMQPURL, topology: Topology) throws(AMQPError) {
         let raw = try RawConnection(url: url)
         defer { raw.close() }
-        try topology.declare(raw)
+        _ = try topology.declare(raw)
         for priority in JobPriority.allCases { _ = try raw.purgeQueue(topology.brokerQueue(priority)) }
         _ = try raw.purgeQueue(topology.deadQueue)
     }

@@ -16,10 +16,14 @@ struct Bench: AsyncParsableCommand {
     var amqpURL: String?
     @Option(help: "Messages per AMQP run.") var amqpMessages = 100_000
     @Option(help: "Rounds of ceiling-then-Warren; the median ratio is reported.") var amqpRounds = 3
+    @Option(help: "Queue type of both the raw loop's queue and Warren's: classic or quorum.") var amqpQueueType = "classic"
 
     func validate() throws {
         guard amqpRounds >= 1 else { throw ValidationError("--amqp-rounds must be 1 or more") }
+        guard QueueType(rawValue: amqpQueueType) != nil else { throw ValidationError("--amqp-queue-type must be classic or quorum") }
     }
+
+    var queueType: QueueType { QueueType(rawValue: amqpQueueType) ?? .classic }
 
     func run() async throws {
         if let amqpURL {
@@ -40,7 +44,7 @@ struct Bench: AsyncParsableCommand {
     /// bytes from the same broker, one right after the other, `rounds` times: this machine's
     /// speed swings between runs, so each round's ratio is printed and the median is the figure.
     func amqp(url: AMQPURL, count: Int, rounds: Int) async throws {
-        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(count) messages per run, \(rounds) rounds")
+        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(rounds) rounds")
         var ratios: [Double] = [], warrenCPU: [Double] = [], rawCPU: [Double] = []
         for round in 1...rounds {
             let (ceiling, raw, published) = try await ceiling(url: url, count: count)
@@ -70,8 +74,8 @@ struct Bench: AsyncParsableCommand {
     /// rabbitmq-c loop: messages per second, the loop thread's CPU seconds per message, and how
     /// fast the queue was filled.
     func ceiling(url: AMQPURL, count: Int) async throws -> (rate: Double, cpuPerMessage: Double, published: Double) {
-        let plain = "warren-bench-ceiling"
-        try AMQPBenchmarks.prepare(url: url, queue: plain)
+        let plain = "warren-bench-ceiling-\(queueType.rawValue)"
+        try AMQPBenchmarks.prepare(url: url, queue: plain, type: queueType)
         let published = try AMQPBenchmarks.fill(
             url: url, exchange: "", routingKey: plain, count: count,
             properties: MessageProperties(contentType: "application/json", deliveryMode: 2), body: { _ in Self.benchBody })
@@ -82,9 +86,10 @@ struct Bench: AsyncParsableCommand {
     /// Fills Warren's normal queue with the same messages as no-op jobs and drains it through a
     /// worker pool: jobs per second and the whole process's CPU seconds per job.
     func warrenDrain(url: AMQPURL, count: Int, events: Bool) async throws -> (rate: Double, cpu: Double) {
-        let topology = Topology(queue: "warren-bench")
+        let name = queueType == .classic ? "warren-bench" : "warren-bench-\(queueType.rawValue)"
+        let topology = Topology(queue: name, queueType: queueType)
         try AMQPBenchmarks.prepare(url: url, topology: topology)
-        var configuration = AMQPBroker.Configuration(url: url, queue: "warren-bench", prefetch: 1_000)
+        var configuration = AMQPBroker.Configuration(url: url, queue: name, queueType: queueType, prefetch: 1_000)
         configuration.publishesEvents = events
         // Connected before the fill, so consumption starts as soon after it as the raw loop's does:
         // how fast RabbitMQ serves a freshly filled queue depends on how long ago it was filled.
