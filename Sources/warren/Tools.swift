@@ -75,7 +75,7 @@ struct Queues: AsyncParsableCommand {
             do {
                 depths += try configuration.tools(queue: name).depths()
             } catch {
-                throw Failure("queue '\(name)': \(error)")
+                throw Failure("\(error)")
             }
         }
         print("QUEUE                                   READY  CONSUMERS")
