@@ -222,7 +222,7 @@ launch() {
     local dir=$1 cmd pid
     node_env "$dir"
     pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    if [ -n "$pid" ] && alive "$pid"; then
         echo "$RABBITMQ_NODENAME runs already" >&2
         return 0
     fi
@@ -237,7 +237,7 @@ launch() {
     echo $! >"$dir/group"
     local deadline=$((SECONDS + 120))
     until (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_NODE_PORT") 2>/dev/null; do
-        if ((SECONDS > deadline)) || ! kill -0 "$(cat "$dir/group")" 2>/dev/null; then
+        if ((SECONDS > deadline)) || ! alive "$(cat "$dir/group")"; then
             echo "RabbitMQ $RABBITMQ_NODENAME did not open port $RABBITMQ_NODE_PORT; its log:" >&2
             tail -n 40 "$dir/server.out" "$dir"/log/*.log >&2 2>/dev/null || true
             return 1
@@ -275,6 +275,9 @@ certificates() {
         -days 1 -extfile "$tls/san.ext" -out "$tls/server.pem" 2>/dev/null
 }
 
+# Alive and not a zombie: a killed node's processes wait for init to reap them.
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 # SIGKILL for the node's process group (its beam, the start script, runuser) and its beam, then
 # waits (bounded) until they are gone.
 kill_node() {
@@ -285,7 +288,7 @@ kill_node() {
     [ -n "$group" ] && kill -9 -- "-$group" 2>/dev/null && pids+=("$group")
     local deadline=$((SECONDS + 10))
     for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
     done
     rm -f "$dir/rabbitmq.pid" "$dir/group"
 }
@@ -319,7 +322,8 @@ cluster_start() {
         echo "${WARREN_TEST_OWNER:-$PPID}" >"$dir/owner"
         ensure_root "$ROOT4"
         port=$(pick_port 3)
-        for i in 1 2 3; do names+=("warren-test-$$-$RANDOM-n$i@localhost"); done
+        local prefix="warren-test-$$-$RANDOM"
+        for i in 1 2 3; do names+=("$prefix-n$i@localhost"); done
         for i in 1 2 3; do
             new_node "$dir/n$i" 4 $((port + 2 * (i - 1))) "${names[i - 1]}" 0 "${names[@]}"
         done
