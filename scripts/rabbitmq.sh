@@ -278,18 +278,19 @@ certificates() {
 # Alive and not a zombie: a killed node's processes wait for init to reap them.
 alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
 
-# SIGKILL for the node's process group (its beam, the start script, runuser) and its beam, then
-# waits (bounded) until they are gone.
+# SIGKILL for the node's beam, then for the rest of its session (the start script, runuser,
+# erl_child_setup), then waits (bounded) until none of them is alive, so that the node's folder is
+# no longer in use.
 kill_node() {
-    local dir=$1 pids=() pid group
+    local dir=$1 pid group deadline=$((SECONDS + 10))
     pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
     group=$(cat "$dir/group" 2>/dev/null || true)
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null && pids+=("$pid")
-    [ -n "$group" ] && kill -9 -- "-$group" 2>/dev/null && pids+=("$group")
-    local deadline=$((SECONDS + 10))
-    for pid in "${pids[@]}"; do
-        while alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
-    done
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+    if [ -n "$group" ]; then
+        kill -9 -- "-$group" 2>/dev/null || true
+        while ps -o stat= --sid "$group" | grep -qv '^Z' && ((SECONDS < deadline)); do sleep 0.05; done
+    fi
+    while [ -n "$pid" ] && alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
     rm -f "$dir/rabbitmq.pid" "$dir/group"
 }
 
