@@ -21,7 +21,8 @@
 #   scripts/rabbitmq.sh node-stop DIR I    stop cluster node I gracefully
 #   scripts/rabbitmq.sh node-start DIR I   start cluster node I again; it rejoins with its data
 #   scripts/rabbitmq.sh cluster-remove DIR kill the cluster and delete DIR
-#   scripts/rabbitmq.sh reap               remove nodes and clusters (and their mounts) whose test run has died
+#   scripts/rabbitmq.sh reap               remove nodes and clusters (and their mounts) whose test run has died,
+#                                          with the folders of scripts/test.sh
 # Only the lines named above go to stdout; progress and errors go to stderr.
 set -euo pipefail
 
@@ -375,16 +376,19 @@ cluster_remove() {
 
 reap() {
     local dir owner root m
-    for dir in /tmp/warren-rabbitmq.*; do
+    for dir in /tmp/warren-rabbitmq.* /tmp/warren-test.*; do
         [ -d "$dir" ] || continue
         owner=$(cat "$dir/owner" 2>/dev/null || echo 0)
         if [ "$owner" != 0 ] && kill -0 "$owner" 2>/dev/null; then continue; fi
         # A folder just made by a run that has not written its owner yet.
         [ "$owner" = 0 ] && [ -n "$(find "$dir" -maxdepth 0 -mmin -10)" ] && continue
-        if [ -d "$dir/n1" ]; then cluster_remove "$dir"; else remove "$dir"; fi
+        case "$dir" in
+            /tmp/warren-test.*) rm -rf "$dir" ;; # scripts/test.sh's log and environment lines
+            *) if [ -d "$dir/n1" ]; then cluster_remove "$dir"; else remove "$dir"; fi ;;
+        esac
     done
     # Bind mounts whose folder is gone (a run killed in the middle of its clean-up).
-    for root in "$ROOT4" /var/cache/warren/rabbitmq-trixie; do
+    for root in "$ROOT4"; do
         [ -d "$root" ] || continue
         for m in $(mounts_under "$root/tmp"); do
             case "$m" in "$root"/tmp/warren-rabbitmq.*) ;; *) continue ;; esac

@@ -14,6 +14,7 @@ legacy=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)  # RabbitMQ 3.10: the conformanc
 cluster=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX) # three RabbitMQ 4.0 nodes for ClusterTests
 run=$(mktemp -d /tmp/warren-test.XXXXXX)          # this run's log and the brokers' environment lines
 log=$run/log
+echo $$ >"$run/owner"
 starts=()
 cleanup() {
     # A broker still starting is waited for, so that none outlives the run.
