@@ -397,17 +397,24 @@ reap() {
     done
 }
 
-case "${1:-}" in
+usage() { sed -n '2,26p' "$0" >&2; exit 2; }
+verb=${1:-}
+(($# >= 2)) || [ "$verb" = install ] || [ "$verb" = reap ] || usage
+case "$verb" in
     install) install ;;
     start) start "$2" ;;
     stop) stop "$2" ;;
     restart) stop "$2"; launch "$2" ;;
     remove) remove "$2" ;;
     cluster-start) cluster_start "$2" ;;
-    node-kill) kill_node "$(cluster_node "$2" "$3")" ;;
-    node-stop) stop "$(cluster_node "$2" "$3")" ;;
-    node-start) launch "$(cluster_node "$2" "$3")" ;;
+    node-kill | node-stop | node-start)
+        node=$(cluster_node "$2" "${3:-}") || exit
+        case "$verb" in
+            node-kill) kill_node "$node" ;;
+            node-stop) stop "$node" ;;
+            node-start) launch "$node" ;;
+        esac ;;
     cluster-remove) cluster_remove "$2" ;;
     reap) reap ;;
-    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
+    *) usage ;;
 esac
