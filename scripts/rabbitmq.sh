@@ -400,6 +400,8 @@ reap() {
 usage() { sed -n '2,26p' "$0" >&2; exit 2; }
 verb=${1:-}
 (($# >= 2)) || [ "$verb" = install ] || [ "$verb" = reap ] || usage
+# An absolute DIR: the chroot sees it at the same path, and the printed paths hold anywhere.
+(($# < 2)) || set -- "$1" "$(realpath -m "$2")" "${@:3}"
 case "$verb" in
     install) install ;;
     start) start "$2" ;;
