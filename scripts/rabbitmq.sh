@@ -48,7 +48,26 @@ install() {
 
 # ── the Debian 13 folder for RabbitMQ 4 ──
 
-root_ready() { [ -x "$1/usr/lib/rabbitmq/bin/rabbitmq-server" ]; }
+has_rabbitmq() { [ -x "$1/usr/lib/rabbitmq/bin/rabbitmq-server" ]; }
+root_ready() { has_rabbitmq "$1" && [ -s "$1/var/lib/rabbitmq/.erlang.cookie" ]; }
+
+# The chroot's rabbitmq user as uid:gid (not the host's).
+rabbitmq_owner() {
+    local owner
+    owner=$(awk -F: '$1 == "rabbitmq" { print $3 ":" $4 }' "$1/etc/passwd")
+    [ -n "$owner" ] || { echo "no rabbitmq user in $1/etc/passwd" >&2; return 1; }
+    echo "$owner"
+}
+
+# The Erlang cookie of every node in the root and of rabbitmqctl there (HOME=/var/lib/rabbitmq).
+# Made here, once: nodes that start together would each write their own.
+make_cookie() {
+    local cookie=$1/var/lib/rabbitmq/.erlang.cookie
+    [ -s "$cookie" ] && return 0
+    (umask 077 && openssl rand -hex 16 | tr 0-9a-f A-P >"$cookie")
+    chown "$(rabbitmq_owner "$1")" "$cookie"
+    chmod 400 "$cookie"
+}
 
 # Runs "$@" holding the root's lock: one build, mount or unmount at a time.
 locked() {
@@ -98,6 +117,7 @@ discard_tree() {
 build_root() {
     local root=$1 tmp old uri started=$SECONDS
     root_ready "$root" && return 0
+    if has_rabbitmq "$root"; then make_cookie "$root"; return; fi
     for old in "$root".build.*; do [ -e "$old" ] && discard_tree "$old"; done
     if [ -e "$root" ]; then
         echo "$root exists but holds no RabbitMQ 4 (no usr/lib/rabbitmq/bin/rabbitmq-server); remove it first" >&2
@@ -114,7 +134,8 @@ build_root() {
         return 1
     fi
     rm -f "$tmp.log"
-    root_ready "$tmp" || { echo "debootstrap left no rabbitmq-server in $tmp" >&2; discard_tree "$tmp"; return 1; }
+    has_rabbitmq "$tmp" || { echo "debootstrap left no rabbitmq-server in $tmp" >&2; discard_tree "$tmp"; return 1; }
+    make_cookie "$tmp"
     mv -T "$tmp" "$root"
     echo "built $root in $((SECONDS - started)) s" >&2
 }
@@ -210,9 +231,7 @@ CONF
         for peer in "$@"; do echo "cluster_formation.classic_config.nodes.$((i++)) = $peer" >>"$dir/rabbitmq.conf"; done
     fi
     if [ "$kind" = 4 ]; then
-        # The chroot's rabbitmq user has its own uid.
-        owner=$(awk -F: '$1 == "rabbitmq" { print $3 ":" $4 }' "$ROOT4/etc/passwd")
-        [ -n "$owner" ] || { echo "no rabbitmq user in $ROOT4/etc/passwd" >&2; return 1; }
+        owner=$(rabbitmq_owner "$ROOT4")
         chown -R "$owner" "$dir"
     else
         chown -R rabbitmq:rabbitmq "$dir"
