@@ -19,7 +19,9 @@
 #                                          and WARREN_TEST_CLUSTER_DIR
 #   scripts/rabbitmq.sh node-kill DIR I    SIGKILL cluster node I (1..3)
 #   scripts/rabbitmq.sh node-stop DIR I    stop cluster node I gracefully
-#   scripts/rabbitmq.sh node-start DIR I   start cluster node I again; it rejoins with its data
+#   scripts/rabbitmq.sh node-start DIR I   start cluster node I again; it rejoins with its data. A node
+#                                          waits for its peers when all were down: then start them
+#                                          together with cluster-start DIR (it starts the missing ones)
 #   scripts/rabbitmq.sh cluster-remove DIR kill the cluster and delete DIR
 #   scripts/rabbitmq.sh reap               remove nodes and clusters (and their mounts) whose test run has died,
 #                                          with the folders of scripts/test.sh
@@ -155,7 +157,7 @@ unbind_node() {
     local root=$1 dir=$2
     if mountpoint -q "$root$dir"; then umount "$root$dir" || umount -l "$root$dir"; fi
     rmdir "$root$dir" 2>/dev/null || true
-    if mountpoint -q "$root/proc" && [ -z "$(mounts_under "$root" | grep -vxF "$root/proc")" ]; then
+    if mountpoint -q "$root/proc" && [ "$(mounts_under "$root" | grep -cvxF "$root/proc")" = 0 ]; then
         umount "$root/proc" || true
     fi
 }
@@ -172,7 +174,7 @@ pick_port() {
         port=$((20000 + RANDOM % 9000))
         ok=1
         for ((i = 0; i < 2 * n; i++)); do
-            port_free $((port + i)) && port_free $((port + i + 10000)) || { ok=0; break; }
+            if ! port_free $((port + i)) || ! port_free $((port + i + 10000)); then ok=0; break; fi
         done
         ((ok)) && { echo "$port"; return 0; }
     done
@@ -239,12 +241,13 @@ CONF
 }
 
 launch() {
-    local dir=$1 cmd pid
+    local dir=$1 cmd group
     node_env "$dir"
-    pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && alive "$pid"; then
-        echo "$RABBITMQ_NODENAME runs already" >&2
-        return 0
+    group=$(cat "$dir/group" 2>/dev/null || true)
+    if [ -n "$group" ] && alive "$group"; then
+        # Started already (perhaps still booting).
+        await_node "$dir"
+        return
     fi
     cmd=(runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq /usr/lib/rabbitmq/bin/rabbitmq-server)
     if [ "$WARREN_RABBITMQ_KIND" = 4 ]; then
@@ -255,7 +258,12 @@ launch() {
     setsid "${cmd[@]}" >>"$dir/server.out" 2>&1 </dev/null &
     # setsid runs as the leader of a new process group: stop and kill end the whole group.
     echo $! >"$dir/group"
-    local deadline=$((SECONDS + 120))
+    await_node "$dir"
+}
+
+# Waits until the node in DIR (node_env DIR done) takes AMQP connections.
+await_node() {
+    local dir=$1 deadline=$((SECONDS + 120))
     until (exec 3<>"/dev/tcp/127.0.0.1/$RABBITMQ_NODE_PORT") 2>/dev/null; do
         if ((SECONDS > deadline)) || ! alive "$(cat "$dir/group")"; then
             echo "RabbitMQ $RABBITMQ_NODENAME did not open port $RABBITMQ_NODE_PORT; its log:" >&2
@@ -305,10 +313,11 @@ kill_node() {
     local dir=$1 pid group deadline=$((SECONDS + 10))
     pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
     group=$(cat "$dir/group" 2>/dev/null || true)
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
+    if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
     if [ -n "$group" ]; then
         kill -9 -- "-$group" 2>/dev/null || true
-        while ps -o stat= --sid "$group" | grep -qv '^Z' && ((SECONDS < deadline)); do sleep 0.05; done
+        # shellcheck disable=SC2009 # pgrep would count the zombies
+        while [ "$(ps -o stat= --sid "$group" | grep -cv '^Z')" != 0 ] && ((SECONDS < deadline)); do sleep 0.05; done
     fi
     while [ -n "$pid" ] && alive "$pid" && ((SECONDS < deadline)); do sleep 0.05; done
     rm -f "$dir/rabbitmq.pid" "$dir/group"
@@ -387,7 +396,7 @@ cluster_remove() {
         root=$WARREN_RABBITMQ4_ROOT
     fi
     for i in 1 2 3; do remove "$dir/n$i"; done
-    [ -n "$root" ] && rmdir "$root$dir" 2>/dev/null || true
+    if [ -n "$root" ]; then rmdir "$root$dir" 2>/dev/null || true; fi
     rm -rf "$dir"
 }
 
@@ -407,16 +416,15 @@ reap() {
         esac
     done
     # Bind mounts whose folder is gone (a run killed in the middle of its clean-up).
-    for root in "$ROOT4"; do
-        [ -d "$root" ] || continue
-        for m in $(mounts_under "$root/tmp"); do
-            case "$m" in "$root"/tmp/warren-rabbitmq.*) ;; *) continue ;; esac
-            [ -d "${m#"$root"}" ] || locked "$root" unbind_node "$root" "${m#"$root"}"
-        done
+    root=$ROOT4
+    [ -d "$root" ] || return 0
+    for m in $(mounts_under "$root/tmp"); do
+        case "$m" in "$root"/tmp/warren-rabbitmq.*) ;; *) continue ;; esac
+        [ -d "${m#"$root"}" ] || locked "$root" unbind_node "$root" "${m#"$root"}"
     done
 }
 
-usage() { sed -n '2,26p' "$0" >&2; exit 2; }
+usage() { sed -n '2,28p' "$0" >&2; exit 2; }
 verb=${1:-}
 (($# >= 2)) || [ "$verb" = install ] || [ "$verb" = reap ] || usage
 # An absolute DIR: the chroot sees it at the same path, and the printed paths hold anywhere.

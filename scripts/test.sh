@@ -16,6 +16,7 @@ run=$(mktemp -d /tmp/warren-test.XXXXXX)          # this run's log and the broke
 log=$run/log
 echo $$ >"$run/owner"
 starts=()
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
     # A broker still starting is waited for, so that none outlives the run.
     ((${#starts[@]} == 0)) || wait "${starts[@]}" 2>/dev/null || true
@@ -42,6 +43,7 @@ for start in "${starts[@]}"; do
     wait "$start" || { echo "a RabbitMQ did not start (see above)" >&2; exit 1; }
 done
 starts=()
+# shellcheck disable=SC2046 # one VAR=value per word
 export $(cat "$run/main.env") $(sed -n 's/^WARREN_TEST_AMQP_URL=/WARREN_TEST_LEGACY_AMQP_URL=/p' "$run/legacy.env") \
     $(cat "$run/cluster.env")
 export WARREN_TEST_RABBITMQ_DIR="$main"
