@@ -206,11 +206,11 @@ new_node() {
     mkdir -p "$dir"
     {
         echo "WARREN_RABBITMQ_KIND=$kind"
-        [ "$kind" = 4 ] && echo "WARREN_RABBITMQ4_ROOT=$ROOT4"
+        if [ "$kind" = 4 ]; then echo "WARREN_RABBITMQ4_ROOT=$ROOT4"; fi
         echo "RABBITMQ_NODENAME=$name"
         echo "RABBITMQ_NODE_PORT=$port"
         echo "RABBITMQ_DIST_PORT=$((port + 10000))"
-        ((tls)) && echo "WARREN_TLS_PORT=$((port + 1))"
+        if ((tls)); then echo "WARREN_TLS_PORT=$((port + 1))"; fi
     } >"$dir/node.env"
     echo '[].' >"$dir/enabled_plugins"
     # Quick, bounded tests: no disk-space alarm on a nearly full test machine.
@@ -276,13 +276,14 @@ await_node() {
 }
 
 start() {
-    local dir=$1 kind=${WARREN_RABBITMQ:-3}
+    local dir=$1 kind=${WARREN_RABBITMQ:-3} port
     case "$kind" in 3 | 4) ;; *) echo "WARREN_RABBITMQ must be 3 or 4, not '$kind'" >&2; exit 2 ;; esac
     mkdir -p "$dir"
     if [ ! -f "$dir/node.env" ]; then
         echo "${WARREN_TEST_OWNER:-$PPID}" >"$dir/owner"
-        [ "$kind" = 4 ] && ensure_root "$ROOT4"
-        new_node "$dir" "$kind" "$(pick_port 1)" "warren-test-$$-$RANDOM@localhost" 1
+        if [ "$kind" = 4 ]; then ensure_root "$ROOT4"; fi
+        port=$(pick_port 1)
+        new_node "$dir" "$kind" "$port" "warren-test-$$-$RANDOM@localhost" 1
     fi
     launch "$dir"
     echo "WARREN_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$RABBITMQ_NODE_PORT/"
