@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing (rabbitmq-server, librabbitmq-dev), starts a private
-# RabbitMQ on 127.0.0.1 for the integration tests, runs `swift test`, and stops that broker again,
+# Runs every test: installs what is missing (rabbitmq-server, librabbitmq-dev, debootstrap), starts
+# private brokers on 127.0.0.1 for the integration tests (RabbitMQ 4.0, RabbitMQ 3.10 and a three-node
+# RabbitMQ 4.0 cluster; see scripts/rabbitmq.sh), runs `swift test`, and removes the brokers again,
 # even when tests fail. Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,29 +9,57 @@ command -v swift >/dev/null || { echo "Swift 6.2 or newer is needed: https://www
 
 scripts/rabbitmq.sh install
 scripts/rabbitmq.sh reap
-dir=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)
-log=$(mktemp /tmp/warren-test-log.XXXXXX)
-trap 'scripts/rabbitmq.sh remove "$dir"; rm -f "$log"' EXIT
+main=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)    # RabbitMQ 4.0: the broker of most tests
+legacy=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)  # RabbitMQ 3.10: the conformance suite runs on both
+cluster=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX) # three RabbitMQ 4.0 nodes for ClusterTests
+run=$(mktemp -d /tmp/warren-test.XXXXXX)          # this run's log and the brokers' environment lines
+log=$run/log
+echo $$ >"$run/owner"
+starts=()
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+    # A broker still starting is waited for, so that none outlives the run.
+    ((${#starts[@]} == 0)) || wait "${starts[@]}" 2>/dev/null || true
+    scripts/rabbitmq.sh remove "$main" || true
+    scripts/rabbitmq.sh remove "$legacy" || true
+    scripts/rabbitmq.sh cluster-remove "$cluster" || true
+    rm -rf "$run"
+}
+trap cleanup EXIT
 swift build --build-tests &
 build=$!
-echo "starting a private RabbitMQ in $dir …"
-env_lines=$(WARREN_TEST_OWNER=$$ scripts/rabbitmq.sh start "$dir")
+echo "starting RabbitMQ 4.0, RabbitMQ 3.10 and a three-node RabbitMQ 4.0 cluster in /tmp/warren-rabbitmq.* …"
+export WARREN_TEST_OWNER=$$
+WARREN_RABBITMQ=4 scripts/rabbitmq.sh start "$main" >"$run/main.env" &
+starts+=($!)
+WARREN_RABBITMQ=3 scripts/rabbitmq.sh start "$legacy" >"$run/legacy.env" &
+starts+=($!)
+scripts/rabbitmq.sh cluster-start "$cluster" >"$run/cluster.env" &
+starts+=($!)
 wait $build
 # The example package must keep compiling against the library.
 swift build --package-path Examples/TypedHandlers
-export $env_lines
-export WARREN_TEST_RABBITMQ_DIR="$dir"
-echo "RabbitMQ is up at ${WARREN_TEST_AMQP_URL}"
+for start in "${starts[@]}"; do
+    wait "$start" || { echo "a RabbitMQ did not start (see above)" >&2; exit 1; }
+done
+starts=()
+# shellcheck disable=SC2046 # one VAR=value per word
+export $(cat "$run/main.env") $(sed -n 's/^WARREN_TEST_AMQP_URL=/WARREN_TEST_LEGACY_AMQP_URL=/p' "$run/legacy.env") \
+    $(cat "$run/cluster.env")
+export WARREN_TEST_RABBITMQ_DIR="$main"
+echo "RabbitMQ 4.0 is up at $WARREN_TEST_AMQP_URL, 3.10 at $WARREN_TEST_LEGACY_AMQP_URL, the cluster at $WARREN_TEST_CLUSTER_URLS"
 status=0
 if [ $# -gt 0 ]; then
     swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?
 else
     # The soaks load the machine for a minute each and time every job's start to 50 ms: they run
     # after the other tests, one at a time, so neither they nor the timing of the others suffer.
-    swift test --skip-build --skip SoakTests 2>&1 | tee "$log" || status=$?
+    swift test --skip-build --skip SoakTests --skip ClusterTests 2>&1 | tee "$log" || status=$?
     for soak in InMemorySoakTests AMQPSoakTests; do
         swift test --skip-build --filter "$soak" 2>&1 | tee -a "$log" || status=$?
     done
+    # The cluster's failure tests kill and restart nodes: on their own too.
+    swift test --skip-build --filter ClusterTests 2>&1 | tee -a "$log" || status=$?
 fi
 if [ "$status" -ne 0 ]; then
     # Parallel tests interleave their lines: repeat the failures where a reader of the tail sees them.
