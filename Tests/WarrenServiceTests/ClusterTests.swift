@@ -58,6 +58,7 @@ struct ClusterTests {
         try await Self.node("node-kill", 1)
         try await waitUntil("instance 1 to connect to another node", within: 30) { fleet.connections(of: 1) > connections }
         let moved = ContinuousClock.now - killed
+        print("cluster: instance 1 consumed again \(moved) after its node was killed")
         try await finish(fleet, ids, restarting: 1, heldBy: [1])
         #expect(moved < .seconds(2), "instance 1 consumed again \(moved) after its node was killed")
     }
@@ -100,6 +101,7 @@ struct ClusterTests {
             try await waitUntil("\(address) to be ready again", within: 30) { await get(address + "/readyz")?.0 == 200 }
         }
         let ready = ContinuousClock.now - back
+        print("cluster: both instances consumed the classic queues again \(ready) after their node was back")
         try await finish(fleet, ids, restarting: nil, heldBy: [1, 2])
         #expect(ready < .seconds(5), "consuming again \(ready) after the node was back")
     }
@@ -117,6 +119,7 @@ struct ClusterTests {
         let runs = fleet.runs
         #expect(Set(runs.keys) == Set(ids), "every job ran")
         let duplicates = runs.values.reduce(0) { $0 + $1 - 1 }
+        print("cluster: \(ids.count) jobs, \(duplicates) ran twice")
         // What the instances that lost their connection (or consumers) held: their prefetch on
         // each of the five queues.
         #expect(duplicates <= 50 * 5 * instances.count, "\(duplicates) jobs ran twice")
