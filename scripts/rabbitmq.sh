@@ -13,6 +13,7 @@
 #                                          (WARREN_RABBITMQ=4 in the environment: a 4.0 node; DIR remembers its kind)
 #   scripts/rabbitmq.sh stop DIR           stop it (the data stays, so start DIR brings it back)
 #   scripts/rabbitmq.sh restart DIR        stop and start again (durable queues and messages survive)
+#   scripts/rabbitmq.sh ctl DIR ARGS…      rabbitmqctl ARGS… for the node in DIR (the right version's, in its chroot)
 #   scripts/rabbitmq.sh remove DIR         kill it and delete DIR
 #   scripts/rabbitmq.sh cluster-start DIR  start a three-node 4.0 cluster in DIR/n1..n3; prints
 #                                          WARREN_TEST_CLUSTER_URLS (three amqp:// URLs, comma-separated)
@@ -425,7 +426,7 @@ reap() {
     done
 }
 
-usage() { sed -n '2,28p' "$0" >&2; exit 2; }
+usage() { sed -n '2,29p' "$0" >&2; exit 2; }
 verb=${1:-}
 (($# >= 2)) || [ "$verb" = install ] || [ "$verb" = reap ] || usage
 # An absolute DIR: the chroot sees it at the same path, and the printed paths hold anywhere.
@@ -436,6 +437,7 @@ case "$verb" in
     stop) stop "$2" ;;
     restart) stop "$2"; launch "$2" ;;
     remove) remove "$2" ;;
+    ctl) node_env "$2"; "${CTL[@]}" -q -n "$RABBITMQ_NODENAME" "${@:3}" ;;
     cluster-start) cluster_start "$2" ;;
     node-kill | node-stop | node-start)
         node=$(cluster_node "$2" "${3:-}") || exit

@@ -165,6 +165,10 @@ public final class AMQPBroker: Broker {
             && messages.consumers.cancelledPriorities.isEmpty
     }
 
+    /// Consumers RabbitMQ cancelled (their queue's node went down, or the queue was deleted) and
+    /// consumers started again once their queue answered, from now on. Any number of followers.
+    public var consumerChanges: AsyncStream<ConsumerChange> { messages.consumers.changes() }
+
     /// The priority queues whose consumer the broker cancelled and that are not consumed again yet.
     public var unconsumedQueues: [String] { messages.consumers.cancelledPriorities.map(topology.brokerQueue) }
 
@@ -284,7 +288,8 @@ public final class AMQPBroker: Broker {
     /// job that has not started back to RabbitMQ, so other consumers take them at once: with
     /// `basic.nack` (requeue), or, on a quorum queue whose broker counts that toward the delivery
     /// limit (before RabbitMQ 4.3), as a copy at the end of its queue, confirmed before the
-    /// original is acked, so restarts never wear down a job's delivery count. Running jobs keep their messages and settle as usual; publishing still works. Call
+    /// original is acked, so restarts never wear down a job's delivery count. Running jobs keep
+    /// their messages and settle as usual; publishing still works. Call
     /// after the worker pool has stopped taking jobs, then let it finish, then `close()`.
     public func stopConsuming() async {
         messages.handingBack.withLock { $0 = true }

@@ -318,6 +318,8 @@ private final class IOLoop: @unchecked Sendable {
     /// (Re)establishes the connection or just the channel, and sets it up; backs off on failure.
     private func connect() {
         report(.connecting)
+        // A failure from here on is this attempt's (the catch below moves on), not a loss.
+        established = false
         do throws(AMQPError) {
             if let raw, raw.isOpen {
                 // A channel error: the connection lives, reopen the channel.

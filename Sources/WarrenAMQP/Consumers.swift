@@ -1,4 +1,4 @@
-import Warren
+public import Warren
 
 /// The consumers of a Warren queue's five priority queues on the connection's current channel.
 ///
@@ -15,6 +15,9 @@ final class Consumers: Sendable {
     }
 
     private let state = Locked(State())
+    /// Followers of cancellations and restarts (the service logs them).
+    private let followers = Locked<[UInt64: AsyncStream<ConsumerChange>.Continuation]>([:])
+    private let followerSerial = Locked<UInt64>(0)
 
     /// `warren.<generation>.<priority>`: the priority is read back from each delivery's tag.
     static func tag(_ generation: UInt64, _ priority: JobPriority) -> String { "warren.\(generation).\(priority.name)" }
@@ -45,12 +48,31 @@ final class Consumers: Sendable {
 
     /// The broker cancelled the consumer with `tag` (called on the I/O thread).
     func cancelled(_ tag: String) {
-        let signal = state.withLock { state -> AsyncStream<Void>.Continuation? in
+        let priority = Self.priority(ofTag: tag)
+        let signal = state.withLock { state -> AsyncStream<Void>.Continuation?? in
             guard let generation = state.generation, tag.hasPrefix("warren.\(generation).") else { return nil }
-            state.cancelled.insert(Self.priority(ofTag: tag))
-            return state.signal
+            state.cancelled.insert(priority)
+            return .some(state.signal)
         }
+        guard let signal else { return }
         signal?.yield()
+        tell(.cancelled(priority))
+    }
+
+    /// Cancellations and restarts from now on, for any number of followers.
+    func changes() -> AsyncStream<ConsumerChange> {
+        let (stream, continuation) = AsyncStream.makeStream(of: ConsumerChange.self, bufferingPolicy: .bufferingNewest(32))
+        let key = followerSerial.withLock { serial in
+            serial += 1
+            return serial
+        }
+        followers.withLock { $0[key] = continuation }
+        continuation.onTermination = { [followers] _ in followers.withLock { _ = $0.removeValue(forKey: key) } }
+        return stream
+    }
+
+    private func tell(_ change: ConsumerChange) {
+        for follower in followers.withLock({ Array($0.values) }) { follower.yield(change) }
     }
 
     /// Starts the cancelled consumers whose queues answer again; the others stay cancelled.
@@ -61,6 +83,7 @@ final class Consumers: Sendable {
         for priority in cancelled.sorted() where try session.raw.queueAvailable(topology.brokerQueue(priority)) {
             try session.raw.consume(topology.brokerQueue(priority), consumerTag: Self.tag(session.generation, priority))
             state.withLock { _ = $0.cancelled.remove(priority) }
+            tell(.restarted(priority))
         }
     }
 
@@ -95,4 +118,10 @@ final class Consumers: Sendable {
     func endCancellations() {
         state.withLock { $0.signal.take() }?.finish()
     }
+}
+
+/// A consumer of one of the five priority queues that RabbitMQ cancelled, or that consumes again.
+public enum ConsumerChange: Sendable, Equatable {
+    case cancelled(JobPriority)
+    case restarted(JobPriority)
 }

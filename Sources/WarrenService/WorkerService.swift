@@ -104,9 +104,23 @@ public final class WorkerService: Sendable {
                 }
             }
         }
+        let changes = broker.consumerChanges
+        let consumers = Task { [logger, topology = broker.topology] in
+            for await change in changes {
+                switch change {
+                case let .cancelled(priority):
+                    logger.warning(
+                        "RabbitMQ cancelled the consumer of \(topology.brokerQueue(priority)) (its node is down or the queue was deleted); consuming it again once it is back",
+                        metadata: ["queue": "\(topology.brokerQueue(priority))"])
+                case let .restarted(priority):
+                    logger.info("consuming \(topology.brokerQueue(priority)) again", metadata: ["queue": "\(topology.brokerQueue(priority))"])
+                }
+            }
+        }
         await broker.run(pool)
         logger.info("warren drained and stopped")
         connection.cancel()
+        consumers.cancel()
         await observing.value
         try? await httpClient.shutdown()
     }

@@ -41,7 +41,9 @@ struct HandlerEntryTests {
         environment["WARREN_RETRY_MAX_DELAY"] = "1s"
         environment["WARREN_WORKER_CAPABILITIES"] = capabilities
         let warren = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
-        _ = try await operationsAddress(of: warren)
+        let address = try await operationsAddress(of: warren)
+        // Ready: its queues are declared (submit declares nothing).
+        try await waitUntil("the worker to be ready", within: 30) { await get(address + "/readyz")?.0 == 200 }
         return (warren, environment)
     }
 

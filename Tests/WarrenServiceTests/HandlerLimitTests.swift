@@ -42,7 +42,9 @@ struct HandlerLimitTests {
             var logger = Logger(label: "test")
             logger.logLevel = .error
             let worker = try WorkerService(configuration: configuration, handlers: handlers, logger: logger)
-            // Queued before the worker starts: it sees all of them at once.
+            // Queued before the worker starts: it sees all of them at once. Its connection has
+            // declared the queues (the tools declare nothing).
+            try await worker.broker.waitUntilReady()
             let tools = AMQPTools(url: configuration.brokerURL, queue: queue)
             let jobs: [(String, String, JobPriority)] = [
                 ("limited.wide", "wide-low", .low), ("limited.other", "other-normal", .normal),

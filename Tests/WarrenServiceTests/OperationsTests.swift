@@ -36,7 +36,10 @@ struct OperationsTests {
         environment["WARREN_LOG_FORMAT"] = "json"
         environment["WARREN_SECRETS_DIR"] = "/nonexistent"
         let warren = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
-        return (warren, try await operationsAddress(of: warren), environment)
+        let address = try await operationsAddress(of: warren)
+        // On the test broker: ready, so its queues are declared (submit declares nothing).
+        if broker == nil { try await waitUntil("the worker to be ready", within: 30) { await get(address + "/readyz")?.0 == 200 } }
+        return (warren, address, environment)
     }
 
     /// Runs `warren ARGUMENTS` with `environment`: exit and output.

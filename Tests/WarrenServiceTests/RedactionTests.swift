@@ -220,10 +220,12 @@ struct RedactionTests {
     }
 }
 
-/// Runs `rabbitmqctl` against the test broker's node.
+/// Runs `rabbitmqctl` against the test broker's node (through scripts/rabbitmq.sh, which knows
+/// which RabbitMQ it is and where its rabbitmqctl lives).
 func rabbitmqctl(_ arguments: [String]) async throws {
-    guard let node = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_NODE"] else { throw TestEnvironment.NotConfigured() }
-    let child = try ChildProcess("/usr/sbin/rabbitmqctl", ["-q", "-n", node] + arguments)
+    guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_DIR"] else { throw TestEnvironment.NotConfigured() }
+    let script = TestEnvironment.root.appendingPathComponent("scripts/rabbitmq.sh").path
+    let child = try ChildProcess("/bin/bash", [script, "ctl", dir] + arguments)
     let exit = try await child.exit(within: 60)
     guard exit == .exited(0) else { throw TimedOut(description: "rabbitmqctl \(arguments.joined(separator: " ")): \(exit) \(child.output)") }
 }
