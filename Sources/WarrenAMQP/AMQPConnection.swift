@@ -57,8 +57,7 @@ final class AMQPConnection: Sendable {
     private let inbox = Locked(Inbox())
     private let wake = EventFD()
     /// Everyone following status changes.
-    private let watchers = Locked<[UInt64: AsyncStream<Status>.Continuation]>([:])
-    private let watcherSerial = Locked<UInt64>(0)
+    private let watchers = Followers<Status>(buffer: 64)
     private let currentStatus = Locked(Status.connecting)
     private let connects = Locked(0)
 
@@ -72,10 +71,8 @@ final class AMQPConnection: Sendable {
             report: { [watchers, currentStatus, connects] status in
                 currentStatus.withLock { $0 = status }
                 if case .connected = status { connects.withLock { $0 += 1 } }
-                for watcher in watchers.withLock({ Array($0.values) }) {
-                    watcher.yield(status)
-                    if status == .closed { watcher.finish() }
-                }
+                watchers.tell(status)
+                if status == .closed { watchers.finish() }
             })
         let thread = Thread { loop.run() }
         thread.name = "warren-amqp-\(configuration.name)"
@@ -90,14 +87,9 @@ final class AMQPConnection: Sendable {
     /// Status changes from now on (connected, disconnected with the reason, closed).
     /// A new stream on each access: any number of followers; it ends when the connection closes.
     var statusUpdates: AsyncStream<Status> {
-        let (stream, continuation) = AsyncStream.makeStream(of: Status.self, bufferingPolicy: .bufferingNewest(64))
-        let key = watcherSerial.withLock { serial in
-            serial += 1
-            return serial
-        }
-        watchers.withLock { $0[key] = continuation }
-        continuation.onTermination = { [watchers] _ in watchers.withLock { _ = $0.removeValue(forKey: key) } }
-        if status == .closed { continuation.finish() }
+        let stream = watchers.follow()
+        // Closed before this follower came: it gets nothing more.
+        if status == .closed { watchers.finish() }
         return stream
     }
 

@@ -16,8 +16,7 @@ final class Consumers: Sendable {
 
     private let state = Locked(State())
     /// Followers of cancellations and restarts (the service logs them).
-    private let followers = Locked<[UInt64: AsyncStream<ConsumerChange>.Continuation]>([:])
-    private let followerSerial = Locked<UInt64>(0)
+    private let followers = Followers<ConsumerChange>(buffer: 32)
 
     /// `warren.<generation>.<priority>`: the priority is read back from each delivery's tag.
     static func tag(_ generation: UInt64, _ priority: JobPriority) -> String { "warren.\(generation).\(priority.name)" }
@@ -56,24 +55,11 @@ final class Consumers: Sendable {
         }
         guard let signal else { return }
         signal?.yield()
-        tell(.cancelled(priority))
+        followers.tell(.cancelled(priority))
     }
 
     /// Cancellations and restarts from now on, for any number of followers.
-    func changes() -> AsyncStream<ConsumerChange> {
-        let (stream, continuation) = AsyncStream.makeStream(of: ConsumerChange.self, bufferingPolicy: .bufferingNewest(32))
-        let key = followerSerial.withLock { serial in
-            serial += 1
-            return serial
-        }
-        followers.withLock { $0[key] = continuation }
-        continuation.onTermination = { [followers] _ in followers.withLock { _ = $0.removeValue(forKey: key) } }
-        return stream
-    }
-
-    private func tell(_ change: ConsumerChange) {
-        for follower in followers.withLock({ Array($0.values) }) { follower.yield(change) }
-    }
+    func changes() -> AsyncStream<ConsumerChange> { followers.follow() }
 
     /// Starts the cancelled consumers whose queues answer again; the others stay cancelled.
     func restart(_ session: ConnectionSession, topology: Topology) throws(AMQPError) {
@@ -83,7 +69,7 @@ final class Consumers: Sendable {
         for priority in cancelled.sorted() where try session.raw.queueAvailable(topology.brokerQueue(priority)) {
             try session.raw.consume(topology.brokerQueue(priority), consumerTag: Self.tag(session.generation, priority))
             state.withLock { _ = $0.cancelled.remove(priority) }
-            tell(.restarted(priority))
+            followers.tell(.restarted(priority))
         }
     }
 

@@ -37,14 +37,9 @@ final class Fleet: Sendable {
                 http: { url: "\(service.url)/i\(index)" }
                 timeout: 30s
             """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
-        var environment = ProcessInfo.processInfo.environment
-        environment["WARREN_BROKER_URL"] = urls.joined(separator: ",")
-        environment["WARREN_QUEUE_NAME"] = queue
+        var environment = try TestEnvironment.serveEnvironment(
+            queue: queue, handlersFile: dir + "/handlers.yaml", broker: urls.joined(separator: ","))
         environment["WARREN_QUEUE_TYPE"] = queueType.rawValue
-        environment["WARREN_HANDLERS_FILE"] = dir + "/handlers.yaml"
-        environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
-        environment["WARREN_LOG_FORMAT"] = "json"
-        environment["WARREN_SECRETS_DIR"] = "/nonexistent"
         environment["WARREN_WORKER_CONCURRENCY"] = "8"
         environment["WARREN_WORKER_PREFETCH"] = "\(prefetch)"
         environment["WARREN_WORKER_SHUTDOWN_GRACE"] = "5s"

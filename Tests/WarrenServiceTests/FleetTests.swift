@@ -53,15 +53,9 @@ struct FleetTests {
                   poison:
                     exec: { command: [/bin/sh, -c, 'kill -9 $PPID'] }
                 """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
-            var environment = ProcessInfo.processInfo.environment
-            environment["WARREN_BROKER_URL"] = try TestEnvironment.amqpURL
-            environment["WARREN_QUEUE_NAME"] = queue
+            var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml")
             environment["WARREN_QUEUE_TYPE"] = "quorum"
             environment["WARREN_QUEUE_DELIVERY_LIMIT"] = "2"
-            environment["WARREN_HANDLERS_FILE"] = dir + "/handlers.yaml"
-            environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
-            environment["WARREN_LOG_FORMAT"] = "json"
-            environment["WARREN_SECRETS_DIR"] = "/nonexistent"
             let tools = AMQPTools(url: try AMQPURL(try TestEnvironment.amqpURL), queue: queue, queueType: .quorum)
             var worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
             let address = try await operationsAddress(of: worker)

@@ -29,13 +29,7 @@ struct HandlerEntryTests {
     func serve(_ queue: String, _ url: String, capabilities: String? = nil) async throws -> (ChildProcess, [String: String]) {
         let dir = try makeTemporaryDirectory()
         try handlers(url).write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
-        var environment = ProcessInfo.processInfo.environment
-        environment["WARREN_BROKER_URL"] = try TestEnvironment.amqpURL
-        environment["WARREN_QUEUE_NAME"] = queue
-        environment["WARREN_HANDLERS_FILE"] = dir + "/handlers.yaml"
-        environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
-        environment["WARREN_LOG_FORMAT"] = "json"
-        environment["WARREN_SECRETS_DIR"] = "/nonexistent"
+        var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml")
         environment["WARREN_RETRY_MAX_RETRIES"] = "0"
         environment["WARREN_RETRY_BASE_DELAY"] = "1s"
         environment["WARREN_RETRY_MAX_DELAY"] = "1s"

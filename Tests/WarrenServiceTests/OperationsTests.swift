@@ -28,13 +28,7 @@ struct OperationsTests {
     static func serve(queue: String, handlers: String, broker: String? = nil) async throws -> (ChildProcess, String, [String: String]) {
         let dir = try makeTemporaryDirectory()
         try handlers.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
-        var environment = ProcessInfo.processInfo.environment
-        environment["WARREN_BROKER_URL"] = try broker ?? TestEnvironment.amqpURL
-        environment["WARREN_QUEUE_NAME"] = queue
-        environment["WARREN_HANDLERS_FILE"] = dir + "/handlers.yaml"
-        environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
-        environment["WARREN_LOG_FORMAT"] = "json"
-        environment["WARREN_SECRETS_DIR"] = "/nonexistent"
+        let environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml", broker: broker)
         let warren = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
         let address = try await operationsAddress(of: warren)
         // On the test broker: ready, so its queues are declared (submit declares nothing).

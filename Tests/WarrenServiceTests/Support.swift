@@ -30,6 +30,20 @@ enum TestEnvironment {
 
     static func binary(_ name: String) -> String { ChildProcess.builtProduct(name) }
 
+    /// The environment of a `warren serve` child on `broker` (default: the test broker): this
+    /// process's, with the queue, the handlers file, JSON logs, the operations server on a free
+    /// port and no secrets directory.
+    static func serveEnvironment(queue: String, handlersFile: String, broker: String? = nil) throws -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["WARREN_BROKER_URL"] = try broker ?? amqpURL
+        environment["WARREN_QUEUE_NAME"] = queue
+        environment["WARREN_HANDLERS_FILE"] = handlersFile
+        environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
+        environment["WARREN_LOG_FORMAT"] = "json"
+        environment["WARREN_SECRETS_DIR"] = "/nonexistent"
+        return environment
+    }
+
     static func unique(_ base: String = #function) -> String {
         "t-\(base.prefix { $0 != "(" }.lowercased())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
     }
