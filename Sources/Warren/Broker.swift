@@ -120,6 +120,9 @@ public final class StopSignal: Sendable {
         }
     }
 
+    /// The settlement a stop started, if one did.
+    package var stopSettlement: Task<Void, Never>? { state.withLock { $0.stopSettlement } }
+
     /// For a worker pool whose handler returned: nil if it may settle the attempt now; otherwise
     /// the settlement a stop started, to wait for (itself nil if the attempt was settled elsewhere).
     package func claimOrStopSettlement() -> Task<Void, Never>?? {

@@ -388,6 +388,10 @@ public final class WorkerPool: Sendable {
                 }
                 for stop in stops.0 { stop.fire(.shutdown) }
                 stops.1?.resume()
+                // The stops settle the attempts at once, in tasks of their own: done before run()
+                // returns, so a broker closed right after still settles them (a dead letter
+                // published but its original never acked came back after every restart).
+                for stop in stops.0 { await stop.stopSettlement?.value }
             }
             return first
         }

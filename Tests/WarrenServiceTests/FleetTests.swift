@@ -94,6 +94,43 @@ struct FleetTests {
 
 @Suite("shutdown always wins")
 struct ShutdownTests {
+    /// SIGTERM while a job runs its last attempt past the grace: it is stopped and dead-lettered,
+    /// and its message acked, before the process exits. The settlement once ran after the broker
+    /// had begun to close (about one stop in three): the dead letter went out, the original came
+    /// back, and every restart dead-lettered it again.
+    @Test(.timeLimit(.minutes(3)))
+    func aJobStoppedAtTheEndOfTheGraceIsDeadLetteredOnce() async throws {
+        try await usingBroker {
+            let dir = try makeTemporaryDirectory()
+            try """
+                handlers:
+                  slow:
+                    exec: { command: [/bin/sh, -c, 'echo started; sleep 30'] }
+                """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
+            for _ in 0..<8 {
+                let queue = TestEnvironment.unique()
+                var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml")
+                environment["WARREN_QUEUE_TYPE"] = "quorum"
+                environment["WARREN_WORKER_SHUTDOWN_GRACE"] = "1s"
+                environment["WARREN_LOG_LEVEL"] = "trace"
+                let worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
+                let address = try await operationsAddress(of: worker)
+                try await waitUntil("the worker to be ready", within: 30) { await get(address + "/readyz")?.0 == 200 }
+                let submit = try ChildProcess(TestEnvironment.binary("warren"), ["submit", "slow", "--max-retries", "0"], environment: environment)
+                #expect(try await submit.exit(within: 60) == .exited(0))
+                try await waitUntil("the job to start", within: 30) { worker.lines.contains { $0.contains("\"job started\"") } }
+                worker.signal(SIGTERM)
+                #expect(try await worker.exit(within: 30) == .exited(0))
+                let depths = try AMQPTools(url: try AMQPURL(try TestEnvironment.amqpURL), queue: queue, queueType: .quorum).depths()
+                #expect(depths.filter { $0.priority != nil }.map(\.messages).reduce(0, +) == 0, "the original was acked: \(depths)")
+                #expect(depths.first { $0.priority == nil }?.messages == 1, "one dead letter: \(depths)")
+                let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
+                try TestBrokerQueues.delete(queue, on: raw)
+                raw.close()
+            }
+        }
+    }
+
     /// The broker stops answering while a job runs (half-open connection, or a resource alarm that
     /// blocks the connection): SIGTERM still ends `warren serve` within its grace period. Without
     /// the bound it waited for the consumers' cancel, the job's settlement and the close (over
