@@ -59,8 +59,8 @@ public struct AMQPTools: Sendable {
             try raw.openChannel()
             if Topology.tolerates(conflict: text, arguments: arguments) { return }
             throw .conflictingQueue(queue: queue, detail: """
-                \(text). Configure these tools as the worker is configured (queue.type \(topology.queueType.rawValue) was given; \
-                the same file, WARREN_… variables or flags as warren serve)
+                \(text). Configure these tools as the worker is configured (the same file, WARREN_… variables or flags as \
+                warren serve; queue.type \(topology.queueType.rawValue) was given)
                 """)
         }
     }
@@ -161,14 +161,23 @@ public struct AMQPTools: Sendable {
             properties = message.properties
             id = message.properties.messageID ?? ""
             name = message.properties.type ?? headers[WireFormat.Header.job]?.stringValue ?? queue
-            // A quorum queue dead-letters a message returned past its delivery limit itself: its
-            // reason is only in RabbitMQ's headers.
-            reason = headers[WireFormat.Header.deadReason]?.stringValue ?? headers["x-last-death-reason"]?.stringValue
-                ?? headers["x-first-death-reason"]?.stringValue ?? "unknown"
-            error = headers[WireFormat.Header.deadError]?.stringValue ?? ""
+            // A quorum queue dead-letters a message returned past its delivery limit itself: what
+            // happened is only in RabbitMQ's headers (x-first-death-*, and x-death with the time).
+            let death: [String: AMQPValue]? = if case let .array(deaths)? = headers["x-death"], case let .table(first)? = deaths.first {
+                first
+            } else {
+                nil
+            }
+            let brokerReason = headers["x-last-death-reason"]?.stringValue ?? headers["x-first-death-reason"]?.stringValue
+            reason = headers[WireFormat.Header.deadReason]?.stringValue ?? brokerReason ?? "unknown"
+            error = headers[WireFormat.Header.deadError]?.stringValue ?? (brokerReason == "delivery_limit"
+                ? "RabbitMQ dead-lettered it: it went back to its queue more often than the queue's delivery limit (its worker died or lost its connection while holding it)"
+                : brokerReason.map { "RabbitMQ dead-lettered it (\($0))" } ?? "")
             attempts = Int(headers[WireFormat.Header.deadAttempts]?.intValue ?? 0)
-            deadAt = headers[WireFormat.Header.deadAt].flatMap(WireFormat.date)
-            originalRoutingKey = headers[WireFormat.Header.originalRoutingKey]?.stringValue ?? ""
+            let brokerTime: Date? = if case let .timestamp(time)? = death?["time"] { time } else { nil }
+            deadAt = headers[WireFormat.Header.deadAt].flatMap(WireFormat.date) ?? brokerTime
+            let deathKey: String? = if case let .array(keys)? = death?["routing-keys"], case let .string(key)? = keys.first { key } else { nil }
+            originalRoutingKey = headers[WireFormat.Header.originalRoutingKey]?.stringValue ?? deathKey ?? ""
             let named = headers[WireFormat.Header.priority]?.stringValue.flatMap { JobPriority(name: $0) }
             let keyed = originalRoutingKey.split(separator: ".").last.flatMap { JobPriority(name: String($0)) }
             let dropped = headers["x-first-death-queue"]?.stringValue?.split(separator: ".").last.flatMap { JobPriority(name: String($0)) }

@@ -227,7 +227,29 @@ public struct Topology: Sendable, Equatable {
     /// Whether a refused declaration (RabbitMQ's text) is only about the arguments an older
     /// Warren did not give its quorum queues: the queue is then used as it is.
     static func tolerates(conflict text: String, arguments: [String: AMQPValue]) -> Bool {
-        arguments["x-queue-type"] == .string("quorum") && safetyArguments.contains { text.contains("'\($0)'") }
+        // "… received the value 'warren.dead' of type 'longstr' but current is none": absent, not
+        // different (a different delivery limit is a changed setting, refused like any other).
+        arguments["x-queue-type"] == .string("quorum") && text.hasSuffix("but current is none")
+            && safetyArguments.contains { text.contains("'\($0)'") }
+    }
+
+    /// What to do about a refused declaration, by the argument RabbitMQ names
+    /// (`inequivalent arg 'x-queue-type' for queue …`).
+    static func advice(forConflict text: String) -> String {
+        let argument = text.range(of: "inequivalent arg '").flatMap { start in
+            text[start.upperBound...].firstIndex(of: "'").map { String(text[start.upperBound..<$0]) }
+        }
+        let fix = "RabbitMQ cannot change an existing queue's arguments"
+        switch argument {
+        case "x-queue-type":
+            return "configure queue.type as the existing queue's type, or delete the queue (after moving its messages) so Warren can declare it again"
+        case "x-max-length":
+            return "queue.max_length differs from the existing queue's (on a quorum queue Warren declares it one lower, as such a queue takes one message more); \(fix): set it back, or delete the queue (after moving its messages)"
+        case "x-delivery-limit":
+            return "queue.delivery_limit differs from the existing queue's; \(fix): set it back, or change the limit with a RabbitMQ policy (delivery-limit), which applies only where the queue has no argument, so delete and redeclare the queue for that"
+        default:
+            return "\(fix): configure Warren as it was when the queue was declared, or delete the queue (after moving its messages) so Warren can declare it again"
+        }
     }
 
     private func declareQueue(_ raw: RawConnection, _ name: String, arguments: [String: AMQPValue]) throws(AMQPError) -> String? {
@@ -257,8 +279,8 @@ public struct Topology: Sendable, Equatable {
             }
             // PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'jobs.high' …
             throw .conflictingQueue(queue: name, detail: """
-                \(text). Warren declares it with \(arguments.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")); \
-                either configure the same queue type as the existing queue, or delete it (after moving its messages) so Warren can declare it again
+                \(text). Warren declares it with \(arguments.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ")): \
+                \(Self.advice(forConflict: text))
                 """)
         }
     }

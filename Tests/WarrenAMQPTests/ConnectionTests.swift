@@ -142,10 +142,34 @@ struct AMQPConnectionTests {
                 guard case let .conflictingQueue(queue, detail)? = error as? AMQPError else { Issue.record("expected conflictingQueue, got \(error)"); return }
                 #expect(queue.hasPrefix(name))
                 #expect(detail.contains("x-queue-type"), "names the argument: \(detail)")
-                #expect(detail.contains("delete it"), "says how to fix it: \(detail)")
+                #expect(detail.contains("configure queue.type"), "says how to fix it: \(detail)")
             }
             // The channel error is behind us: the connection carries on.
             try await deleteQueues(of: topology, on: connection)
+
+            // Quorum queues declared by an older Warren (no delivery limit, no dead-letter
+            // exchange) are used as they are, with a note; a changed delivery limit is refused.
+            let older = TestBroker.unique()
+            let current = Topology(queue: older, queueType: .quorum)
+            try await connection.perform { session throws(AMQPError) in
+                for priority in JobPriority.allCases {
+                    try session.raw.declareQueue(current.brokerQueue(priority), arguments: ["x-queue-type": .string("quorum")])
+                }
+            }
+            let notes = try await connection.perform { session throws(AMQPError) in try current.declare(session.raw) }
+            #expect(notes.contains { $0.contains("\(older).normal") && $0.contains("older Warren") }, "\(notes)")
+            let changed = TestBroker.unique()
+            try await connection.perform { session throws(AMQPError) in _ = try Topology(queue: changed, queueType: .quorum).declare(session.raw) }
+            do {
+                try await connection.perform { session throws(AMQPError) in
+                    _ = try Topology(queue: changed, queueType: .quorum, deliveryLimit: 5).declare(session.raw)
+                }
+                Issue.record("a changed delivery limit was accepted")
+            } catch {
+                #expect("\(error)".contains("queue.delivery_limit differs"), "\(error)")
+            }
+            try await deleteQueues(of: current, on: connection)
+            try await deleteQueues(of: Topology(queue: changed, queueType: .quorum), on: connection)
             await connection.close()
         }
     }

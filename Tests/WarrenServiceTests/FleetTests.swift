@@ -83,6 +83,8 @@ struct FleetTests {
             let letters = try tools.deadLetters()
             #expect(letters.count == 1 && letters.first?.reason == "delivery_limit", "\(letters.map(\.reason))")
             #expect(letters.first?.name == "poison" && letters.first?.priority == .normal)
+            #expect(letters.first?.deadAt != nil && letters.first?.originalRoutingKey == "\(queue).normal", "RabbitMQ's x-death says when and where")
+            #expect(letters.first?.error.contains("delivery limit") == true, "\(letters.first?.error ?? "")")
             worker.signal(SIGTERM)
             #expect(try await worker.exit(within: 60) == .exited(0), "the worker lives on once the job is dead-lettered")
             let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
