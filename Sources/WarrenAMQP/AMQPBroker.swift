@@ -169,6 +169,15 @@ public final class AMQPBroker: Broker {
     /// consumers started again once their queue answered, from now on. Any number of followers.
     public var consumerChanges: AsyncStream<ConsumerChange> { messages.consumers.changes() }
 
+    /// Whether a graceful stop has begun (`stopConsuming`).
+    public var isDraining: Bool { messages.handingBack.withLock { $0 } }
+
+    /// Why the connection is down, if it is.
+    public var disconnectReason: String? {
+        if case let .disconnected(reason) = connection.status { return reason }
+        return nil
+    }
+
     /// The priority queues whose consumer the broker cancelled and that are not consumed again yet.
     public var unconsumedQueues: [String] { messages.consumers.cancelledPriorities.map(topology.brokerQueue) }
 

@@ -81,11 +81,11 @@ public struct AMQPTools: Sendable {
         defer { raw.close() }
         var depths: [QueueDepth] = []
         for priority in JobPriority.allCases {
-            try requireQueue(raw, topology.brokerQueue(priority))
+            try check(raw, topology.brokerQueue(priority), arguments: topology.priorityQueueArguments)
             let counts = try raw.declareQueue(topology.brokerQueue(priority), passive: true)
             depths.append(QueueDepth(name: topology.brokerQueue(priority), priority: priority, messages: counts.messages, consumers: counts.consumers))
         }
-        try requireQueue(raw, topology.deadQueue)
+        try check(raw, topology.deadQueue, arguments: topology.deadQueueArguments(on: raw.serverVersion))
         let dead = try raw.declareQueue(topology.deadQueue, passive: true)
         depths.append(QueueDepth(name: topology.deadQueue, priority: nil, messages: dead.messages, consumers: dead.consumers))
         return depths

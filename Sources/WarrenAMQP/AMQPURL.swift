@@ -45,8 +45,11 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         user = components.percentEncodedUser.flatMap { $0.removingPercentEncoding } ?? "guest"
         password = components.percentEncodedPassword.flatMap { $0.removingPercentEncoding } ?? "guest"
         let path = components.percentEncodedPath
-        guard !path.contains(","), !path.contains(" ") else {
-            throw .invalidURL("the vhost '\(path.dropFirst())' holds a comma or space: percent-encode it (%2C, %20), or separate several URLs with commas")
+        guard !path.contains(where: { ", ;".contains($0) }) else {
+            throw .invalidURL("""
+                the vhost '\(path.dropFirst())' holds a comma, semicolon or space: percent-encode it (%2C, %3B, %20); \
+                several brokers are given as whole URLs separated by commas
+                """)
         }
         if path.isEmpty || path == "/" {
             vhost = "/"
@@ -81,7 +84,10 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     /// Several URLs separated by commas (`amqp://a:5672/,amqp://b:5672/`): the nodes of one
     /// cluster, tried in order. A comma splits only where the next URL's scheme follows, so a
     /// password holding a comma stays whole.
+    /// Every address names the same vhost (the nodes of one cluster share them); one without
+    /// user-info takes the first one's user and password.
     public static func list(_ text: String) throws(AMQPError) -> [AMQPURL] {
+        guard !text.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalidURL("the broker URL is empty") }
         var parts: [Substring] = []
         var start = text.startIndex
         for comma in text.indices where text[comma] == "," {
@@ -93,9 +99,22 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         parts.append(text[start...])
         var urls: [AMQPURL] = []
         for part in parts {
+            // A comma not followed by a URL ends an address only when nothing follows it.
             let trimmed = part.trimmingCharacters(in: .whitespaces)
-            guard !trimmed.isEmpty else { throw .invalidURL("an empty address in the list '\(redacted(text))'") }
-            urls.append(try AMQPURL(trimmed))
+            guard !trimmed.isEmpty, !trimmed.hasSuffix(","), !trimmed.hasPrefix(",") else {
+                throw .invalidURL("an empty address in the list '\(redacted(text))'; separate whole URLs with single commas")
+            }
+            var url = try AMQPURL(trimmed)
+            if let first = urls.first {
+                guard url.vhost == first.vhost else {
+                    throw .invalidURL("the addresses name different vhosts ('\(first.vhost)' and '\(url.vhost)'): the nodes of one cluster share their vhosts")
+                }
+                if userInfo(in: trimmed) == nil {
+                    url.user = first.user
+                    url.password = first.password
+                }
+            }
+            urls.append(url)
         }
         return urls
     }

@@ -143,7 +143,9 @@ public final class WorkerService: Sendable {
         guard unconsumed.isEmpty else {
             return "not consuming \(unconsumed.joined(separator: ", ")): RabbitMQ cancelled the consumer (the queue's node is down or the queue was deleted); consuming again once it is back"
         }
-        return broker.isReady ? "not consuming" : "not connected to RabbitMQ"
+        if broker.isDraining { return "draining: shutting down, finishing running jobs" }
+        if broker.isReady { return "not consuming yet" }
+        return "not connected to RabbitMQ" + (broker.disconnectReason.map { " (\($0))" } ?? "")
     }
 }
 

@@ -11,6 +11,7 @@ struct ServiceOptions: ParsableArguments {
     @Option(help: "YAML config file (or WARREN_CONFIG).") var config: String?
     @Option(help: "RabbitMQ URL (broker.url, WARREN_BROKER_URL).") var brokerURL: String?
     @Option(help: "Warren queue (queue.name, WARREN_QUEUE_NAME).") var queue: String?
+    @Option(help: "classic or quorum, as the worker declares its queues (queue.type, WARREN_QUEUE_TYPE).") var queueType: String?
     @Option(help: "Directory of secret files such as broker-password (WARREN_SECRETS_DIR).") var secretsDir: String?
 
     /// Flags of this command that set configuration keys.
@@ -19,6 +20,7 @@ struct ServiceOptions: ParsableArguments {
         if let config { flags["config"] = config }
         if let brokerURL { flags["broker.url"] = brokerURL }
         if let queue { flags["queue.name"] = queue }
+        if let queueType { flags["queue.type"] = queueType }
         if let secretsDir { flags["secrets_dir"] = secretsDir }
         return flags
     }

@@ -49,7 +49,9 @@ struct Submit: AsyncParsableCommand {
         }
         switch outcome {
         case let .completed(result)?:
-            print(String(decoding: result, as: UTF8.self))
+            // A result that ends its line (an exec handler's output) gets no second newline.
+            let text = String(decoding: result, as: UTF8.self)
+            print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
         case let .deadLettered(reason, _)?:
             FileHandle.standardError.write(Data("job \(job.id) was dead-lettered: \(deadLetterMessage(reason))\n".utf8))
             throw ExitCode(2)

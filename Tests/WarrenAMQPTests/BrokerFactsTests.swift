@@ -7,16 +7,22 @@ import Testing
 @Suite("Broker addresses, versions and queue arguments")
 struct BrokerFactsTests {
     @Test func aListOfURLsSplitsOnlyWhereASchemeFollows() throws {
-        let urls = try AMQPURL.list("amqp://u:p@node1:5672/, amqp://u:p@node2:5673/vh,AMQPS://u:p,w@node3/")
+        let urls = try AMQPURL.list("amqp://u:p@node1:5672/vh, amqp://u:p@node2:5673/vh,AMQPS://u:p,w@node3/vh")
         #expect(urls.map(\.host) == ["node1", "node2", "node3"])
         #expect(urls.map(\.port) == [5672, 5673, 5671])
-        #expect(urls[1].vhost == "vh" && urls[2].tls)
+        #expect(urls.allSatisfy { $0.vhost == "vh" } && urls[2].tls)
         #expect(urls[2].password == "p,w", "a comma not followed by a scheme belongs to the URL")
         #expect(try AMQPURL.list("amqp://localhost/").count == 1)
+        let inherited = try AMQPURL.list("amqp://app:pw@node1/,amqp://node2/,amqp://other:x@node3/")
+        #expect(inherited.map(\.user) == ["app", "app", "other"] && inherited.map(\.password) == ["pw", "pw", "x"],
+                "an address without user-info takes the first one's")
     }
 
     @Test func whatIsNotAListOfURLsIsRefused() {
-        for text in ["amqp://node1,node2:5672/", "amqp://a/,", "amqp://a/, ,amqp://b/", "amqp://a/,http://b/", "amqp://u:secret@a b/"] {
+        for text in [
+            "amqp://node1,node2:5672/", "amqp://a/,", "amqp://a/, ,amqp://b/", "amqp://a/,http://b/", "amqp://u:secret@a b/",
+            "amqp://a/,,amqp://b/", "amqp://a/;amqp://b/", "amqp://a/one,amqp://b/two", "", "  ",
+        ] {
             #expect(throws: AMQPError.self, "\(text)") { try AMQPURL.list(text) }
         }
         do {

@@ -132,7 +132,14 @@ struct ClusterTests {
         await fleet.stopAll()
         let url = try Self.urls()[1]
         let left = try fleet.leftInQueues(url: url)
-        #expect(left.ready == 0 && left.dead == 0, "\(left)")
+        if mostDuplicates != nil {
+            #expect(left.ready == 0 && left.dead == 0, "\(left)")
+        } else {
+            // Redelivered copies may still wait when the instances stop: copies of jobs that ran.
+            let leftovers = try fleet.takeLeftovers(url: url)
+            #expect(Set(leftovers).isSubset(of: Set(ids)) && left.dead == 0, "\(leftovers.count) left, \(left.dead) dead")
+            print("cluster: \(leftovers.count) copies of jobs that ran were still queued when the instances stopped")
+        }
         fleet.deleteQueues(url: url)
     }
 }

@@ -109,6 +109,18 @@ final class Fleet: Sendable {
         return (ready, try raw.declareQueue(topology.deadQueue, passive: true).messages)
     }
 
+    /// Takes every message left in the five priority queues: their job ids.
+    func takeLeftovers(url: String) throws -> [String] {
+        let raw = try RawConnection(url: try AMQPURL(url))
+        defer { raw.close() }
+        let topology = Topology(queue: queue, queueType: queueType)
+        var ids: [String] = []
+        for priority in JobPriority.allCases {
+            while let message = try raw.get(topology.brokerQueue(priority), autoAck: true) { ids.append(message.properties.messageID ?? "") }
+        }
+        return ids
+    }
+
     func deleteQueues(url: String) {
         guard let raw = try? RawConnection(url: try AMQPURL(url)) else { return }
         defer { raw.close() }
