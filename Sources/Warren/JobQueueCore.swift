@@ -395,9 +395,27 @@ public struct JobQueueCore {
             finishCancelled(record, now: now)
         case let .rejected(reason):
             deadLetter(record, reason, now: now)
+        case .interrupted:
+            interrupt(record, now: now)
         }
         return true
     }
+
+    /// The worker stopped the handler before it ended (a shutdown): the job runs again at once and
+    /// the attempt does not count (no error recorded, the same attempt number), so rolling
+    /// restarts never use up a job's retries.
+    private mutating func interrupt(_ record: JobRecord, now: Date) {
+        move(record, to: .retrying)
+        emit(.retrying(attempt: record.job.attempt, at: now, error: Self.interruption), record, now)
+        record.job.progress = 0
+        if configuration.retries == .handOff {
+            handOff(record, retryAt: nil, nextAttempt: false)
+        } else {
+            enqueueReady(record, now: now)
+        }
+    }
+
+    static let interruption = "interrupted: the worker shut down before the job finished; the attempt does not count"
 
     private mutating func failAttempt(_ record: JobRecord, message: String, timedOut: Bool, now: Date) {
         let attempt = record.job.attempt
@@ -432,11 +450,11 @@ public struct JobQueueCore {
 
     /// The transport takes the next attempt; this queue forgets the job but for its id (dedup and
     /// status), until the attempt comes back.
-    private mutating func handOff(_ record: JobRecord, retryAt: Date) {
+    private mutating func handOff(_ record: JobRecord, retryAt: Date?, nextAttempt: Bool = true) {
         statusCounts[JobStatus.retrying.index] -= 1
         record.handedOff = true
         var next = record.job
-        next.attempt += 1
+        if nextAttempt { next.attempt += 1 }
         next.progress = 0
         next.notBefore = retryAt
         next.status = .pending

@@ -3,7 +3,8 @@
 /// ```
 /// pending ──► queued ──► running ──► completed
 ///    │          │           ├──► failed ────┬──► retrying ──► queued …
-///    │          │           ├──► timedOut ──┘        │
+///    │          │           ├──► timedOut ──┤        │
+///    │          │           ├──► (interrupted by a shutdown: the same attempt again)
 ///    │          │           ├──► cancelled           │
 ///    ▼          ▼           ▼                        ▼
 ///  cancelled | deadLettered (deadline, dependency, exhausted retries, rejected input)
@@ -19,7 +20,8 @@ public enum JobStatus: String, Sendable, Codable, CaseIterable, CustomStringConv
     case failed
     /// The last attempt ran past its timeout; a retry or a dead letter follows.
     case timedOut = "timed_out"
-    /// Waiting out its backoff before the next attempt.
+    /// Waiting out its backoff before the next attempt (or, interrupted by a shutdown, about to
+    /// run the same attempt again).
     case retrying
     case cancelled
     case deadLettered = "dead_lettered"
@@ -42,7 +44,7 @@ public enum JobStatus: String, Sendable, Codable, CaseIterable, CustomStringConv
         case (.queued, .running), (.queued, .cancelled), (.queued, .deadLettered):
             true
         case (.running, .completed), (.running, .failed), (.running, .timedOut),
-            (.running, .cancelled), (.running, .deadLettered):
+            (.running, .cancelled), (.running, .deadLettered), (.running, .retrying):
             true
         case (.failed, .retrying), (.failed, .deadLettered),
             (.timedOut, .retrying), (.timedOut, .deadLettered):

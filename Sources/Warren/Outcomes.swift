@@ -65,6 +65,9 @@ public enum AttemptOutcome: Sendable, Equatable {
     case cancelled
     /// The job can never succeed as it is (unknown name, payload does not decode): dead-letter now.
     case rejected(DeadLetterReason)
+    /// The worker stopped the handler before it ended (it shut down past its grace period): not
+    /// the job's fault, so the attempt does not count. The job runs again at once, same attempt.
+    case interrupted
 }
 
 /// What `cancel` did.

@@ -297,7 +297,7 @@ public final class WorkerPool: Sendable {
             let outcome: AttemptOutcome = switch reason {
             case .cancelled: .cancelled
             case .timedOut: .timedOut
-            case .shutdown: .failed("the worker shut down before the job finished")
+            case .shutdown: .interrupted
             }
             // Claimed under the signal's lock, as the job's task claims: whoever loses finds the
             // winner's settlement already recorded.

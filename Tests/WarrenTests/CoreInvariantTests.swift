@@ -176,11 +176,12 @@ private struct InvariantRun {
     mutating func settle() {
         guard !running.isEmpty else { return }
         let (id, attempt) = running.remove(at: int(0...running.count - 1))
-        let outcome: AttemptOutcome = switch int(1...6) {
+        let outcome: AttemptOutcome = switch int(1...7) {
         case 1, 2: .completed(Data("{}".utf8))
         case 3: .failed("boom")
         case 4: .timedOut
         case 5: .cancelled
+        case 6: .interrupted
         default: .rejected(.rejected("no"))
         }
         if chance(10) { now = now.addingTimeInterval(Double(int(0...30)) / 1_000) }

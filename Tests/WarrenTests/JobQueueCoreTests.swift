@@ -16,6 +16,7 @@ struct JobQueueCoreTests {
             "pending>queued", "pending>cancelled", "pending>dead_lettered",
             "queued>running", "queued>cancelled", "queued>dead_lettered",
             "running>completed", "running>failed", "running>timed_out", "running>cancelled", "running>dead_lettered",
+            "running>retrying",  // interrupted by a shutdown: the same attempt again
             "failed>retrying", "failed>dead_lettered", "timed_out>retrying", "timed_out>dead_lettered",
             "retrying>queued", "retrying>cancelled", "retrying>dead_lettered",
         ]
