@@ -98,9 +98,16 @@ enum TestBroker {
 /// Collects what a connection delivers, and lets a test wait for it with a time limit.
 final class Received: Sendable {
     private let messages = Locked<[(IncomingMessage, UInt64)]>([])
+    private let arrivals = Locked<[Date]>([])
 
-    func add(_ message: IncomingMessage, _ generation: UInt64) { messages.withLock { $0.append((message, generation)) } }
+    /// Called on the connection's thread: the arrival time is taken there, not when a busy test
+    /// process gets round to looking.
+    func add(_ message: IncomingMessage, _ generation: UInt64) {
+        arrivals.withLock { $0.append(Date()) }
+        messages.withLock { $0.append((message, generation)) }
+    }
     var all: [(IncomingMessage, UInt64)] { messages.withLock { $0 } }
+    var arrivalTimes: [Date] { arrivals.withLock { $0 } }
 
     func wait(count: Int, within seconds: Double = 10) async throws -> [(IncomingMessage, UInt64)] {
         try await waitUntil("\(count) messages", within: seconds) { self.all.count >= count }
