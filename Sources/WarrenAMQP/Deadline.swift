@@ -10,14 +10,13 @@ enum Deadline {
         let finish: @Sendable (Bool) -> Void = { finished in once.withLock { $0.take() }?.resume(returning: finished) }
         return await withCheckedContinuation { continuation in
             once.withLock { $0 = continuation }
-            let work = Task {
+            Task {
                 await operation()
                 finish(true)
             }
             Task {
                 try? await Task.sleep(for: limit)
                 finish(false)
-                _ = work
             }
         }
     }

@@ -253,17 +253,23 @@ final class RawConnection {
             }
             try status(sent, "sending the topology's declarations")
         }
-        for ok in expected {
+        var answered = 0
+        while answered < expected.count {
             var frame = amqp_frame_t()
             var timeout = timeval(tv_sec: Int(Self.replyTimeout), tv_usec: 0)
             let read = amqp_simple_wait_frame_noblock(state, &frame, &timeout)
             try status(read, "declaring the topology")
-            guard frame.frame_type == AMQP_FRAME_METHOD, frame.channel == channel else {
+            guard frame.frame_type == AMQP_FRAME_METHOD else {
                 isOpen = false
                 throw .library(status: -1, text: "unexpected frame while declaring", during: "declaring the topology")
             }
             let method = frame.payload.method
-            if method.id == ok { continue }
+            if frame.channel == channel, method.id == expected[answered] {
+                answered += 1
+                continue
+            }
+            // connection.blocked and .unblocked (announced at login) may come in between.
+            if frame.channel == 0, [Method.connectionBlocked, Method.connectionUnblocked].contains(method.id) { continue }
             try closed(by: method, during: "declaring the topology")
             isOpen = false
             throw .library(status: -1, text: "unexpected method 0x\(String(method.id, radix: 16))", during: "declaring the topology")
