@@ -96,10 +96,21 @@ public final class WorkerService: Sendable {
         // The connection may have come up before we started listening.
         if broker.isReady { logConnected() }
         let connection = Task { [self] in
+            // Each reason once until the connection is back: a broker down for long (tried every
+            // 2 s per address) or a configuration that does not match its queues is said once.
+            var said: Set<String> = []
             for await state in updates {
                 switch state {
-                case .connected: logConnected()
-                case let .disconnected(reason): logger.warning("lost the RabbitMQ connection; reconnecting", metadata: ["reason": "\(reason)"])
+                case .connected:
+                    said = []
+                    logConnected()
+                case let .disconnected(reason):
+                    guard said.insert(reason).inserted else { continue }
+                    if reason.contains("exists with other arguments") {
+                        logger.error("RabbitMQ's queues do not match this configuration; retrying until they do", metadata: ["reason": "\(reason)"])
+                    } else {
+                        logger.warning("lost the RabbitMQ connection; reconnecting", metadata: ["reason": "\(reason)"])
+                    }
                 case .connecting, .closed: break
                 }
             }

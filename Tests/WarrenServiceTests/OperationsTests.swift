@@ -47,6 +47,31 @@ struct OperationsTests {
         text.split(separator: "\n").first { $0.hasPrefix(prefix + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
     }
 
+    /// The queues exist as quorum queues and the worker is configured classic: it says so once,
+    /// at error level, and `/readyz` gives RabbitMQ's reason (it used to log "lost the RabbitMQ
+    /// connection; reconnecting" at every attempt).
+    @Test(.timeLimit(.minutes(2)))
+    func aWorkerWhoseConfigurationDoesNotMatchTheQueuesSaysSo() async throws {
+        try await usingBroker {
+            let queue = TestEnvironment.unique()
+            let declared = AMQPBroker(AMQPBroker.Configuration(url: try AMQPURL(try TestEnvironment.amqpURL), queue: queue, queueType: .quorum))
+            try await declared.waitUntilReady()
+            await declared.close()
+            let (serve, base, _) = try await Self.serve(queue: queue, handlers: Self.handlers, broker: try TestEnvironment.amqpURL)
+            try await waitUntil("the mismatch in the log", within: 30) { serve.output.contains("do not match this configuration") }
+            let line = try #require(serve.lines.first { $0.contains("do not match this configuration") })
+            #expect(line.contains("\"level\":\"error\"") && (line.contains("x-queue-type") || line.contains("x-dead-letter")), "\(line)")
+            let ready = await get(base + "/readyz")
+            #expect(ready?.0 == 503 && ready?.1.contains("exists with other arguments") == true, "\(ready?.1 ?? "")")
+            #expect(!serve.output.contains("lost the RabbitMQ connection"), "a mismatch is not a lost connection")
+            serve.signal(SIGTERM)
+            _ = try await serve.exit(within: 30)
+            let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
+            try TestBrokerQueues.delete(queue, on: raw)
+            raw.close()
+        }
+    }
+
     @Test(.timeLimit(.minutes(3)))
     func metricsReadinessWhileDrainingAndSubmitsMessage() async throws {
         try await usingBroker { try await runMetricsAndDraining() }
