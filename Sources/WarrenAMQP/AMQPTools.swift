@@ -39,25 +39,23 @@ public struct AMQPTools: Sendable {
         throw failure
     }
 
-    /// Throws saying what to do when `queue` does not exist.
-    private func requireQueue(_ raw: RawConnection, _ queue: String) throws(AMQPError) {
+    /// Checks that `queue` exists, then that it was declared as this configuration declares it;
+    /// returns its ready messages and consumers.
+    @discardableResult
+    private func check(_ raw: RawConnection, _ queue: String, arguments: [String: AMQPValue]) throws(AMQPError) -> (messages: Int, consumers: Int) {
         guard try raw.queueAvailable(queue) else {
             throw .missingTopology("""
                 queue '\(queue)' does not exist on vhost '\(raw.url.vhost)' (or its node is down): start `warren serve` \
                 for queue '\(topology.queue)' once so it declares its queues, or check queue.name
                 """)
         }
-    }
-
-    /// Checks that `queue` exists, then that it was declared as this configuration declares it.
-    private func check(_ raw: RawConnection, _ queue: String, arguments: [String: AMQPValue]) throws(AMQPError) {
-        try requireQueue(raw, queue)
         do {
-            try raw.declareQueue(queue, arguments: arguments)
+            // Declaring with the same arguments changes nothing, and answers the counts.
+            return try raw.declareQueue(queue, arguments: arguments)
         } catch let error {
             guard case let .channelClosed(code, text, _) = error, code == 406 else { throw error }
             try raw.openChannel()
-            if Topology.tolerates(conflict: text, arguments: arguments) { return }
+            if Topology.tolerates(conflict: text, arguments: arguments) { return try raw.declareQueue(queue, passive: true) }
             throw .conflictingQueue(queue: queue, detail: """
                 \(text). Configure these tools as the worker is configured (the same file, WARREN_… variables or flags as \
                 warren serve; queue.type \(topology.queueType.rawValue) was given)
@@ -81,12 +79,10 @@ public struct AMQPTools: Sendable {
         defer { raw.close() }
         var depths: [QueueDepth] = []
         for priority in JobPriority.allCases {
-            try check(raw, topology.brokerQueue(priority), arguments: topology.priorityQueueArguments)
-            let counts = try raw.declareQueue(topology.brokerQueue(priority), passive: true)
+            let counts = try check(raw, topology.brokerQueue(priority), arguments: topology.priorityQueueArguments)
             depths.append(QueueDepth(name: topology.brokerQueue(priority), priority: priority, messages: counts.messages, consumers: counts.consumers))
         }
-        try check(raw, topology.deadQueue, arguments: topology.deadQueueArguments(on: raw.serverVersion))
-        let dead = try raw.declareQueue(topology.deadQueue, passive: true)
+        let dead = try check(raw, topology.deadQueue, arguments: topology.deadQueueArguments(on: raw.serverVersion))
         depths.append(QueueDepth(name: topology.deadQueue, priority: nil, messages: dead.messages, consumers: dead.consumers))
         return depths
     }
@@ -265,8 +261,7 @@ public struct AMQPTools: Sendable {
         let raw = try connect()
         defer { raw.close() }
         let queue = topology.deadQueue
-        try check(raw, queue, arguments: topology.deadQueueArguments(on: raw.serverVersion))
-        let count = try raw.declareQueue(queue, passive: true).messages
+        let count = try check(raw, queue, arguments: topology.deadQueueArguments(on: raw.serverVersion)).messages
         try raw.selectConfirms()
         for _ in 0..<count {
             guard let message = try raw.get(queue, autoAck: false) else { break }

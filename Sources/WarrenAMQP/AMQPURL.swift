@@ -101,7 +101,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         for part in parts {
             // A comma not followed by a URL ends an address only when nothing follows it.
             let trimmed = part.trimmingCharacters(in: .whitespaces)
-            guard !trimmed.isEmpty, !trimmed.hasSuffix(","), !trimmed.hasPrefix(",") else {
+            guard !trimmed.isEmpty, !trimmed.hasSuffix(",") else {
                 throw .invalidURL("an empty address in the list '\(redacted(text))'; separate whole URLs with single commas")
             }
             var url = try AMQPURL(trimmed)

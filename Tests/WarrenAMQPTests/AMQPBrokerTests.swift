@@ -6,11 +6,7 @@ import Warren
 @Suite("AMQP broker")
 struct AMQPBrokerTests {
     func broker(_ queue: String, _ configure: (inout AMQPBroker.Configuration) -> Void = { _ in }) async throws -> AMQPBroker {
-        var configuration = AMQPBroker.Configuration(url: try TestBroker.url(), queue: queue, prefetch: 50)
-        configure(&configuration)
-        let broker = AMQPBroker(configuration)
-        try await broker.waitUntilReady(timeout: .seconds(20))
-        return broker
+        try await TestBroker.broker(queue, configure)
     }
 
     @Test(.timeLimit(.minutes(3)))

@@ -10,16 +10,7 @@ struct AMQPScenarioTests {
     static let good = JobKind<Numbered, Int>("scenario.good")
 
     func makeBroker(_ queue: String, heartbeat: Int? = nil, configure: (inout AMQPBroker.Configuration) -> Void = { _ in }) async throws -> AMQPBroker {
-        var configuration = AMQPBroker.Configuration(url: try TestBroker.url(heartbeat: heartbeat), queue: queue, prefetch: 50)
-        configure(&configuration)
-        let broker = AMQPBroker(configuration)
-        try await broker.waitUntilReady(timeout: .seconds(20))
-        return broker
-    }
-
-    /// A plain publisher, as another language's client would be.
-    func publisher() throws -> AMQPConnection {
-        AMQPConnection(.init(url: try TestBroker.url(), name: "producer"), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
+        try await TestBroker.broker(queue, heartbeat: heartbeat, configure)
     }
 
     @Test(.timeLimit(.minutes(4)))
@@ -35,7 +26,7 @@ struct AMQPScenarioTests {
             }
             let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 8))
             let runner = Task { await pool.run() }
-            let producer = try publisher()
+            let producer = try TestBroker.publisher()
             let key = broker.topology.routingKey(.normal)
             func message(_ body: [UInt8], type: String? = Self.good.name, contentType: String? = "application/json", headers: [String: AMQPValue] = [:]) -> OutgoingMessage {
                 OutgoingMessage(

@@ -10,11 +10,7 @@ struct QuorumTests {
     func broker(_ queue: String, type: QueueType = .quorum, _ configure: (inout AMQPBroker.Configuration) -> Void = { _ in })
         async throws -> AMQPBroker
     {
-        var configuration = AMQPBroker.Configuration(url: try TestBroker.url(), queue: queue, queueType: type, prefetch: 50)
-        configure(&configuration)
-        let broker = AMQPBroker(configuration)
-        try await broker.waitUntilReady(timeout: .seconds(20))
-        return broker
+        try await TestBroker.broker(queue, queueType: type, configure)
     }
 
     /// A queue deleted under a consumer: RabbitMQ cancels the consumer (it says so only to clients

@@ -22,6 +22,23 @@ enum TestBroker {
         return url
     }
 
+    /// A broker on the test broker's queue `queue`, connected (its topology declared).
+    static func broker(
+        _ queue: String, queueType: QueueType = .classic, prefetch: UInt16 = 50, heartbeat: Int? = nil,
+        _ configure: (inout AMQPBroker.Configuration) -> Void = { _ in }
+    ) async throws -> AMQPBroker {
+        var configuration = AMQPBroker.Configuration(url: try url(heartbeat: heartbeat), queue: queue, queueType: queueType, prefetch: prefetch)
+        configure(&configuration)
+        let broker = AMQPBroker(configuration)
+        try await broker.waitUntilReady(timeout: .seconds(20))
+        return broker
+    }
+
+    /// A plain publisher, as another language's client would be.
+    static func publisher() throws -> AMQPConnection {
+        AMQPConnection(.init(url: try url(), name: "producer"), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
+    }
+
     /// The second broker of the test run: Debian's RabbitMQ 3.10, for the conformance suite.
     static func legacyURL() throws -> AMQPURL {
         guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_LEGACY_AMQP_URL"] else { throw NotConfigured() }

@@ -7,15 +7,7 @@ import Warren
 /// broker: dedup by `message_id`, the bare routing key, and where the job name comes from.
 @Suite("wire format as documented")
 struct WireDocumentedTests {
-    func makeBroker(_ queue: String) async throws -> AMQPBroker {
-        let broker = AMQPBroker(AMQPBroker.Configuration(url: try TestBroker.url(), queue: queue, prefetch: 20))
-        try await broker.waitUntilReady(timeout: .seconds(20))
-        return broker
-    }
-
-    func publisher() throws -> AMQPConnection {
-        AMQPConnection(.init(url: try TestBroker.url(), name: "producer"), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
-    }
+    func makeBroker(_ queue: String) async throws -> AMQPBroker { try await TestBroker.broker(queue, prefetch: 20) }
 
     func message(
         _ queue: String, id: String, type: String?, headers: [String: AMQPValue] = [:], routingKey: String? = nil, body: String = "{}"
@@ -44,7 +36,7 @@ struct WireDocumentedTests {
             let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
             let runner = Task { await pool.run() }
             defer { hold.countDown() }
-            let first = try publisher(), second = try publisher()
+            let first = try TestBroker.publisher(), second = try TestBroker.publisher()
             let held = "held-\(UUID().uuidString)"
             try await first.publish(message(name, id: held, type: "wire.once"))
             try await waitUntil("the first copy to run", within: 20) { runs.withLock { $0[held] } == 1 }
@@ -94,7 +86,7 @@ struct WireDocumentedTests {
             }
             let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
             let runner = Task { await pool.run() }
-            let producer = try publisher()
+            let producer = try TestBroker.publisher()
             let header: [String: AMQPValue] = [WireFormat.Header.job: .string("wire.header")]
             let cases: [(id: String, message: OutgoingMessage, name: String)] = [
                 ("bare", message(name, id: "bare-\(UUID())", type: "wire.typed", routingKey: name), "wire.typed"),

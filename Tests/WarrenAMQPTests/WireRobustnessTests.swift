@@ -8,16 +8,7 @@ import Warren
 @Suite("wire robustness")
 struct WireRobustnessTests {
     func makeBroker(_ queue: String) async throws -> AMQPBroker {
-        var configuration = AMQPBroker.Configuration(url: try TestBroker.url(), queue: queue, prefetch: 20)
-        configuration.retryPolicy = RetryPolicy(baseDelay: .seconds(1), multiplier: 1, jitter: 0)
-        let broker = AMQPBroker(configuration)
-        try await broker.waitUntilReady(timeout: .seconds(20))
-        return broker
-    }
-
-    /// A plain publisher, as another language's client would be.
-    func publisher() throws -> AMQPConnection {
-        AMQPConnection(.init(url: try TestBroker.url(), name: "producer"), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
+        try await TestBroker.broker(queue, prefetch: 20) { $0.retryPolicy = RetryPolicy(baseDelay: .seconds(1), multiplier: 1, jitter: 0) }
     }
 
     func raw(
@@ -58,7 +49,7 @@ struct WireRobustnessTests {
             }
             let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
             let runner = Task { await pool.run() }
-            let producer = try publisher()
+            let producer = try TestBroker.publisher()
             let crashes = [
                 raw(name, type: "wire.ok", headers: [WireFormat.Header.deadline: .double(1e300)], replyTo: replies, correlationID: "c-deadline-double"),
                 raw(name, type: "wire.flaky", headers: [WireFormat.Header.deadline: .int(.max)], replyTo: replies, correlationID: "c-deadline-int"),
@@ -156,7 +147,7 @@ struct WireRobustnessTests {
             }
             let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 4))
             let runner = Task { await pool.run() }
-            let producer = try publisher()
+            let producer = try TestBroker.publisher()
             let published = Date()
             try await producer.publish(raw(name, type: "wire.ok", headers: [WireFormat.Header.delay: .int(1_500)], body: #"{"n":1}"#))
             try await producer.publish(raw(name, type: "wire.ok", headers: [WireFormat.Header.delay: .int(0)], body: #"{"n":0}"#))
@@ -186,7 +177,7 @@ struct WireRobustnessTests {
         try await usingBroker {
             let name = TestBroker.unique()
             let broker = try await makeBroker(name)
-            let producer = try publisher()
+            let producer = try TestBroker.publisher()
             let gone = "gone-\(UUID().uuidString).normal"
             for index in 0..<200 {
                 try await producer.publish(OutgoingMessage(
