@@ -206,6 +206,37 @@ struct JobQueueCoreTests {
         #expect(RecentIDs(capacity: 0).contains("x") == false)
     }
 
+    /// Seeded random inserts, removes and lookups against the plain rule: an id is remembered while
+    /// it was not removed since its last insert that took a place, and that place is among the
+    /// newest `capacity`.
+    @Test(arguments: [(1, 3), (7, 5), (64, 40), (500, 2_000), (3_000, 2_500)])
+    func recentIDsFollowTheirRuleUnderARandomWorkload(capacity: Int, universe: Int) {
+        var random = SplitMix64(seed: UInt64(capacity * 31 + universe))
+        var ids = RecentIDs(capacity: capacity)
+        var places: [JobID] = []
+        var present: [JobID: UInt8] = [:]
+        func remembered(_ id: JobID) -> Bool { present[id] != nil && places.suffix(capacity).contains(id) }
+        for step in 0..<20_000 {
+            let id = JobID("id-\(Int.random(in: 0..<universe, using: &random))")
+            switch Int.random(in: 0..<10, using: &random) {
+            case 0..<6:
+                let value = UInt8.random(in: 0...5, using: &random)
+                if !remembered(id) { places.append(id) }
+                present[id] = value
+                ids.insert(id, value: value)
+            case 6..<8:
+                let expected = remembered(id)
+                if expected { present[id] = nil }
+                #expect(ids.remove(id) == expected, "step \(step)")
+            default:
+                #expect(ids.value(id) == (remembered(id) ? present[id] : nil), "step \(step): \(id)")
+            }
+            if places.count > 4 * capacity { places.removeFirst(places.count - capacity) }
+        }
+        let expectedCount = Set(places.suffix(capacity)).count { present[$0] != nil }
+        #expect(ids.count == expectedCount)
+    }
+
     @Test func staleDeadlineTimersAreCompacted() throws {
         var queue = core(QueueConfiguration(capacity: 10, finishedWindow: 0))
         for index in 0..<5_000 {
