@@ -167,7 +167,7 @@ struct Bench: AsyncParsableCommand {
     func queueOperations(count: Int) -> Double {
         let batch = 1_000
         let ring = (0..<20 * batch).map { Job(id: JobID("j\($0)"), name: "noop", priority: JobPriority(rawValue: $0 % 5)!) }
-        var core = JobQueueCore(configuration: QueueConfiguration(capacity: batch * 2, finishedWindow: 10 * batch))
+        var core = JobQueueCore(configuration: QueueConfiguration(capacity: batch * 2, finishedWindow: 10 * batch, dedupWindow: 10 * batch))
         let empty = Data()
         let clock = ContinuousClock()
         // Whole batches: `count` rounded up to a multiple of 1,000.
