@@ -8,5 +8,5 @@ test:
 	@scripts/test.sh
 
 bench:
-	swift build -c release --product warren
-	.build/release/warren bench
+	swift build -c release --product warren-bench
+	.build/release/warren-bench

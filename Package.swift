@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "WarrenConformance", targets: ["WarrenConformance"]),
         .library(name: "WarrenAMQP", targets: ["WarrenAMQP"]),
         .executable(name: "warren", targets: ["warren"]),
+        .executable(name: "warren-bench", targets: ["WarrenBench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
@@ -89,7 +90,17 @@ let package = Package(
         .executableTarget(
             name: "warren",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService", "WarrenTestSupport",
+                "Warren", "WarrenAMQP", "WarrenService",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict
+        ),
+        // `warren-bench`: the engine in memory, and Warren against a bare rabbitmq-c loop on a
+        // real RabbitMQ. Not part of the `warren` binary.
+        .executableTarget(
+            name: "WarrenBench",
+            dependencies: [
+                "Warren", "WarrenAMQP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -6,10 +6,10 @@ import Glibc
 #endif
 
 /// A Linux eventfd: wakes the I/O thread out of `poll` when a command arrives.
-final class EventFD: Sendable {
+package final class EventFD: Sendable {
     let descriptor: Int32
 
-    init() {
+    package init() {
         descriptor = CWarrenAMQP_eventfd()
         precondition(descriptor >= 0, "eventfd failed: \(String(cString: strerror(errno)))")
     }
@@ -27,7 +27,7 @@ final class EventFD: Sendable {
     }
 
     /// Waits until the socket is readable, the eventfd is signalled, or `timeout` passes.
-    func wait(socket: Int32?, for timeout: Duration) {
+    package func wait(socket: Int32?, for timeout: Duration) {
         let (seconds, attoseconds) = timeout.components
         let nanoseconds = max(0, seconds) * 1_000_000_000 + max(0, attoseconds) / 1_000_000_000
         if CWarrenAMQP_wait(descriptor, socket ?? -1, nanoseconds) == 1 { drain() }

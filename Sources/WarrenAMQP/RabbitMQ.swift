@@ -37,7 +37,7 @@ enum Declaration: Equatable {
 }
 
 /// What a non-blocking look at the connection found.
-enum Incoming {
+package enum Incoming {
     case message(IncomingMessage)
     /// Nothing is waiting.
     case nothing
@@ -46,7 +46,7 @@ enum Incoming {
 }
 
 /// A non-delivery frame.
-enum ControlFrame: Equatable {
+package enum ControlFrame: Equatable {
     case confirmAck(tag: UInt64, multiple: Bool)
     case confirmNack(tag: UInt64, multiple: Bool)
     case returned(code: UInt16, text: String, exchange: String, routingKey: String, messageID: String?)
@@ -58,7 +58,7 @@ enum ControlFrame: Equatable {
 }
 
 /// One rabbitmq-c connection with one channel. Not thread-safe: exactly one thread owns it.
-final class RawConnection {
+package final class RawConnection {
     private let state: amqp_connection_state_t
     let channel: amqp_channel_t = 1
     let url: AMQPURL
@@ -96,7 +96,7 @@ final class RawConnection {
     /// holding the I/O thread.
     static let replyTimeout: Double = 15
 
-    init(url: AMQPURL, name: String = "warren") throws(AMQPError) {
+    package init(url: AMQPURL, name: String = "warren") throws(AMQPError) {
         self.url = url
         guard let state = amqp_new_connection() else {
             throw .library(status: -1, text: "out of memory", during: "creating a connection")
@@ -169,14 +169,14 @@ final class RawConnection {
     }
 
     /// The socket, for `poll`.
-    var socketDescriptor: Int32 { amqp_socket_get_sockfd(amqp_get_socket(state)) }
+    package var socketDescriptor: Int32 { amqp_socket_get_sockfd(amqp_get_socket(state)) }
 
     /// Whether rabbitmq-c already holds data or frames that a poll on the socket would not see.
     var hasBufferedInput: Bool { amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0 }
 
     var heartbeat: Int { Int(amqp_get_heartbeat(state)) }
 
-    func close() {
+    package func close() {
         guard isOpen else { return }
         if channelOpen { _ = amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS) }
         _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS)
@@ -194,7 +194,7 @@ final class RawConnection {
 
     /// Declares a durable queue; `passive` only checks that it exists. Returns its message and consumer counts.
     @discardableResult
-    func declareQueue(_ name: String, arguments: [String: AMQPValue] = [:], passive: Bool = false) throws(AMQPError) -> (messages: Int, consumers: Int) {
+    package func declareQueue(_ name: String, arguments: [String: AMQPValue] = [:], passive: Bool = false) throws(AMQPError) -> (messages: Int, consumers: Int) {
         let arena = Arena()
         let ok = amqp_queue_declare(state, channel, arena.bytes(name), passive ? 1 : 0, 1, 0, 0, arena.table(arguments))
         try check(amqp_get_rpc_reply(state), "\(passive ? "checking" : "declaring") queue '\(name)'")
@@ -328,7 +328,7 @@ final class RawConnection {
         try check(amqp_get_rpc_reply(state), "deleting queue '\(name)'")
     }
 
-    func purgeQueue(_ name: String) throws(AMQPError) -> Int {
+    package func purgeQueue(_ name: String) throws(AMQPError) -> Int {
         let arena = Arena()
         let ok = amqp_queue_purge(state, channel, arena.bytes(name))
         try check(amqp_get_rpc_reply(state), "purging queue '\(name)'")
@@ -338,7 +338,7 @@ final class RawConnection {
     // MARK: Consuming
 
     /// Per-consumer prefetch (`global = false`): each consumer may hold `count` unacked messages.
-    func setPrefetch(_ count: UInt16) throws(AMQPError) {
+    package func setPrefetch(_ count: UInt16) throws(AMQPError) {
         amqp_basic_qos(state, channel, 0, count, 0)
         try check(amqp_get_rpc_reply(state), "setting prefetch to \(count)")
     }
@@ -352,7 +352,7 @@ final class RawConnection {
     }
 
     @discardableResult
-    func consume(_ queue: String, consumerTag: String, noAck: Bool = false) throws(AMQPError) -> String {
+    package func consume(_ queue: String, consumerTag: String, noAck: Bool = false) throws(AMQPError) -> String {
         let arena = Arena()
         let ok = amqp_basic_consume(state, channel, arena.bytes(queue), arena.bytes(consumerTag), 0, noAck ? 1 : 0, 0, amqp_empty_table)
         try check(amqp_get_rpc_reply(state), "consuming from queue '\(queue)'")
@@ -368,7 +368,7 @@ final class RawConnection {
     }
 
     /// Takes the next delivery if one is already here, without blocking.
-    func poll() throws(AMQPError) -> Incoming {
+    package func poll() throws(AMQPError) -> Incoming {
         amqp_maybe_release_buffers(state)
         var envelope = amqp_envelope_t()
         var zero = timeval(tv_sec: 0, tv_usec: 0)
@@ -386,7 +386,7 @@ final class RawConnection {
     }
 
     /// Reads one waiting non-delivery frame (confirms, returns, closes). `.none` if nothing is waiting.
-    func readFrame() throws(AMQPError) -> ControlFrame {
+    package func readFrame() throws(AMQPError) -> ControlFrame {
         var frame = amqp_frame_t()
         var zero = timeval(tv_sec: 0, tv_usec: 0)
         let status = amqp_simple_wait_frame_noblock(state, &frame, &zero)
@@ -456,7 +456,7 @@ final class RawConnection {
 
     // MARK: Acks and publishing
 
-    func ack(_ tag: UInt64, multiple: Bool) throws(AMQPError) {
+    package func ack(_ tag: UInt64, multiple: Bool) throws(AMQPError) {
         try status(amqp_basic_ack(state, channel, tag, multiple ? 1 : 0), "acking delivery \(tag)")
     }
 
@@ -467,12 +467,12 @@ final class RawConnection {
     }
 
     /// Turns on publisher confirms: the broker then acks (or nacks) every publish by sequence number.
-    func selectConfirms() throws(AMQPError) {
+    package func selectConfirms() throws(AMQPError) {
         amqp_confirm_select(state, channel)
         try check(amqp_get_rpc_reply(state), "turning on publisher confirms")
     }
 
-    func publish(_ message: OutgoingMessage) throws(AMQPError) {
+    package func publish(_ message: OutgoingMessage) throws(AMQPError) {
         let arena = Arena()
         var properties = arena.properties(message.properties)
         let result = message.body.withUnsafeBytes { body in

@@ -157,7 +157,7 @@ public struct Topology: Sendable, Equatable {
     /// otherwise by an older Warren or an operator is used as it is (returned as a note for the
     /// log), any other conflict is an error that says which argument and how to fix it.
     @discardableResult
-    func declare(_ raw: RawConnection) throws(AMQPError) -> [String] {
+    package func declare(_ raw: RawConnection) throws(AMQPError) -> [String] {
         let batch = declarations(on: raw.serverVersion)
         do {
             try raw.declare(batch)

@@ -5,5 +5,5 @@ struct WarrenCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warren",
         abstract: "A job worker for RabbitMQ, with an embedded in-memory broker by default.",
-        subcommands: [Demo.self, Serve.self, Submit.self, Queues.self, DeadLetters.self, ConfigCommand.self, Bench.self])
+        subcommands: [Demo.self, Serve.self, Submit.self, Queues.self, DeadLetters.self, ConfigCommand.self])
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenConformance
 import Warren
 @testable import WarrenAMQP
 

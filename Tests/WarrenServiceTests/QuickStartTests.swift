@@ -67,6 +67,30 @@ struct QuickStartTests {
         try await usingBroker { try await runQuickStart() }
     }
 
+    /// `make bench` runs the in-memory part of `warren-bench`: here with small counts, past the
+    /// point where the queue-operation run reuses its ids (it crashed there once), and the
+    /// `warren` binary no longer knows the command.
+    @Test(.timeLimit(.minutes(2)))
+    func theInMemoryBenchRunsAndIsNotPartOfWarren() async throws {
+        let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), ["--operations", "45000", "--jobs", "5000", "--critical-samples", "20"])
+        #expect(try await bench.exit(within: 90) == .exited(0), "\(bench.output)")
+        for line in ["queue operations (enqueue+dequeue+ack, one thread):", "end-to-end no-op jobs through the worker pool:",
+                     "critical start latency, 10,000 low jobs waiting:"] {
+            #expect(bench.output.contains(line), "\(bench.output)")
+        }
+        let warren = try ChildProcess(TestEnvironment.binary("warren"), ["bench"])
+        #expect(try await warren.exit(within: 30) != .exited(0), "\(warren.output)")
+        // Nor any test or benchmark code: no symbol of those modules and types is linked in.
+        let nm = try ChildProcess("/usr/bin/nm", [TestEnvironment.binary("warren")])
+        #expect(try await nm.exit(within: 60) == .exited(0))
+        let symbols = nm.output.split(separator: "\n")
+        #expect(symbols.count > 10_000, "nm listed \(symbols.count) symbols")
+        for marker in ["17WarrenTestSupport", "17WarrenConformance", "14AMQPBenchmarks", "11ManualClock", "10SplitMix64", "5Bench"] {
+            let found = symbols.filter { $0.contains(marker) }
+            #expect(found.isEmpty, "\(marker): \(found.prefix(3))")
+        }
+    }
+
     func runQuickStart() async throws {
         let quickStart = try Self.readme()
         #expect(quickStart.prints == #"{"confirmed": {"order": 1}}"#)

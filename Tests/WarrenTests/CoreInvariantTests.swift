@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenConformance
 @testable import Warren
 
 /// The core's counts checked after every step of seeded random operation sequences: enqueues

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenConformance
 @testable import Warren
 
 @Suite("In-memory broker and worker pool")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenConformance
 @testable import Warren
 
 /// The queue contract on the bare state machine, with time moved by hand.

@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
+import WarrenConformance
 @testable import Warren
 
 /// The worker pool's limits over seeded random set-ups (one group or several, reserved slots,

@@ -1,12 +1,13 @@
 import Foundation
 import Warren
+import WarrenAMQP
 
 /// Measurements against a real broker, for `warren bench --amqp-url`: the ceiling (a bare
 /// rabbitmq-c consume-and-ack loop) and fast filling of a queue.
-public enum AMQPBenchmarks {
+enum AMQPBenchmarks {
     /// Publishes `count` messages to `routingKey` on `exchange` with publisher confirms, keeping at
     /// most `window` unconfirmed. Returns messages per second.
-    public static func fill(
+    static func fill(
         url: AMQPURL, exchange: String, routingKey: String, count: Int, properties: MessageProperties = MessageProperties(),
         body: (Int) -> [UInt8], window: Int = 1_000
     ) throws(AMQPError) -> Double {
@@ -46,7 +47,7 @@ public enum AMQPBenchmarks {
     /// Drains `count` messages from `queue` in a bare loop: consume with `prefetch`, ack with
     /// `multiple = true` every `ackEvery`. Returns messages per second (the ceiling Warren is
     /// measured against) and the loop thread's CPU seconds per message.
-    public static func rawDrain(
+    static func rawDrain(
         url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500
     ) throws(AMQPError) -> (rate: Double, cpuPerMessage: Double) {
         let cpuBefore = cpuSeconds(thisThreadOnly: true)
@@ -86,14 +87,14 @@ public enum AMQPBenchmarks {
 
     /// CPU time used so far, in seconds: by the whole process, or by the calling thread alone
     /// (the raw loop runs on one thread).
-    public static func cpuSeconds(thisThreadOnly: Bool = false) -> Double {
+    static func cpuSeconds(thisThreadOnly: Bool = false) -> Double {
         var now = timespec()
         clock_gettime(thisThreadOnly ? CLOCK_THREAD_CPUTIME_ID : CLOCK_PROCESS_CPUTIME_ID, &now)
         return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 
     /// Declares (if needed) and empties a plain queue.
-    public static func prepare(url: AMQPURL, queue: String, type: QueueType = .classic) throws(AMQPError) {
+    static func prepare(url: AMQPURL, queue: String, type: QueueType = .classic) throws(AMQPError) {
         let raw = try RawConnection(url: url)
         defer { raw.close() }
         try raw.declareQueue(queue, arguments: ["x-queue-type": .string(type.rawValue)])
@@ -101,7 +102,7 @@ public enum AMQPBenchmarks {
     }
 
     /// Declares a Warren queue's topology and empties its queues.
-    public static func prepare(url: AMQPURL, topology: Topology) throws(AMQPError) {
+    static func prepare(url: AMQPURL, topology: Topology) throws(AMQPError) {
         let raw = try RawConnection(url: url)
         defer { raw.close() }
         _ = try topology.declare(raw)

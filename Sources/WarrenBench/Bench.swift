@@ -4,8 +4,10 @@ import Synchronization
 import Warren
 import WarrenAMQP
 
+@main
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "warren-bench",
         abstract: "Measure the in-memory engine: queue operations, end-to-end jobs, critical-job start latency.")
 
     @Option(help: "Jobs for the queue-operation run.") var operations = 1_000_000
