@@ -34,11 +34,17 @@ public protocol Broker: Sendable {
     /// Waits until the job ends; nil when the job is unknown or the broker closes first.
     func outcome(of id: JobID) async -> JobOutcome?
     func statistics() async -> QueueStatistics
+    /// The first half of a graceful shutdown, after the worker pool stopped taking jobs: stop
+    /// receiving work and give back what has not started (a transport returns it to its source,
+    /// for other workers); running jobs still settle. Does nothing by default.
+    func stopTakingWork() async
     /// Stops serving: waiting consumers get nil, event streams finish.
     func close() async
 }
 
 extension Broker {
+    public func stopTakingWork() async {}
+
     public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery? {
         await settle(delivery, outcome)
         return await tryNext(filter)

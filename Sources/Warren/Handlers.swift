@@ -1,4 +1,5 @@
 public import Foundation
+public import Logging
 
 /// A kind of job: its explicit name on the wire and its typed input and output. The name is
 /// explicit (never derived from a Swift type) so renaming a type never orphans queued jobs.
@@ -20,14 +21,26 @@ public struct JobContext: Sendable {
     public let priority: JobPriority
     public let metadata: [String: String]
     private let broker: any Broker
+    private let poolLogger: Logger
 
-    init(job: Job, broker: any Broker) {
+    init(job: Job, broker: any Broker, logger: Logger) {
         id = job.id
         name = job.name
         attempt = job.attempt
         priority = job.priority
         metadata = job.metadata
         self.broker = broker
+        poolLogger = logger
+    }
+
+    /// The worker pool's logger (`WorkerPoolConfiguration.logger`) with the job's id, name and
+    /// attempt in its metadata (`job.id`, `job.name`, `job.attempt`).
+    public var logger: Logger {
+        var logger = poolLogger
+        logger[metadataKey: "job.id"] = "\(id)"
+        logger[metadataKey: "job.name"] = "\(name)"
+        logger[metadataKey: "job.attempt"] = "\(attempt)"
+        return logger
     }
 
     /// Reports progress, 0 to 100.

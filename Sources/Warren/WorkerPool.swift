@@ -1,4 +1,5 @@
 import Foundation
+public import Logging
 import Synchronization
 
 /// How a worker pool runs.
@@ -13,20 +14,29 @@ public struct WorkerPoolConfiguration: Sendable {
     /// the ceiling): a job whose name is at its limit waits, and ready jobs of other names start
     /// meanwhile in priority order.
     public var limits: [String: Int]
+    /// What handlers log through (`JobContext.logger`, with the job's id and name).
+    public var logger: Logger
+
+    /// How long a shutdown lets running jobs finish unless told otherwise: 25 s, inside the 30 s
+    /// Kubernetes and Docker give a container before killing it.
+    public static let defaultShutdownGrace: Duration = .seconds(25)
+
+    public static let defaultConcurrency = 16
 
     /// One group of `concurrency` workers.
     public init(
-        concurrency: Int = 16, reservedForCritical: Int = 0, capabilities: Set<String> = [],
-        defaultTimeout: Duration? = nil, shutdownGrace: Duration = .seconds(30), limits: [String: Int] = [:]
+        concurrency: Int = Self.defaultConcurrency, reservedForCritical: Int = 0, capabilities: Set<String> = [],
+        defaultTimeout: Duration? = nil, shutdownGrace: Duration = Self.defaultShutdownGrace, limits: [String: Int] = [:],
+        logger: Logger = Logger(label: "warren")
     ) {
         self.init(
             groups: [WorkerGroup(concurrency: concurrency, reservedForCritical: reservedForCritical, capabilities: capabilities)],
-            defaultTimeout: defaultTimeout, shutdownGrace: shutdownGrace, limits: limits)
+            defaultTimeout: defaultTimeout, shutdownGrace: shutdownGrace, limits: limits, logger: logger)
     }
 
     public init(
         groups: [WorkerGroup], routing: RoutingStrategy = .leastLoaded, defaultTimeout: Duration? = nil,
-        shutdownGrace: Duration = .seconds(30), limits: [String: Int] = [:]
+        shutdownGrace: Duration = Self.defaultShutdownGrace, limits: [String: Int] = [:], logger: Logger = Logger(label: "warren")
     ) {
         precondition(!groups.isEmpty, "a worker pool needs at least one group")
         self.groups = groups
@@ -34,6 +44,7 @@ public struct WorkerPoolConfiguration: Sendable {
         self.defaultTimeout = defaultTimeout
         self.shutdownGrace = shutdownGrace
         self.limits = limits
+        self.logger = logger
     }
 }
 
@@ -315,7 +326,7 @@ public final class WorkerPool: Sendable {
                 timeouts.schedule(delivery.stop, at: clock.now().addingTimeInterval(timeout.timeInterval), inFlight: running)
             }
             do {
-                outcome = .completed(try await entry.run(job, JobContext(job: job, broker: broker)))
+                outcome = .completed(try await entry.run(job, JobContext(job: job, broker: broker, logger: configuration.logger)))
             } catch let error as UndecodableInput {
                 outcome = .rejected(.undecodablePayload(error.detail))
             } catch let error as JobRejected {

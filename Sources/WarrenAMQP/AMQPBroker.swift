@@ -56,9 +56,13 @@ public final class AMQPBroker: Broker {
         /// `delivery_limit`. Graceful stops do not count: see `stopConsuming`.
         public var deliveryLimit: Int = Topology.defaultDeliveryLimit
 
+        public static let defaultPrefetch: UInt16 = 200
+        /// Retries of a job whose message does not say.
+        public static let defaultMaxRetries = 3
+
         public init(
-            url: AMQPURL, queue: String = "default", queueType: QueueType = .classic, prefetch: UInt16 = 200,
-            retryPolicy: RetryPolicy = .default, defaultMaxRetries: Int = 3, limits: WireFormat.Limits = WireFormat.Limits(),
+            url: AMQPURL, queue: String = "default", queueType: QueueType = .classic, prefetch: UInt16 = Self.defaultPrefetch,
+            retryPolicy: RetryPolicy = .default, defaultMaxRetries: Int = Self.defaultMaxRetries, limits: WireFormat.Limits = WireFormat.Limits(),
             dedupWindow: Int = 100_000, maxQueueLength: Int? = nil, publishDeadline: Duration = .seconds(30)
         ) {
             self.urls = [url]
@@ -321,25 +325,13 @@ public final class AMQPBroker: Broker {
         messages.handBack(local.withdrawUnstarted())
     }
 
+    /// `Broker.stopTakingWork`: `stopConsuming`.
+    public func stopTakingWork() async { await stopConsuming() }
+
     /// Runs `pool` on this broker until the calling task is cancelled (or the pool is shut down),
-    /// then shuts down gracefully: the pool stops taking jobs, unstarted ones go back to RabbitMQ
-    /// (`stopConsuming`), running ones finish within the pool's grace period, and the connection
-    /// closes once their settlements are confirmed.
+    /// then drains: `WarrenWorker(broker: self, pool: pool).runUntilCancelled()`.
     public func run(_ pool: WorkerPool) async {
-        let (stopped, stop) = AsyncStream.makeStream(of: Never.self)
-        let runner = Task {
-            await pool.run()
-            stop.finish()
-        }
-        await withTaskCancellationHandler {
-            for await _ in stopped {}
-        } onCancel: {
-            stop.finish()
-        }
-        pool.shutdown()
-        await stopConsuming()
-        await runner.value
-        await close()
+        await WarrenWorker(broker: self, pool: pool).runUntilCancelled()
     }
 
     /// Stops serving and closes the connection. Unacked messages (prefetched, not finished) go back

@@ -51,45 +51,69 @@ public struct ServiceConfiguration: Sendable {
             "the RabbitMQ URL, or several separated by commas (the nodes of a cluster, tried in order; on a loss the next at once): "
                 + "amqp:// or amqps://, user, password, host, port, vhost, and the query options "
                 + AMQPURL.queryOptions.map { "?\($0.name)= (\($0.help))" }.joined(separator: ", ")),
-        Key("broker.password", "(from the URL)", "overrides the URL's password; best kept in a secret file", secret: true),
-        Key("broker.password_file", "", "a file holding the broker password (Docker and Kubernetes secrets)"),
+        Key("broker.password", nil, unset: "from the URL", "overrides the URL's password; best kept in a secret file", secret: true),
+        Key("broker.password_file", nil, "a file holding the broker password (Docker and Kubernetes secrets)"),
         Key("queue.name", "default", "the Warren queue to consume: broker queues <name>.<priority> and <name>.dead"),
-        Key("queue.type", "classic", "classic or quorum (quorum: replicated, survives a node loss)"),
-        Key("queue.max_length", "", "most ready messages per priority queue, 1 to 100000000; publishes beyond it are refused"),
+        Key("queue.type", QueueType.classic.rawValue, "classic or quorum (quorum: replicated, survives a node loss)"),
+        Key("queue.max_length", nil, unset: "unbounded", "most ready messages per priority queue, 1 to 100000000; publishes beyond it are refused"),
         Key("queue.delivery_limit", "\(Topology.defaultDeliveryLimit)",
             "quorum queues: how often a message may return to its queue (its worker died or lost the connection) before it is "
                 + "dead-lettered with reason delivery_limit, \(Topology.deliveryLimits.lowerBound) to \(Topology.deliveryLimits.upperBound)"),
-        Key("worker.concurrency", "16", "jobs run at once, 1 to 4096"),
-        Key("worker.prefetch", "200", "unacked messages each priority queue's consumer may hold, 1 to 65535"),
+        Key("worker.concurrency", "\(WorkerPoolConfiguration.defaultConcurrency)", "jobs run at once, 1 to 4096"),
+        Key("worker.prefetch", "\(AMQPBroker.Configuration.defaultPrefetch)", "unacked messages each priority queue's consumer may hold, 1 to 65535"),
         Key("worker.reserved_critical", "0", "extra slots only critical jobs may use, 0 to 1024 (less than worker.concurrency)"),
-        Key("worker.capabilities", "", "comma-separated capabilities this worker offers (jobs may require them)"),
-        Key("worker.shutdown_grace", "25s", "on SIGTERM, how long running jobs may take to finish (at most 720h, like every duration)"),
+        Key("worker.capabilities", nil, "comma-separated capabilities this worker offers (jobs may require them)"),
+        Key("worker.shutdown_grace", format(WorkerPoolConfiguration.defaultShutdownGrace),
+            "on SIGTERM, how long running jobs may take to finish (at most 720h, like every duration)"),
         Key("worker.default_timeout", "300s", "timeout of jobs whose message and handler name none; 0 for none"),
-        Key("retry.max_retries", "3", "retries of jobs whose message and handler name none, 0 to 100"),
-        Key("retry.base_delay", "1s", "backoff before the first retry (doubling, capped, with jitter)"),
-        Key("retry.max_delay", "5m", "longest backoff, at least retry.base_delay"),
-        Key("handlers.file", "handlers.yaml (when present)", "the YAML file mapping job names to http and exec handlers"),
+        Key("retry.max_retries", "\(AMQPBroker.Configuration.defaultMaxRetries)", "retries of jobs whose message and handler name none, 0 to 100"),
+        Key("retry.base_delay", format(RetryPolicy.default.baseDelay), "backoff before the first retry (doubling, capped, with jitter)"),
+        Key("retry.max_delay", format(RetryPolicy.default.maxDelay), "longest backoff, at least retry.base_delay"),
+        Key("handlers.file", nil, unset: "handlers.yaml if present", "the YAML file mapping job names to http and exec handlers"),
         Key("http.address", "127.0.0.1:9090", "host:port of /healthz, /readyz, /metrics and /jobs/{id}; off to disable"),
-        Key("log.format", "auto", "auto (text on a terminal, JSON lines otherwise), text or json"),
-        Key("log.level", "info", "trace, debug, info, notice, warning, error or critical"),
+        Key("log.format", LogFormat.auto.rawValue, "auto (text on a terminal, JSON lines otherwise), text or json"),
+        Key("log.level", Logger.Level.info.rawValue, "trace, debug, info, notice, warning, error or critical"),
         Key("events.enabled", "false", "publish job outcomes to the warren.events exchange"),
         Key("jobs.recent", "10000", "jobs /jobs/{id} remembers, 0 to 10000000"),
         Key("log.redact_params", Redactor.defaultParameters.joined(separator: ","),
             "URL query parameters whose values are hidden wherever a URL is shown (a name containing one of them); none for none"),
     ]
 
+    /// A duration as the keys table shows it: `25s`, `5m`, `1h` or `500ms`.
+    static func format(_ duration: Duration) -> String {
+        let millis = duration.components.seconds * 1_000 + duration.components.attoseconds / 1_000_000_000_000_000
+        for (unit, size) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1_000)] where millis >= size && millis % size == 0 {
+            return "\(millis / size)\(unit)"
+        }
+        return "\(millis)ms"
+    }
+
+    /// The key named `name` (a programming error if there is none).
+    static func key(_ name: String) -> Key {
+        guard let key = keys.first(where: { $0.name == name }) else { preconditionFailure("no configuration key \(name)") }
+        return key
+    }
+
     public struct Key: Sendable {
         public let name: String
-        public let defaultValue: String
+        /// The value used when none is given: the only place each default is written. Nil: the
+        /// key has no value then, and `unset` says what that means.
+        public let defaultValue: String?
+        /// What an unset key means, as the keys list and the README show it.
+        public let unset: String
         public let help: String
         public let secret: Bool
 
-        init(_ name: String, _ defaultValue: String, _ help: String, secret: Bool = false) {
+        init(_ name: String, _ defaultValue: String?, unset: String = "none", _ help: String, secret: Bool = false) {
             self.name = name
             self.defaultValue = defaultValue
+            self.unset = unset
             self.help = help
             self.secret = secret
         }
+
+        /// The default as `warren config keys` and the README show it.
+        public var shownDefault: String { defaultValue ?? unset }
 
         /// The environment variable for this key: `WARREN_` and the key in capitals, dots and
         /// dashes as underscores.
@@ -185,34 +209,37 @@ public struct ServiceConfiguration: Sendable {
                 .trimmingCharacters(in: .whitespacesAndNewlines)
             return value?.isEmpty == true ? nil : value
         }
+
+        /// The value given, or the key's default from the keys table.
+        func value(_ key: String) -> String? { string(key) ?? ServiceConfiguration.key(key).defaultValue }
     }
 
     init(reading values: Values, workingDirectory: String) throws {
         func invalid(_ key: String, _ value: String, _ allowed: String) -> ConfigurationError {
             .invalid(key: key, value: value, allowed: allowed)
         }
-        func integer(_ key: String, _ fallback: Int, _ range: ClosedRange<Int>) throws -> Int {
-            guard let text = values.string(key) else { return fallback }
+        func integer(_ key: String, _ range: ClosedRange<Int>) throws -> Int {
+            guard let text = values.value(key) else { preconditionFailure("\(key) has no default") }
             guard let number = Int(text), range.contains(number) else {
                 throw invalid(key, text, "a whole number from \(range.lowerBound) to \(range.upperBound)")
             }
             return number
         }
-        func duration(_ key: String, _ fallback: Duration, allowZero: Bool = false) throws -> Duration {
-            guard let text = values.string(key) else { return fallback }
+        func duration(_ key: String, allowZero: Bool = false) throws -> Duration {
+            guard let text = values.value(key) else { preconditionFailure("\(key) has no default") }
             guard let parsed = Self.duration(text), allowZero || parsed > .zero else {
                 throw invalid(key, text, "\(Self.durationForm)\(allowZero ? " (0 for none)" : ", more than 0")")
             }
             return parsed
         }
 
-        let redactText = values.string("log.redact_params") ?? Redactor.defaultParameters.joined(separator: ",")
+        let redactText = values.value("log.redact_params") ?? ""
         let redactParameters = redactText.lowercased() == "none" ? [] : redactText.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         guard redactParameters.allSatisfy({ !$0.isEmpty && $0.allSatisfy { $0.isLetter || $0.isNumber || "-_.".contains($0) } }) else {
             throw invalid("log.redact_params", redactText, "comma-separated query parameter names (letters, digits, '-', '_', '.'), or none")
         }
         redactor = Redactor(parameters: redactParameters)
-        let urlText = values.string("broker.url") ?? "amqp://guest:guest@127.0.0.1:5672/"
+        let urlText = values.value("broker.url") ?? ""
         do {
             brokerURLs = try AMQPURL.list(urlText)
         } catch {
@@ -228,25 +255,25 @@ public struct ServiceConfiguration: Sendable {
             }
         }
         if let password { for index in brokerURLs.indices { brokerURLs[index].password = password } }
-        queue = values.string("queue.name") ?? "default"
+        queue = values.value("queue.name") ?? ""
         guard queue.utf8.count <= 200, queue.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw invalid("queue.name", queue, "letters, digits, '-', '_' and '.', at most 200 characters")
         }
-        let typeText = values.string("queue.type") ?? "classic"
+        let typeText = values.value("queue.type") ?? ""
         guard let type = QueueType(rawValue: typeText.lowercased()) else { throw invalid("queue.type", typeText, "classic or quorum") }
         queueType = type
-        maxQueueLength = try values.string("queue.max_length").map { _ in try integer("queue.max_length", 0, 1...100_000_000) }
-        deliveryLimit = try integer("queue.delivery_limit", Topology.defaultDeliveryLimit, Topology.deliveryLimits)
-        concurrency = try integer("worker.concurrency", 16, 1...4_096)
-        prefetch = UInt16(try integer("worker.prefetch", 200, 1...65_535))
-        reservedForCritical = try integer("worker.reserved_critical", 0, 0...1_024)
+        maxQueueLength = try values.string("queue.max_length").map { _ in try integer("queue.max_length", 1...100_000_000) }
+        deliveryLimit = try integer("queue.delivery_limit", Topology.deliveryLimits)
+        concurrency = try integer("worker.concurrency", 1...4_096)
+        prefetch = UInt16(try integer("worker.prefetch", 1...65_535))
+        reservedForCritical = try integer("worker.reserved_critical", 0...1_024)
         capabilities = Set((values.string("worker.capabilities") ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty })
-        shutdownGrace = try duration("worker.shutdown_grace", .seconds(25))
-        let timeout = try duration("worker.default_timeout", .seconds(300), allowZero: true)
+        shutdownGrace = try duration("worker.shutdown_grace")
+        let timeout = try duration("worker.default_timeout", allowZero: true)
         defaultTimeout = timeout == .zero ? nil : timeout
-        maxRetries = try integer("retry.max_retries", 3, 0...100)
-        let base = try duration("retry.base_delay", .seconds(1))
-        let cap = try duration("retry.max_delay", .seconds(300))
+        maxRetries = try integer("retry.max_retries", 0...100)
+        let base = try duration("retry.base_delay")
+        let cap = try duration("retry.max_delay")
         guard cap >= base else { throw invalid("retry.max_delay", "\(cap)", "at least retry.base_delay (\(base))") }
         retryPolicy = RetryPolicy(baseDelay: base, maxDelay: cap)
         if let file = values.string("handlers.file") {
@@ -257,7 +284,7 @@ public struct ServiceConfiguration: Sendable {
             let fallback = workingDirectory + "/handlers.yaml"
             handlersFile = FileManager.default.fileExists(atPath: fallback) ? fallback : nil
         }
-        let address = values.string("http.address") ?? "127.0.0.1:9090"
+        let address = values.value("http.address") ?? ""
         if address.lowercased() == "off" {
             httpAddress = nil
         } else {
@@ -267,18 +294,18 @@ public struct ServiceConfiguration: Sendable {
             }
             httpAddress = (String(address[..<colon]), port)
         }
-        let formatText = values.string("log.format") ?? "auto"
+        let formatText = values.value("log.format") ?? ""
         guard let format = LogFormat(rawValue: formatText.lowercased()) else { throw invalid("log.format", formatText, "auto, text or json") }
         logFormat = format
-        let levelText = values.string("log.level") ?? "info"
+        let levelText = values.value("log.level") ?? ""
         guard let level = Logger.Level(rawValue: levelText.lowercased()) else {
             throw invalid("log.level", levelText, "trace, debug, info, notice, warning, error or critical")
         }
         logLevel = level
-        let eventsText = values.string("events.enabled") ?? "false"
+        let eventsText = values.value("events.enabled") ?? ""
         guard let events = Self.boolean(eventsText) else { throw invalid("events.enabled", eventsText, "true or false") }
         publishesEvents = events
-        recentJobs = try integer("jobs.recent", 10_000, 0...10_000_000)
+        recentJobs = try integer("jobs.recent", 0...10_000_000)
         guard reservedForCritical < concurrency || reservedForCritical == 0 else {
             throw invalid("worker.reserved_critical", "\(reservedForCritical)", "less than worker.concurrency (\(concurrency))")
         }
@@ -350,7 +377,7 @@ public enum ConfigurationError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .invalid(key, value, allowed):
-            let env = ServiceConfiguration.Key(key, "", "").environmentVariable
+            let env = ServiceConfiguration.Key(key, nil, "").environmentVariable
             return "configuration: \(key) (\(env)) is '\(value)'; allowed: \(allowed)"
         case let .unknownKey(key, file):
             return "configuration: unknown key '\(key)' in \(file); known keys: \(ServiceConfiguration.keys.map(\.name).joined(separator: ", "))"

@@ -65,7 +65,8 @@ public final class WorkerService: Sendable {
             configuration: WorkerPoolConfiguration(
                 concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
                 capabilities: configuration.capabilities, defaultTimeout: configuration.defaultTimeout,
-                shutdownGrace: configuration.shutdownGrace - Self.settlingReserve(configuration.shutdownGrace), limits: limits))
+                shutdownGrace: configuration.shutdownGrace - Self.settlingReserve(configuration.shutdownGrace), limits: limits,
+                logger: logger))
     }
 
     /// Runs until SIGTERM or SIGINT, then drains and returns.

@@ -101,7 +101,7 @@ struct ConfigCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Every configuration key, its environment variable and default.")
         func run() {
             for key in ServiceConfiguration.keys {
-                print("\(key.name)\n    env \(key.environmentVariable)   default \(key.defaultValue.isEmpty ? "none" : key.defaultValue)\n    \(key.help)")
+                print("\(key.name)\n    env \(key.environmentVariable)   default \(key.shownDefault)\n    \(key.help)")
             }
             print("\nbroker.url query options (amqp://user:password@host:port/vhost?option=value&…)")
             for option in AMQPURL.queryOptions { print("?\(option.name)=\n    \(option.help)") }

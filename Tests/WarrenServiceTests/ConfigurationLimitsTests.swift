@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 import Warren
 import WarrenAMQP
@@ -93,6 +94,43 @@ struct ConfigurationLimitsTests {
             try AMQPURL("amqp://u:p@h/?heartbeats=5")
         }
         for key in ServiceConfiguration.keys { #expect(child.output.contains(key.name + "\n")) }
+    }
+
+    /// Each default is written once, in the keys table: the README's table has one row per key,
+    /// with its environment variable and the table's default, and nothing else; and a
+    /// configuration read from nothing takes those defaults.
+    @Test func theREADMEKeysTableMatchesTheKeysTableAndEmptySourcesTakeItsDefaults() async throws {
+        let readme = try String(contentsOf: TestEnvironment.root.appendingPathComponent("README.md"), encoding: .utf8)
+        let lines = readme.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let header = try #require(lines.firstIndex(of: "| Key | Environment | Default | |"), "the README's keys table")
+        let rows = lines[(header + 2)...].prefix { $0.hasPrefix("|") }
+        var seen: [String] = []
+        for row in rows {
+            let cells = row.split(separator: "|", omittingEmptySubsequences: false).dropFirst().dropLast()
+                .map { $0.trimmingCharacters(in: .whitespaces) }
+            try #require(cells.count == 4, "\(row)")
+            let name = cells[0].trimmingCharacters(in: CharacterSet(charactersIn: "`"))
+            seen.append(name)
+            guard let key = ServiceConfiguration.keys.first(where: { $0.name == name }) else {
+                Issue.record("the README lists \(name), which is no key")
+                continue
+            }
+            #expect(cells[1] == "`\(key.environmentVariable)`", "\(name)")
+            #expect(cells[2] == (key.defaultValue.map { "`\($0)`" } ?? key.unset), "\(name): README \(cells[2]), keys table \(key.shownDefault)")
+        }
+        #expect(seen == ServiceConfiguration.keys.map(\.name), "one row per key, in the table's order")
+
+        let empty = try await load([:])
+        let defaults = Dictionary(uniqueKeysWithValues: ServiceConfiguration.keys.map { ($0.name, $0.shownDefault) })
+        #expect(empty.concurrency == WorkerPoolConfiguration.defaultConcurrency && "\(empty.concurrency)" == defaults["worker.concurrency"])
+        #expect("\(empty.prefetch)" == defaults["worker.prefetch"] && "\(empty.deliveryLimit)" == defaults["queue.delivery_limit"])
+        #expect(empty.shutdownGrace == WorkerPoolConfiguration.defaultShutdownGrace && defaults["worker.shutdown_grace"] == "25s")
+        #expect(empty.retryPolicy.baseDelay == .seconds(1) && empty.retryPolicy.maxDelay == .seconds(300))
+        #expect(defaults["retry.base_delay"] == "1s" && defaults["retry.max_delay"] == "5m" && defaults["worker.default_timeout"] == "300s")
+        #expect(empty.defaultTimeout == .seconds(300) && "\(empty.maxRetries)" == defaults["retry.max_retries"])
+        #expect(empty.queue == "default" && empty.queueType == .classic && empty.logFormat == .auto && empty.logLevel == .info)
+        #expect(empty.httpAddress?.host == "127.0.0.1" && empty.httpAddress?.port == 9090 && empty.recentJobs == 10_000 && !empty.publishesEvents)
+        #expect(empty.maxQueueLength == nil && empty.capabilities.isEmpty)
     }
 
     @Test func theBrokerPasswordComesFromThePasswordKeyThenThePasswordFileThenTheURL() async throws {

@@ -2,11 +2,13 @@
 //
 //   WARREN_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/ swift run OrdersWorker
 //
+// (WARREN_QUEUE_NAME picks another queue than `orders`.)
 // and publish from anywhere (see docs/wire-format.md), for example:
 //
 //   warren submit orders.total --queue orders --payload '{"items":[{"sku":"a","cents":250,"count":2}]}' --wait
-import Dispatch
 import Foundation
+import Logging
+import ServiceLifecycle
 import Warren
 import WarrenAMQP
 
@@ -46,21 +48,22 @@ try handlers.register(orderTotal, timeout: .seconds(5)) { order, context in
 }
 try handlers.register(sendReceipt, timeout: .seconds(30)) { receipt, context in
     // Throwing fails this attempt; it is retried with backoff, then dead-lettered.
-    print("receipt for \(receipt.cents) cents to \(receipt.email) (attempt \(context.attempt))")
+    context.logger.info("sending the receipt", metadata: ["cents": "\(receipt.cents)"])  // the job's id, name and attempt are in the metadata
+    try await Task.sleep(for: .milliseconds(250))  // the mail service
     return Nothing()
 }
 
-let url = try AMQPURL(ProcessInfo.processInfo.environment["WARREN_BROKER_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/")
-let broker = AMQPBroker(.init(url: url, queue: "orders", prefetch: 100))
-let pool = WorkerPool(
+let environment = ProcessInfo.processInfo.environment
+let url = try AMQPURL(environment["WARREN_BROKER_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/")
+let queue = environment["WARREN_QUEUE_NAME"] ?? "orders"
+let logger = Logger(label: "orders-worker")
+let broker = AMQPBroker(.init(url: url, queue: queue, prefetch: 100))
+let worker = WarrenWorker(
     broker: broker, registry: handlers,
-    configuration: WorkerPoolConfiguration(concurrency: 8, reservedForCritical: 1, shutdownGrace: .seconds(20)))
+    configuration: WorkerPoolConfiguration(concurrency: 8, reservedForCritical: 1, shutdownGrace: .seconds(20), logger: logger))
 
-// SIGTERM: stop consuming, hand unstarted jobs back, let running ones finish, close.
-signal(SIGTERM, SIG_IGN)
-let terminate = DispatchSource.makeSignalSource(signal: SIGTERM)
-let worker = Task { await broker.run(pool) }
-terminate.setEventHandler { @Sendable in worker.cancel() }
-terminate.resume()
-print("consuming queue 'orders' at \(url)")
-await worker.value
+// SIGTERM or SIGINT: stop consuming, hand unstarted jobs back, let running ones finish, close.
+let services = ServiceGroup(configuration: .init(services: [worker], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+logger.info("starting", metadata: ["queue": "\(queue)", "broker": "\(url)"])
+try await services.run()
+logger.info("drained and stopped")
