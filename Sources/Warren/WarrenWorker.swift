@@ -10,17 +10,24 @@ public import ServiceLifecycle
 public struct WarrenWorker: Service {
     public let broker: any Broker
     public let pool: WorkerPool
+    /// Records the broker's job events as swift-metrics while running, when set.
+    public let metrics: JobMetrics?
 
-    public init(broker: any Broker, pool: WorkerPool) {
+    public init(broker: any Broker, pool: WorkerPool, metrics: JobMetrics? = nil) {
         self.broker = broker
         self.pool = pool
+        self.metrics = metrics
     }
 
+    /// - Parameter metricsQueue: when set, the worker emits swift-metrics (`JobMetrics`) with this
+    ///   queue name in their `queue` dimension.
     public init(
         broker: any Broker, registry: HandlerRegistry, configuration: WorkerPoolConfiguration = WorkerPoolConfiguration(),
-        clock: any WarrenClock = SystemClock()
+        metricsQueue: String? = nil, clock: any WarrenClock = SystemClock()
     ) {
-        self.init(broker: broker, pool: WorkerPool(broker: broker, registry: registry, configuration: configuration, clock: clock))
+        self.init(
+            broker: broker, pool: WorkerPool(broker: broker, registry: registry, configuration: configuration, clock: clock),
+            metrics: metricsQueue.map { JobMetrics(queue: $0, handlerNames: Set(registry.names)) })
     }
 
     /// Runs until a graceful shutdown of the service group (or until the calling task is
@@ -32,6 +39,11 @@ public struct WarrenWorker: Service {
     /// Runs until the calling task is cancelled (or the pool is shut down), then drains: for
     /// embedders that manage their own tasks.
     public func runUntilCancelled() async {
+        // Subscribed before the first job can start; the stream ends when the broker closes.
+        let recording = metrics.map { metrics in
+            let events = broker.events()
+            return Task { await metrics.follow(events) }
+        }
         let (stopped, stop) = AsyncStream.makeStream(of: Never.self)
         let pool = self.pool
         let runner = Task {
@@ -47,5 +59,6 @@ public struct WarrenWorker: Service {
         await broker.stopTakingWork()
         await runner.value
         await broker.close()
+        await recording?.value
     }
 }

@@ -113,6 +113,9 @@ public final class WorkerPool: Sendable {
         timeouts.stop()
     }
 
+    /// Whether `shutdown()` was called (or the run was cancelled): no job starts from now on.
+    public var isShuttingDown: Bool { stopping.load(ordering: .acquiring) }
+
     /// Asks `run()` to stop taking jobs and return once running ones end.
     public func shutdown() {
         stopping.store(true, ordering: .releasing)

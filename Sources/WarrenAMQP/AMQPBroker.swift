@@ -1,3 +1,4 @@
+import CoreMetrics
 import Foundation
 public import Warren
 
@@ -105,6 +106,8 @@ public final class AMQPBroker: Broker {
         self.local = local
         let consuming = messages.consuming, consumers = messages.consumers
         let prefetch = configuration.prefetch
+        // swift-metrics, to whatever backend the process bootstrapped (see `JobMetrics`).
+        let reconnectCounter = Counter(label: "warren_broker_reconnects_total", dimensions: [("queue", configuration.queue)])
         connection = AMQPConnection(
             .init(
                 urls: configuration.urls, name: configuration.queue, ackBatch: max(1, min(256, Int(configuration.prefetch) / 4)),
@@ -115,7 +118,8 @@ public final class AMQPBroker: Broker {
                 if consuming.withLock({ $0 }) { try consumers.start(session, topology: topology, prefetch: prefetch) }
             },
             onMessage: { burst, generation in messages.receive(burst, generation: generation, into: local) },
-            onCancel: { tag in consumers.cancelled(tag) })
+            onCancel: { tag in consumers.cancelled(tag) },
+            reconnected: { reconnectCounter.increment() })
         messages.connection.withLock { $0 = connection }
     }
 

@@ -61,16 +61,23 @@ final class AMQPConnection: Sendable {
     private let currentStatus = Locked(Status.connecting)
     private let connects = Locked(0)
 
+    /// - Parameter reconnected: called on the I/O thread each time a connection or channel is set
+    ///   up again after the first.
     init(
         _ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler,
-        onCancel: @escaping CancelHandler = { _ in }
+        onCancel: @escaping CancelHandler = { _ in }, reconnected: @escaping @Sendable () -> Void = {}
     ) {
         self.configuration = configuration
         let loop = IOLoop(
             configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage, onCancel: onCancel,
             report: { [watchers, currentStatus, connects] status in
                 currentStatus.withLock { $0 = status }
-                if case .connected = status { connects.withLock { $0 += 1 } }
+                if case .connected = status, connects.withLock({ count in
+                    count += 1
+                    return count > 1
+                }) {
+                    reconnected()
+                }
                 watchers.tell(status)
                 if status == .closed { watchers.finish() }
             })

@@ -4,16 +4,12 @@ import Prometheus
 import Synchronization
 public import Warren
 
-/// Follows a worker's job events and turns them into Prometheus metrics, log lines and the record
-/// of recent jobs behind `/jobs/{id}`.
+/// Follows a worker's job events and turns them into metrics (the library's `JobMetrics`, through
+/// swift-metrics), log lines and the record of recent jobs behind `/jobs/{id}`.
 public final class JobObserver: Sendable {
-    let registry = PrometheusCollectorRegistry()
-    private let queue: String
-    private let knownNames: Set<String>
+    private let metrics: JobMetrics
     private let logger: Logger
     private let state: Mutex<State>
-    private let inFlight: Gauge
-    private let reconnectCounter: Gauge
 
     struct State {
         var started: [JobID: Date] = [:]
@@ -42,24 +38,12 @@ public final class JobObserver: Sendable {
     }
 
     let capacity: Int
-    private let reconnects: @Sendable () -> Int
 
-    /// `reconnects` is read when metrics are scraped.
-    public init(
-        queue: String, handlerNames: Set<String>, recentJobs: Int, logger: Logger, reconnects: @escaping @Sendable () -> Int = { 0 }
-    ) {
-        self.reconnects = reconnects
-        self.queue = queue
-        knownNames = handlerNames
+    public init(queue: String, handlerNames: Set<String>, recentJobs: Int, logger: Logger) {
+        metrics = JobMetrics(queue: queue, handlerNames: handlerNames)
         self.logger = logger
         capacity = recentJobs
         state = Mutex(State())
-        inFlight = registry.makeGauge(
-            descriptor: .init(namespace: "warren", metricName: "jobs", unitName: "in_flight", helpText: "Jobs running now."),
-            labels: [("queue", queue)])
-        reconnectCounter = registry.makeGauge(
-            descriptor: .init(namespace: "warren", metricName: "broker_reconnects", unitName: "total", helpText: "Times the broker connection was lost and set up again."),
-            labels: [("queue", queue)])
     }
 
     /// Consumes `events` until the stream ends.
@@ -67,23 +51,13 @@ public final class JobObserver: Sendable {
         for await event in events { observe(event) }
     }
 
-    /// Metric label for a job name: registered names only, so producers cannot explode the series.
-    private func nameLabel(_ name: String) -> String { knownNames.contains(name) ? name : "other" }
-
-    private func count(_ outcome: String, _ event: JobEvent) {
-        registry.makeCounter(
-            descriptor: .init(namespace: "warren", metricName: "jobs", unitName: "total", helpText: "Job attempts by how they ended."),
-            labels: [("queue", queue), ("priority", event.priority.name), ("name", nameLabel(event.name)), ("outcome", outcome)]
-        ).increment()
-    }
-
     func observe(_ event: JobEvent) {
+        metrics.record(event)
         var meta: Logger.Metadata = ["job.id": "\(event.id)", "job.name": "\(event.name)", "job.priority": "\(event.priority.name)"]
         switch event.kind {
         case .enqueued, .progress:
             if case let .progress(percent) = event.kind { update(event) { $0.progress = percent } }
         case let .started(attempt):
-            inFlight.increment()
             state.withLock { $0.started[event.id] = event.at }
             update(event) { summary in
                 summary.status = "running"
@@ -95,28 +69,21 @@ public final class JobObserver: Sendable {
             logger.trace("job started", metadata: meta)
         case .completed:
             let duration = finish(event)
-            count("completed", event)
             update(event) { $0.status = "completed"; $0.finishedAt = event.at; $0.error = nil; $0.progress = 100 }
             if let duration { meta["job.duration_ms"] = "\(Int((duration * 1_000).rounded()))" }
             logger.debug("job completed", metadata: meta)
         case let .failed(attempt, error):
             _ = finish(event)
-            count("failed", event)
             update(event) { $0.status = "failed"; $0.attempt = attempt; $0.error = error; $0.finishedAt = event.at }
             meta["job.attempt"] = "\(attempt)"
             meta["error"] = "\(error)"
             logger.warning("job attempt failed", metadata: meta)
         case let .timedOut(attempt):
             _ = finish(event)
-            count("timed_out", event)
             update(event) { $0.status = "timed_out"; $0.attempt = attempt; $0.error = "timed out"; $0.finishedAt = event.at }
             meta["job.attempt"] = "\(attempt)"
             logger.warning("job attempt timed out", metadata: meta)
         case let .retrying(attempt, at, error):
-            registry.makeCounter(
-                descriptor: .init(namespace: "warren", metricName: "retries", unitName: "total", helpText: "Retries scheduled."),
-                labels: [("queue", queue), ("name", nameLabel(event.name))]
-            ).increment()
             update(event) { $0.status = "retrying"; $0.error = error }
             meta["job.attempt"] = "\(attempt)"
             meta["retry_at"] = "\(at.formatted(.iso8601))"
@@ -124,16 +91,10 @@ public final class JobObserver: Sendable {
             logger.info("job will be retried", metadata: meta)
         case .cancelled:
             _ = finish(event)
-            count("cancelled", event)
             update(event) { $0.status = "cancelled"; $0.finishedAt = event.at }
             logger.info("job cancelled", metadata: meta)
         case let .deadLettered(reason):
             _ = finish(event)
-            count("dead_lettered", event)
-            registry.makeCounter(
-                descriptor: .init(namespace: "warren", metricName: "dead_letters", unitName: "total", helpText: "Jobs dead-lettered, by reason."),
-                labels: [("queue", queue), ("reason", reason.code)]
-            ).increment()
             update(event) { $0.status = "dead_lettered"; $0.deadLetterReason = reason.code; $0.error = reason.description; $0.finishedAt = event.at }
             meta["reason"] = "\(reason.code)"
             meta["error"] = "\(reason.description)"
@@ -141,18 +102,10 @@ public final class JobObserver: Sendable {
         }
     }
 
-    /// Ends a running attempt: in-flight gauge and duration histogram. Returns the duration.
+    /// Ends a running attempt for the log: its duration in seconds.
     private func finish(_ event: JobEvent) -> Double? {
         guard let started = state.withLock({ $0.started.removeValue(forKey: event.id) }) else { return nil }
-        inFlight.decrement()
-        let seconds = event.at.timeIntervalSince(started)
-        registry.makeDurationHistogram(
-            descriptor: .init(namespace: "warren", metricName: "job_duration", unitName: "seconds", helpText: "How long handlers ran."),
-            labels: [("queue", queue), ("name", nameLabel(event.name))],
-            buckets: [.milliseconds(1), .milliseconds(5), .milliseconds(25), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-                      .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(300)]
-        ).record(.milliseconds(Int64((seconds * 1_000).rounded())))
-        return seconds
+        return event.at.timeIntervalSince(started)
     }
 
     private func update(_ event: JobEvent, _ change: (inout JobSummary) -> Void) {
@@ -177,9 +130,7 @@ public final class JobObserver: Sendable {
     /// A job this worker has seen recently.
     public func summary(_ id: JobID) -> JobSummary? { state.withLock { $0.recent[id] } }
 
-    /// The Prometheus text exposition.
-    public func metricsText() -> String {
-        reconnectCounter.set(Double(reconnects()))
-        return registry.emitToString()
-    }
+    /// The Prometheus text exposition of every swift-metrics metric of this process, once
+    /// `ServiceMetrics.bootstrap()` made Prometheus the backend (empty before).
+    public func metricsText() -> String { ServiceMetrics.registry.emitToString() }
 }

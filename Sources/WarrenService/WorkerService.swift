@@ -58,8 +58,7 @@ public final class WorkerService: Sendable {
         brokerConfiguration.publishesEvents = configuration.publishesEvents
         broker = AMQPBroker(brokerConfiguration)
         observer = JobObserver(
-            queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger,
-            reconnects: { [broker] in broker.reconnects })
+            queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger)
         pool = WorkerPool(
             broker: broker, registry: registry,
             configuration: WorkerPoolConfiguration(

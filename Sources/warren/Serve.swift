@@ -57,6 +57,7 @@ struct Serve: AsyncParsableCommand {
         if let logLevel { extra["log.level"] = logLevel }
         let configuration = try await options.load(adding: extra)
         WarrenLogHandler.bootstrap(configuration.logFormat, level: configuration.logLevel)
+        ServiceMetrics.bootstrap()
         let logger = Logger(label: "warren")
         let handlersFile: HandlersFile?
         do {

@@ -93,6 +93,12 @@ struct OperationsTests {
         #expect(Self.metric(metrics, #"warren_dead_letters_total{queue="\#(queue)",reason="retries_exhausted"}"#) == 1, "\(metrics)")
         #expect(Self.metric(metrics, #"warren_broker_reconnects_total{queue="\#(queue)"}"#) == 0, "\(metrics)")
         #expect(Self.metric(metrics, #"warren_jobs_in_flight{queue="\#(queue)"}"#) == 0, "\(metrics)")
+        // Fed through swift-metrics now, under the names dashboards know; the reconnect count is a counter.
+        for type in ["warren_jobs_total counter", "warren_retries_total counter", "warren_dead_letters_total counter",
+                     "warren_broker_reconnects_total counter", "warren_jobs_in_flight gauge", "warren_job_duration_seconds histogram"] {
+            #expect(metrics.contains("# TYPE \(type)\n"), "\(type): \(metrics)")
+        }
+        #expect(metrics.contains(#"warren_job_duration_seconds_bucket{queue="\#(queue)",name="always.fails",le="0.005"}"#), "\(metrics)")
 
         // A running job is in flight; SIGTERM while it runs: not ready while draining, then it finishes.
         let (submitted, _) = try await Self.warren(["submit", "slow.job", "--payload", #"{"n": 1}"#], environment)

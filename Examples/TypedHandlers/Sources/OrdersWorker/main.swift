@@ -60,7 +60,8 @@ let logger = Logger(label: "orders-worker")
 let broker = AMQPBroker(.init(url: url, queue: queue, prefetch: 100))
 let worker = WarrenWorker(
     broker: broker, registry: handlers,
-    configuration: WorkerPoolConfiguration(concurrency: 8, reservedForCritical: 1, shutdownGrace: .seconds(20), logger: logger))
+    configuration: WorkerPoolConfiguration(concurrency: 8, reservedForCritical: 1, shutdownGrace: .seconds(20), logger: logger),
+    metricsQueue: queue)  // job metrics through swift-metrics, to the backend your service bootstraps
 
 // SIGTERM or SIGINT: stop consuming, hand unstarted jobs back, let running ones finish, close.
 let services = ServiceGroup(configuration: .init(services: [worker], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
