@@ -1,5 +1,7 @@
 public import Foundation
+public import Instrumentation
 public import Logging
+import Tracing
 
 /// A kind of job: its explicit name on the wire and its typed input and output. The name is
 /// explicit (never derived from a Swift type) so renaming a type never orphans queued jobs.
@@ -22,8 +24,10 @@ public struct JobContext: Sendable {
     public let metadata: [String: String]
     private let broker: any Broker
     private let poolLogger: Logger
+    private let tracer: (any Tracer)?
+    private let traceContext: InstrumentationContext
 
-    init(job: Job, broker: any Broker, logger: Logger) {
+    init(job: Job, broker: any Broker, logger: Logger, tracer: (any Tracer)? = nil, context: InstrumentationContext = .topLevel) {
         id = job.id
         name = job.name
         attempt = job.attempt
@@ -31,6 +35,15 @@ public struct JobContext: Sendable {
         metadata = job.metadata
         self.broker = broker
         poolLogger = logger
+        self.tracer = tracer
+        traceContext = context
+    }
+
+    /// Writes the attempt's trace context into an outgoing call (HTTP headers, a child process's
+    /// environment), so what the handler calls continues the trace: W3C `traceparent` and
+    /// `tracestate` with `TraceContextTracer`. Writes nothing when the pool traces nothing.
+    public func injectTraceContext<Inject: Injector>(into carrier: inout Inject.Carrier, using injector: Inject) {
+        tracer?.inject(traceContext, into: &carrier, using: injector)
     }
 
     /// The worker pool's logger (`WorkerPoolConfiguration.logger`) with the job's id, name and

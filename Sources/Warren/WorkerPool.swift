@@ -1,5 +1,7 @@
 import Foundation
+import Instrumentation
 public import Logging
+public import Tracing
 import Synchronization
 
 /// How a worker pool runs.
@@ -16,6 +18,9 @@ public struct WorkerPoolConfiguration: Sendable {
     public var limits: [String: Int]
     /// What handlers log through (`JobContext.logger`, with the job's id and name).
     public var logger: Logger
+    /// Where each attempt's span goes (see `WorkerPool`); nil: the tracer the process bootstrapped
+    /// (`InstrumentationSystem.tracer`), none by default.
+    public var tracer: (any Tracer)?
 
     /// How long a shutdown lets running jobs finish unless told otherwise: 25 s, inside the 30 s
     /// Kubernetes and Docker give a container before killing it.
@@ -60,6 +65,11 @@ public struct WorkerPoolConfiguration: Sendable {
 /// settled at once (`cancelled` or `timed out`). A handler that ignores cancellation keeps running
 /// until it returns; its result is discarded and its slot stays taken until then, so the pool never
 /// runs more handlers than its concurrency.
+///
+/// Tracing: with a tracer (`WorkerPoolConfiguration.tracer`, or one bootstrapped through
+/// swift-distributed-tracing) each attempt is a span of kind consumer named after the job, with
+/// the job's id, name, attempt, priority and outcome as `warren.job.*` attributes, continuing the
+/// W3C trace context its producer put in the job's metadata (`traceparent`, `tracestate`).
 public final class WorkerPool: Sendable {
     private let broker: any Broker
     private let registry: HandlerRegistry
@@ -323,22 +333,12 @@ public final class WorkerPool: Sendable {
     /// settled the attempt (once that settlement is done).
     private func attempt(_ delivery: Delivery) async -> AttemptOutcome? {
         let job = delivery.job
+        let tracer = configuration.tracer ?? InstrumentationSystem.tracer
         let outcome: AttemptOutcome
-        if let entry = registry.entry(job.name) {
-            if let timeout = job.timeout ?? entry.timeout ?? configuration.defaultTimeout {
-                timeouts.schedule(delivery.stop, at: clock.now().addingTimeInterval(timeout.timeInterval), inFlight: running)
-            }
-            do {
-                outcome = .completed(try await entry.run(job, JobContext(job: job, broker: broker, logger: configuration.logger)))
-            } catch let error as UndecodableInput {
-                outcome = .rejected(.undecodablePayload(error.detail))
-            } catch let error as JobRejected {
-                outcome = .rejected(.rejected(error.reason))
-            } catch {
-                outcome = .failed(describeFailure(error))
-            }
+        if tracer is NoOpTracer {
+            outcome = await run(delivery)
         } else {
-            outcome = .rejected(.unknownJobName(job.name))
+            outcome = await traced(delivery, tracer)
         }
         // The run is over: its name's place goes back before the settlement, which offers ready
         // jobs to waiting slots again.
@@ -351,6 +351,67 @@ public final class WorkerPool: Sendable {
             return nil
         }
         return outcome
+    }
+
+    /// Runs the job's handler (with its timeout): how the attempt ended.
+    private func run(_ delivery: Delivery, tracer: (any Tracer)? = nil) async -> AttemptOutcome {
+        let job = delivery.job
+        guard let entry = registry.entry(job.name) else { return .rejected(.unknownJobName(job.name)) }
+        if let timeout = job.timeout ?? entry.timeout ?? configuration.defaultTimeout {
+            timeouts.schedule(delivery.stop, at: clock.now().addingTimeInterval(timeout.timeInterval), inFlight: running)
+        }
+        do {
+            let context = JobContext(
+                job: job, broker: broker, logger: configuration.logger, tracer: tracer, context: tracer == nil ? .topLevel : (.current ?? .topLevel))
+            return .completed(try await entry.run(job, context))
+        } catch let error as UndecodableInput {
+            return .rejected(.undecodablePayload(error.detail))
+        } catch let error as JobRejected {
+            return .rejected(.rejected(error.reason))
+        } catch {
+            return .failed(describeFailure(error))
+        }
+    }
+
+    /// `run` inside a span (kind consumer, named after the job) that continues the trace the
+    /// job's producer sent (`traceparent` in its metadata) or starts one. The handler runs in the
+    /// span's context: what it calls (an HTTP service, a command) is given that trace by injection.
+    private func traced(_ delivery: Delivery, _ tracer: any Tracer) async -> AttemptOutcome {
+        let job = delivery.job
+        var parent = InstrumentationContext.topLevel
+        tracer.extract(job.metadata, into: &parent, using: MetadataExtractor())
+        return await tracer.withSpan(job.name, context: parent, ofKind: .consumer) { span in
+            span.attributes["warren.job.id"] = job.id.rawValue
+            span.attributes["warren.job.name"] = job.name
+            span.attributes["warren.job.attempt"] = job.attempt
+            span.attributes["warren.job.priority"] = job.priority.name
+            let outcome = await run(delivery, tracer: tracer)
+            let label: String
+            switch outcome {
+            case .completed: label = "completed"
+            case .interrupted: label = "interrupted"
+            case let .failed(message):
+                label = "failed"
+                span.setStatus(SpanStatus(code: .error, message: message))
+            case let .rejected(reason):
+                label = "rejected"
+                span.setStatus(SpanStatus(code: .error, message: reason.description))
+            case .timedOut:
+                label = "timed_out"
+                span.setStatus(SpanStatus(code: .error, message: "timed out"))
+            case .cancelled:
+                label = "cancelled"
+                span.setStatus(SpanStatus(code: .error, message: "cancelled"))
+            }
+            // A stop settles the attempt as what stopped it, whatever the handler then returned.
+            switch delivery.stop.reason {
+            case .timedOut?: span.attributes["warren.job.outcome"] = "timed_out"
+            case .cancelled?: span.attributes["warren.job.outcome"] = "cancelled"
+            case .shutdown?: span.attributes["warren.job.outcome"] = "interrupted"
+            case nil: span.attributes["warren.job.outcome"] = label
+            }
+            return outcome
+        }
     }
 
     private func release(_ run: UInt64) {
@@ -538,4 +599,9 @@ private struct PoolState {
         case .reserved: loads[group].reservedBusy -= 1
         }
     }
+}
+
+/// Reads W3C trace context (`traceparent`, `tracestate`) from a job's metadata.
+struct MetadataExtractor: Extractor {
+    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
 }

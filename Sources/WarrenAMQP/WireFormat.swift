@@ -29,6 +29,7 @@ public enum WireFormat {
         /// Set by a producer: run the job no sooner than this many milliseconds after it arrives.
         public static let delay = "x-warren-delay"
         public static let traceparent = "traceparent"
+        public static let tracestate = "tracestate"
         /// Set by `dead-letters replay`: the job id may have finished here before.
         public static let replayed = "x-warren-replayed"
         // Dead letters.
@@ -180,9 +181,10 @@ public enum WireFormat {
                 metadata[key] = text
             }
         }
-        if let value = headers[Header.traceparent] {
-            guard let trace = value.text else { return bad("\(Header.traceparent) '\(show(value))' is not a string") }
-            metadata[Header.traceparent] = trace
+        for header in [Header.traceparent, Header.tracestate] {
+            guard let value = headers[header] else { continue }
+            guard let trace = value.text else { return bad("\(header) '\(show(value))' is not a string") }
+            metadata[header] = trace
         }
         guard let errors = errors(headers[Header.errors], now: now) else {
             return bad("\(Header.errors) must be an array of tables with an int attempt from 1 to 100000, a string message, an optional time at and an optional bool timed_out")
@@ -210,7 +212,7 @@ public enum WireFormat {
     }
 
     /// Metadata keys that only the message's properties and headers set, never the metadata table.
-    static let reservedMetadataKeys: Set<String> = [replyToKey, correlationIDKey, Header.traceparent]
+    static let reservedMetadataKeys: Set<String> = [replyToKey, correlationIDKey, Header.traceparent, Header.tracestate]
 
     /// A header value as an error message shows it: short, on one line.
     static func show(_ value: AMQPValue) -> String {
@@ -237,7 +239,9 @@ public enum WireFormat {
         var metadata = job.metadata
         let replyTo = metadata.removeValue(forKey: replyToKey)
         let correlation = metadata.removeValue(forKey: correlationIDKey)
-        if let trace = metadata.removeValue(forKey: Header.traceparent) { headers[Header.traceparent] = .string(trace) }
+        for header in [Header.traceparent, Header.tracestate] {
+            if let trace = metadata.removeValue(forKey: header) { headers[header] = .string(trace) }
+        }
         if !metadata.isEmpty { headers[Header.metadata] = .table(metadata.mapValues { .string($0) }) }
         if !job.errors.isEmpty { headers[Header.errors] = errorsHeader(job.errors) }
         let properties = MessageProperties(

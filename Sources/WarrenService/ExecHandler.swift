@@ -1,4 +1,5 @@
 import Foundation
+import Instrumentation
 import Subprocess
 import Warren
 import SystemPackage
@@ -34,7 +35,8 @@ struct ExecHandler: Sendable {
         environment["WARREN_JOB_ID"] = context.id.rawValue
         environment["WARREN_JOB_NAME"] = context.name
         environment["WARREN_ATTEMPT"] = "\(context.attempt)"
-        if let trace = context.metadata["traceparent"] { environment["TRACEPARENT"] = trace }
+        // The attempt's span as TRACEPARENT (and TRACESTATE), the way OpenTelemetry's tools read it.
+        context.injectTraceContext(into: &environment, using: EnvironmentInjector())
         environment.merge(action.environment) { $1 }
         return environment
     }
@@ -110,4 +112,9 @@ struct ExecHandler: Sendable {
 struct ExecHandlerError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// Trace context into a child's environment: `traceparent` as `TRACEPARENT`.
+struct EnvironmentInjector: Injector {
+    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key.uppercased()] = value }
 }

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Foundation
+import Instrumentation
 import NIOCore
 import NIOHTTP1
 import Warren
@@ -65,7 +66,8 @@ struct HTTPHandler: Sendable {
         request.headers.replaceOrAdd(name: "X-Warren-Job-Id", value: context.id.rawValue)
         request.headers.replaceOrAdd(name: "X-Warren-Job-Name", value: context.name)
         request.headers.replaceOrAdd(name: "X-Warren-Attempt", value: "\(context.attempt)")
-        request.headers.replaceOrAdd(name: "traceparent", value: TraceParent.child(of: context.metadata["traceparent"]))
+        // The attempt's span (a child of the producer's trace, or a new trace) as `traceparent`.
+        context.injectTraceContext(into: &request.headers, using: HeadersInjector())
         request.body = .bytes(ByteBuffer(bytes: payload))
         let target = "\(action.method) \(redactor.url(action.url.absoluteString))"
         let response: HTTPClientResponse
@@ -115,22 +117,7 @@ struct HTTPHandlerError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// W3C trace context: this call is a child span of the producer's trace, or starts a new trace.
-enum TraceParent {
-    static func child(of parent: String?) -> String {
-        let span = hex(UInt64.random(in: 1...UInt64.max), digits: 16)
-        if let parent {
-            let parts = parent.split(separator: "-")
-            if parts.count == 4, parts[1].count == 32, parts[1].allSatisfy(\.isHexDigit), parts[1] != String(repeating: "0", count: 32) {
-                return "00-\(parts[1].lowercased())-\(span)-\(parts[3])"
-            }
-        }
-        let trace = hex(UInt64.random(in: 1...UInt64.max), digits: 16) + hex(UInt64.random(in: 0...UInt64.max), digits: 16)
-        return "00-\(trace)-\(span)-01"
-    }
-
-    private static func hex(_ value: UInt64, digits: Int) -> String {
-        let text = String(value, radix: 16)
-        return String(repeating: "0", count: max(0, digits - text.count)) + text
-    }
+/// Trace context into HTTP headers (replacing any of the same name).
+struct HeadersInjector: Injector {
+    func inject(_ value: String, forKey key: String, into carrier: inout HTTPHeaders) { carrier.replaceOrAdd(name: key, value: value) }
 }

@@ -1,9 +1,11 @@
 import AsyncHTTPClient
 import Foundation
 import Hummingbird
+import Instrumentation
 public import Logging
 import NIOCore
 import ServiceLifecycle
+import Tracing
 import UnixSignals
 public import Warren
 public import WarrenAMQP
@@ -59,13 +61,15 @@ public final class WorkerService: Sendable {
         broker = AMQPBroker(brokerConfiguration)
         observer = JobObserver(
             queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger)
-        pool = WorkerPool(
-            broker: broker, registry: registry,
-            configuration: WorkerPoolConfiguration(
-                concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
-                capabilities: configuration.capabilities, defaultTimeout: configuration.defaultTimeout,
-                shutdownGrace: configuration.shutdownGrace - Self.settlingReserve(configuration.shutdownGrace), limits: limits,
-                logger: logger))
+        var poolConfiguration = WorkerPoolConfiguration(
+            concurrency: configuration.concurrency, reservedForCritical: configuration.reservedForCritical,
+            capabilities: configuration.capabilities, defaultTimeout: configuration.defaultTimeout,
+            shutdownGrace: configuration.shutdownGrace - Self.settlingReserve(configuration.shutdownGrace), limits: limits,
+            logger: logger)
+        // A span per attempt, continuing the producer's W3C trace and passed on to http and exec
+        // handlers; through an exporting tracer when the process bootstrapped one.
+        poolConfiguration.tracer = InstrumentationSystem.tracer is NoOpTracer ? TraceContextTracer() : nil
+        pool = WorkerPool(broker: broker, registry: registry, configuration: poolConfiguration)
     }
 
     /// Runs until SIGTERM or SIGINT, then drains and returns.

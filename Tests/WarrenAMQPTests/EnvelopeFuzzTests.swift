@@ -30,7 +30,7 @@ struct EnvelopeFuzzTests {
         WireFormat.Header.version, WireFormat.Header.job, WireFormat.Header.priority, WireFormat.Header.attempt,
         WireFormat.Header.maxRetries, WireFormat.Header.deadline, WireFormat.Header.timeout, WireFormat.Header.delay,
         WireFormat.Header.dependencies, WireFormat.Header.capabilities, WireFormat.Header.affinity, WireFormat.Header.errors,
-        WireFormat.Header.metadata, WireFormat.Header.created, WireFormat.Header.traceparent, WireFormat.Header.replayed,
+        WireFormat.Header.metadata, WireFormat.Header.created, WireFormat.Header.traceparent, WireFormat.Header.tracestate, WireFormat.Header.replayed,
     ]
 
     struct Fuzzer {

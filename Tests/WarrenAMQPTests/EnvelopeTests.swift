@@ -149,10 +149,14 @@ struct EnvelopeTests {
             WireFormat.Header.version: .int(1), WireFormat.Header.attempt: .int(2), WireFormat.Header.maxRetries: .int(5),
             WireFormat.Header.timeout: .int(30_000), WireFormat.Header.priority: .string("high"), WireFormat.Header.affinity: .string("k"),
             WireFormat.Header.metadata: .table(["tenant": .string("acme")]), WireFormat.Header.traceparent: .string("00-ab-cd-01"),
+            WireFormat.Header.tracestate: .string("vendor=x"),
             WireFormat.Header.errors: .array([.table(["attempt": .int(1), "message": .string("boom"), "at": .int(millis), "timed_out": .bool(true)])]),
         ])).get()
         #expect(job.attempt == 2 && job.maxRetries == 5 && job.timeout == .milliseconds(30_000) && job.affinity == "k")
-        #expect(job.metadata["tenant"] == "acme" && job.metadata["traceparent"] == "00-ab-cd-01")
+        #expect(job.metadata["tenant"] == "acme" && job.metadata["traceparent"] == "00-ab-cd-01" && job.metadata["tracestate"] == "vendor=x")
+        let (properties, _) = WireFormat.encode(job)
+        #expect(properties.headers[WireFormat.Header.tracestate] == .string("vendor=x") && properties.headers[WireFormat.Header.metadata] == .table(["tenant": .string("acme")]),
+                "trace state goes back out as its header, not as metadata")
         #expect(job.errors == [AttemptError(attempt: 1, message: "boom", at: date, timedOut: true)])
     }
 

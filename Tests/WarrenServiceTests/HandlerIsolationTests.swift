@@ -14,7 +14,9 @@ func runOneJob(
     let broker = InMemoryBroker(configuration: QueueConfiguration(retryPolicy: retryPolicy))
     var registry = HandlerRegistry()
     try register(&registry)
-    let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 2))
+    var configuration = WorkerPoolConfiguration(concurrency: 2)
+    configuration.tracer = TraceContextTracer()  // as `WorkerService` has it
+    let pool = WorkerPool(broker: broker, registry: registry, configuration: configuration)
     let runner = Task { await pool.run() }
     try await broker.enqueue([job])
     let outcome = await broker.outcome(of: job.id)
@@ -97,7 +99,11 @@ struct HandlerIsolationTests {
         let outcome = try await runOneJob(job) { registry in
             try registry.registerRaw("exec", timeout: .seconds(10)) { payload, context in try await handler.run(payload, context) }
         }
-        let lines = Set(String(decoding: try #require(outcome?.completedData), as: UTF8.self).split(separator: "\n").map(String.init))
+        var lines = Set(String(decoding: try #require(outcome?.completedData), as: UTF8.self).split(separator: "\n").map(String.init))
+        // A job without a trace starts one: the attempt's span, as OpenTelemetry's tools read it.
+        let trace = try #require(lines.first { $0.hasPrefix("TRACEPARENT=00-") }, "\(lines)")
+        #expect(trace.count == "TRACEPARENT=".count + 55 && trace.hasSuffix("-01"), "\(trace)")
+        lines.remove(trace)
         #expect(lines == ["PATH=/usr/local/bin:/usr/bin:/bin", "WARREN_JOB_ID=\(job.id)", "WARREN_JOB_NAME=exec", "WARREN_ATTEMPT=1"])
     }
 }
