@@ -1,16 +1,30 @@
 import Foundation
 import Synchronization
 
-/// The seam between Warren's workers and where jobs live. The in-memory broker implements it over
-/// `JobQueueCore`; the AMQP broker over RabbitMQ. `WarrenConformance` checks any implementation
+/// Where jobs live, in the three roles its callers use: producers submit (`JobSubmitter`), worker
+/// pools take work and settle it (`WorkSource`), and anyone observes (`JobObserving`). The
+/// in-memory broker and the AMQP broker implement all three over the local engine (`LocalQueue`,
+/// offered to transports as `@_spi(Transport)`); `WarrenConformance` checks any implementation
 /// against the queue contract.
 ///
 /// Messages a broker cannot read as jobs (malformed envelopes, oversized bodies) never reach `next`:
 /// the broker dead-letters them itself with the reason and reports a `deadLettered` event, so one bad
 /// message never ends or stalls consumption.
-public protocol Broker: Sendable {
+public protocol Broker: JobSubmitter, WorkSource, JobObserving {
+    /// Stops serving: waiting consumers get nil, event streams finish.
+    func close() async
+}
+
+/// Submitting jobs, and cancelling them: what a producer (`JobQueue`) uses.
+public protocol JobSubmitter: Sendable {
     /// Enqueues jobs atomically: all of them, or none with the reason.
     func enqueue(_ jobs: [Job]) async throws(EnqueueRefusal)
+    /// Cancels a job: one that has not started never runs; a running one's `stop` signal fires.
+    func cancel(_ id: JobID) async -> CancelResult
+}
+
+/// Taking work and settling it: what a worker pool uses.
+public protocol WorkSource: Sendable {
     /// The best ready job a room of `filter` admits, marked running; waits until there is one.
     /// Returns nil when the broker closes or the calling task is cancelled while waiting.
     func next(_ filter: DeliveryFilter) async -> Delivery?
@@ -21,12 +35,18 @@ public protocol Broker: Sendable {
     /// `settle`, then `tryNext(filter)`, in one step where the broker can: how a worker that just
     /// finished a job takes the next one.
     func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery?
-    /// Cancels a job: one that has not started never runs; a running one's `stop` signal fires.
-    func cancel(_ id: JobID) async -> CancelResult
     func reportProgress(_ id: JobID, _ percent: Double) async
     /// Offers ready jobs to waiting consumers again: what a waiting consumer's filter admits grew
     /// without a change to the queue (a name back under its limit, see `NameLimits`).
     func reoffer() async
+    /// The first half of a graceful shutdown, after the worker pool stopped taking jobs: stop
+    /// receiving work and give back what has not started (a transport returns it to its source,
+    /// for other workers); running jobs still settle. Does nothing by default.
+    func stopTakingWork() async
+}
+
+/// Following jobs: events, the state of one job, its outcome, the queue's counts.
+public protocol JobObserving: Sendable {
     /// Lifecycle events from now on. Consume them: the stream buffers without bound.
     func events() -> AsyncStream<JobEvent>
     /// The job as this broker knows it now.
@@ -34,15 +54,9 @@ public protocol Broker: Sendable {
     /// Waits until the job ends; nil when the job is unknown or the broker closes first.
     func outcome(of id: JobID) async -> JobOutcome?
     func statistics() async -> QueueStatistics
-    /// The first half of a graceful shutdown, after the worker pool stopped taking jobs: stop
-    /// receiving work and give back what has not started (a transport returns it to its source,
-    /// for other workers); running jobs still settle. Does nothing by default.
-    func stopTakingWork() async
-    /// Stops serving: waiting consumers get nil, event streams finish.
-    func close() async
 }
 
-extension Broker {
+extension WorkSource {
     public func stopTakingWork() async {}
 
     public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery? {

@@ -24,7 +24,7 @@ public struct SystemClock: WarrenClock {
 
 extension Duration {
     /// The duration in seconds, as a `TimeInterval`.
-    public var timeInterval: TimeInterval {
+    package var timeInterval: TimeInterval {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
     }
 }

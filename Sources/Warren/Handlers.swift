@@ -22,12 +22,12 @@ public struct JobContext: Sendable {
     public let attempt: Int
     public let priority: JobPriority
     public let metadata: [String: String]
-    private let broker: any Broker
+    private let broker: any WorkSource
     private let poolLogger: Logger
     private let tracer: (any Tracer)?
     private let traceContext: InstrumentationContext
 
-    init(job: Job, broker: any Broker, logger: Logger, tracer: (any Tracer)? = nil, context: InstrumentationContext = .topLevel) {
+    init(job: Job, broker: any WorkSource, logger: Logger, tracer: (any Tracer)? = nil, context: InstrumentationContext = .topLevel) {
         id = job.id
         name = job.name
         attempt = job.attempt

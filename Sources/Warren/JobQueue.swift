@@ -89,10 +89,10 @@ public struct JobQueue: Sendable {
 /// A submitted job: wait for its result, look at it, cancel it.
 public struct JobHandle<Output: Sendable>: Sendable {
     public let id: JobID
-    private let broker: any Broker
+    private let broker: any JobSubmitter & JobObserving
     private let decode: @Sendable (Data) throws -> Output
 
-    init(id: JobID, broker: any Broker, decode: @escaping @Sendable (Data) throws -> Output) {
+    init(id: JobID, broker: any JobSubmitter & JobObserving, decode: @escaping @Sendable (Data) throws -> Output) {
         self.id = id
         self.broker = broker
         self.decode = decode
@@ -117,7 +117,7 @@ public struct JobHandle<Output: Sendable>: Sendable {
 }
 
 extension JobHandle where Output: Decodable {
-    init(id: JobID, broker: any Broker) {
+    init(id: JobID, broker: any JobSubmitter & JobObserving) {
         self.init(id: id, broker: broker, decode: { try JSONDecoder().decode(Output.self, from: $0) })
     }
 }

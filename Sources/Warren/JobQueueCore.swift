@@ -1,4 +1,4 @@
-public import Foundation
+package import Foundation
 import DequeModule
 import HeapModule
 
@@ -99,7 +99,7 @@ public enum RetryScheduling: Sendable, Equatable {
 
 /// A job leaving the queue, for a transport to settle its message: ack, publish a retry, or
 /// publish a dead letter.
-public enum Departure: Sendable {
+@_spi(Transport) public enum Departure: Sendable {
     case completed(Job)
     /// The next attempt (its `attempt` already counted up), due at `notBefore`.
     case retry(Job)
@@ -123,7 +123,7 @@ public enum Departure: Sendable {
 /// The queue contract as a synchronous state machine: dedup, priority order, delays, deadlines,
 /// dependencies, in-flight tracking, retries with backoff, dead letters, cancellation, progress,
 /// events and statistics. No locks, no I/O, no clock: the owner serialises calls and passes `now`.
-public struct JobQueueCore {
+package struct JobQueueCore {
     public let configuration: QueueConfiguration
     /// Every job known: unfinished ones, and finished ones within the window (oldest first in
     /// `finishedOrder`). One dictionary of references: one lookup serves dedup, status and results.
@@ -161,7 +161,7 @@ public struct JobQueueCore {
 
     /// Enqueues one job (see `enqueue(_:now:)` for batches).
     public mutating func enqueue(_ job: Job, now: Date) throws(EnqueueRefusal) {
-        try validate(job)
+        try BatchRules.validate(job)
         let known = records[job.id]
         guard isNew(job, known: known) else { throw .duplicate(job.id) }
         guard liveCount < configuration.capacity else { throw .queueFull(capacity: configuration.capacity) }
@@ -176,22 +176,11 @@ public struct JobQueueCore {
     /// depend on each other; a cycle among them is refused.
     public mutating func enqueue(_ jobs: [Job], now: Date) throws(EnqueueRefusal) {
         if jobs.count == 1 { return try enqueue(jobs[0], now: now) }
-        var batch: [JobID: Job] = [:]
-        for job in jobs {
-            try validate(job)
-            guard isNew(job, known: records[job.id]), batch[job.id] == nil else { throw .duplicate(job.id) }
-            batch[job.id] = job
-        }
+        let ordered = try BatchRules.admit(jobs, isNew: { isNew($0, known: records[$0.id]) }, isKnown: isKnown)
         guard liveCount + jobs.count <= configuration.capacity else {
             throw .queueFull(capacity: configuration.capacity)
         }
-        for job in jobs {
-            for dependency in job.dependencies
-            where batch[dependency] == nil && !isKnown(dependency) {
-                throw .unknownDependency(job: job.id, dependency: dependency)
-            }
-        }
-        for job in try Self.topologicalOrder(jobs, batch: batch) { insert(job, returning: records[job.id], now: now) }
+        for job in ordered { insert(job, returning: records[job.id], now: now) }
     }
 
     /// A job is new when its id is unknown, or when it is the next attempt of a job this queue
@@ -211,47 +200,6 @@ public struct JobQueueCore {
         finishedIDs.value(id).flatMap { JobStatus(index: Int($0)) }
     }
 
-    private func validate(_ job: Job) throws(EnqueueRefusal) {
-        if job.name.isEmpty { throw .invalid(job.id, "empty job name") }
-        if job.id.rawValue.isEmpty { throw .invalid(job.id, "empty job id") }
-        if job.maxRetries < 0 { throw .invalid(job.id, "maxRetries must be 0 or more, got \(job.maxRetries)") }
-        if job.attempt < 1 { throw .invalid(job.id, "attempt must be 1 or more, got \(job.attempt)") }
-        if let timeout = job.timeout, timeout <= .zero { throw .invalid(job.id, "timeout must be positive, got \(timeout)") }
-    }
-
-    /// Orders a batch so every job comes after the batch members it depends on; refuses cycles.
-    package static func dependencyOrder(_ jobs: [Job]) throws(EnqueueRefusal) -> [Job] {
-        var batch: [JobID: Job] = [:]
-        for job in jobs { batch[job.id] = job }
-        return try topologicalOrder(jobs, batch: batch)
-    }
-
-    private static func topologicalOrder(_ jobs: [Job], batch: [JobID: Job]) throws(EnqueueRefusal) -> [Job] {
-        enum Mark { case visiting, done }
-        var marks: [JobID: Mark] = [:]
-        var order: [Job] = []
-        var path: [JobID] = []
-        func visit(_ job: Job) -> [JobID]? {
-            switch marks[job.id] {
-            case .done: return nil
-            case .visiting:
-                let start = path.firstIndex(of: job.id) ?? 0
-                return Array(path[start...]) + [job.id]
-            case nil: break
-            }
-            marks[job.id] = .visiting
-            path.append(job.id)
-            for dependency in job.dependencies {
-                if let member = batch[dependency], let cycle = visit(member) { return cycle }
-            }
-            path.removeLast()
-            marks[job.id] = .done
-            order.append(job)
-            return nil
-        }
-        for job in jobs { if let cycle = visit(job) { throw .dependencyCycle(cycle) } }
-        return order
-    }
 
     /// `returning`: the record already under the job's id (a job handed off for a retry), looked up by the caller.
     private mutating func insert(_ job: Job, returning: JobRecord?, now: Date) {
@@ -806,4 +754,65 @@ struct AnyRandomNumberGenerator: RandomNumberGenerator {
     private var base: any RandomNumberGenerator
     init(_ base: any RandomNumberGenerator) { self.base = base }
     mutating func next() -> UInt64 { base.next() }
+}
+
+/// The rules every broker applies to jobs before accepting them, written once: each job is valid,
+/// its id is unique within the batch and new to the broker, each dependency is in the batch or
+/// known to the broker, and no dependencies form a cycle.
+@_spi(Transport) public enum BatchRules {
+    /// Checks `jobs` as one batch: the jobs in an order where each comes after the batch members it
+    /// depends on, or the first rule broken.
+    /// - Parameters:
+    ///   - isNew: whether the broker may take this job (its id unknown to it, or a retry it handed off).
+    ///   - isKnown: whether the broker holds this id, or finished it within its dedup window.
+    public static func admit(_ jobs: [Job], isNew: (Job) -> Bool, isKnown: (JobID) -> Bool) throws(EnqueueRefusal) -> [Job] {
+        var batch: [JobID: Job] = [:]
+        for job in jobs {
+            try validate(job)
+            guard batch[job.id] == nil, isNew(job) else { throw .duplicate(job.id) }
+            batch[job.id] = job
+        }
+        for job in jobs {
+            for dependency in job.dependencies where batch[dependency] == nil && !isKnown(dependency) {
+                throw .unknownDependency(job: job.id, dependency: dependency)
+            }
+        }
+        return try topologicalOrder(jobs, batch: batch)
+    }
+
+    /// What makes a job acceptable on its own.
+    public static func validate(_ job: Job) throws(EnqueueRefusal) {
+        if job.name.isEmpty { throw .invalid(job.id, "empty job name") }
+        if job.id.rawValue.isEmpty { throw .invalid(job.id, "empty job id") }
+        if job.maxRetries < 0 { throw .invalid(job.id, "maxRetries must be 0 or more, got \(job.maxRetries)") }
+        if job.attempt < 1 { throw .invalid(job.id, "attempt must be 1 or more, got \(job.attempt)") }
+        if let timeout = job.timeout, timeout <= .zero { throw .invalid(job.id, "timeout must be positive, got \(timeout)") }
+    }
+
+    private static func topologicalOrder(_ jobs: [Job], batch: [JobID: Job]) throws(EnqueueRefusal) -> [Job] {
+        enum Mark { case visiting, done }
+        var marks: [JobID: Mark] = [:]
+        var order: [Job] = []
+        var path: [JobID] = []
+        func visit(_ job: Job) -> [JobID]? {
+            switch marks[job.id] {
+            case .done: return nil
+            case .visiting:
+                let start = path.firstIndex(of: job.id) ?? 0
+                return Array(path[start...]) + [job.id]
+            case nil: break
+            }
+            marks[job.id] = .visiting
+            path.append(job.id)
+            for dependency in job.dependencies {
+                if let member = batch[dependency], let cycle = visit(member) { return cycle }
+            }
+            path.removeLast()
+            marks[job.id] = .done
+            order.append(job)
+            return nil
+        }
+        for job in jobs { if let cycle = visit(job) { throw .dependencyCycle(cycle) } }
+        return order
+    }
 }

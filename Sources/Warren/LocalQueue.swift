@@ -2,10 +2,13 @@ import Foundation
 import DequeModule
 import Synchronization
 
-/// The queue contract in this process, behind one lock: `JobQueueCore` plus consumers parked in
-/// `next`, event subscribers, callers waiting for outcomes, and one alarm for every timer. The
-/// in-memory broker is exactly this; the AMQP broker feeds it deliveries and settles what departs.
-package final class LocalQueue: Sendable {
+/// The local engine: the queue contract in this process, behind one lock (priority lanes, timers,
+/// the dedup window, dependencies, cancellation) plus consumers parked in `next`, event
+/// subscribers, callers waiting for outcomes, and one alarm for every timer. The in-memory broker
+/// is exactly this; a transport (the AMQP broker, or one in a package of its own, imported with
+/// `@_spi(Transport) import Warren`) feeds it what arrives (`enqueueEach`) and settles the messages
+/// of what departs (`departures`).
+@_spi(Transport) public final class LocalQueue: Sendable {
     private let state: Locked<State>
     private let clock: any WarrenClock
     private let alarm: Alarm
@@ -14,7 +17,7 @@ package final class LocalQueue: Sendable {
 
     /// - Parameter departures: when set, receives every job leaving the queue (in order, outside
     ///   the lock), for a transport to settle its message.
-    package init(
+    public init(
         configuration: QueueConfiguration, clock: any WarrenClock, random: any RandomNumberGenerator & Sendable,
         departures: (@Sendable ([Departure]) -> Void)? = nil
     ) {
@@ -36,7 +39,7 @@ package final class LocalQueue: Sendable {
 
     /// Enqueues each job on its own (one refusal does not stop the others), under one lock and
     /// with one hand-off to waiting consumers: how a transport delivers a burst of messages.
-    package func enqueueEach(_ jobs: [Job], cancelling: Set<JobID> = []) -> [EnqueueRefusal?] {
+    public func enqueueEach(_ jobs: [Job], cancelling: Set<JobID> = []) -> [EnqueueRefusal?] {
         let now = clock.now()
         let (refusals, effects) = state.withLock { state -> ([EnqueueRefusal?], Effects) in
             guard !state.closed else { return (jobs.map { _ in .closed }, Effects()) }
@@ -59,7 +62,7 @@ package final class LocalQueue: Sendable {
 
     /// Enqueues jobs atomically. `cancelling` ones are cancelled in the same step: they arrive
     /// (so their departure settles their message) but no consumer ever sees them.
-    package func enqueue(_ jobs: [Job], cancelling: Set<JobID> = []) throws(EnqueueRefusal) {
+    public func enqueue(_ jobs: [Job], cancelling: Set<JobID> = []) throws(EnqueueRefusal) {
         try change { state, now throws(EnqueueRefusal) in
             guard !state.closed else { throw .closed }
             try state.core.enqueue(jobs, now: now)
@@ -67,7 +70,7 @@ package final class LocalQueue: Sendable {
         }
     }
 
-    package func next(_ filter: DeliveryFilter) async -> Delivery? {
+    public func next(_ filter: DeliveryFilter) async -> Delivery? {
         let now = clock.now()
         let (fast, effects) = state.withLock { state -> (Delivery??, Effects) in
             if state.closed { return (.some(nil), Effects()) }
@@ -94,7 +97,7 @@ package final class LocalQueue: Sendable {
         if let effects { apply(effects) }
     }
 
-    package func tryNext(_ filter: DeliveryFilter) -> Delivery? {
+    public func tryNext(_ filter: DeliveryFilter) -> Delivery? {
         let now = clock.now()
         let (delivery, effects) = state.withLock { state -> (Delivery?, Effects) in
             guard !state.closed, let delivery = state.core.deliver(filter, now: now) else { return (nil, Effects()) }
@@ -129,12 +132,12 @@ package final class LocalQueue: Sendable {
         }
     }
 
-    package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) {
+    public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) {
         _ = settle(delivery, outcome, thenTryNext: nil)
     }
 
     /// Settles a delivery and, given a filter, takes the best ready job it admits, under one lock.
-    package func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter?) -> Delivery? {
+    public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter?) -> Delivery? {
         change { state, now in
             state.core.settle(delivery.job.id, attempt: delivery.job.attempt, outcome, now: now)
             guard let filter, !state.closed else { return nil }
@@ -142,7 +145,7 @@ package final class LocalQueue: Sendable {
         }
     }
 
-    package func cancel(_ id: JobID) -> CancelResult {
+    public func cancel(_ id: JobID) -> CancelResult {
         let (result, stop) = change { state, now -> (CancelResult, StopSignal?) in
             let result = state.core.cancel(id, now: now)
             return (result, result == .cancelling ? state.core.stopSignal(of: id) : nil)
@@ -152,15 +155,15 @@ package final class LocalQueue: Sendable {
     }
 
     /// Offers ready jobs to parked consumers again (see `Broker.reoffer`).
-    package func reoffer() {
+    public func reoffer() {
         change { _, _ in }
     }
 
-    package func reportProgress(_ id: JobID, _ percent: Double) {
+    public func reportProgress(_ id: JobID, _ percent: Double) {
         change { state, now in _ = state.core.progress(id, percent, now: now) }
     }
 
-    package func events() -> AsyncStream<JobEvent> {
+    public func events() -> AsyncStream<JobEvent> {
         let (stream, continuation) = AsyncStream.makeStream(of: JobEvent.self, bufferingPolicy: .unbounded)
         let id = state.withLock { state -> UInt64? in
             guard !state.closed else { return nil }
@@ -182,13 +185,13 @@ package final class LocalQueue: Sendable {
         return stream
     }
 
-    package func snapshot(_ id: JobID) -> Job? {
+    public func snapshot(_ id: JobID) -> Job? {
         state.withLock { $0.core.snapshot(id) }
     }
 
     /// Waits until the job ends. An unknown job gives nil at once, unless `waitIfUnknown` (a job
     /// published to a broker that this queue has not received yet).
-    package func outcome(of id: JobID, waitIfUnknown: Bool = false) async -> JobOutcome? {
+    public func outcome(of id: JobID, waitIfUnknown: Bool = false) async -> JobOutcome? {
         enum Now { case done(JobOutcome?), wait }
         let now = state.withLock { state -> Now in
             if let outcome = state.core.outcome(id) { return .done(outcome) }
@@ -222,28 +225,28 @@ package final class LocalQueue: Sendable {
 
     /// Records a job that arrived unreadable (dead-lettered by the transport itself), so its
     /// outcome, status, events and statistics are known here like any other job's.
-    package func recordRejected(_ job: Job, _ reason: DeadLetterReason) {
+    public func recordRejected(_ job: Job, _ reason: DeadLetterReason) {
         change { state, now in state.core.recordRejected(job, reason, now: now) }
     }
 
     /// See `JobQueueCore.forgetFinished`.
-    package func forgetFinished(_ id: JobID) {
+    public func forgetFinished(_ id: JobID) {
         state.withLock { $0.core.forgetFinished(id) }
     }
 
     /// Gives up every job that has not started (see `JobQueueCore.withdrawUnstarted`).
-    package func withdrawUnstarted() -> [Job] {
+    public func withdrawUnstarted() -> [Job] {
         change { state, _ in state.core.withdrawUnstarted() }
     }
 
     /// Consumers parked in `next`.
-    package var waitingConsumers: Int { state.withLock { $0.waiters.count } }
+    public var waitingConsumers: Int { state.withLock { $0.waiters.count } }
 
-    package func statistics() -> QueueStatistics {
+    public func statistics() -> QueueStatistics {
         state.withLock { $0.core.statistics() }
     }
 
-    package func close() {
+    public func close() {
         let effects = state.withLock { state -> Effects in
             state.closed = true
             var effects = Effects()

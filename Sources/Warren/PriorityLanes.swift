@@ -2,7 +2,7 @@ import DequeModule
 
 /// Five FIFO lanes, one per priority: the highest non-empty lane is served first, and equal
 /// priorities leave in arrival order. O(1) push and pop; used by every broker's local ready set.
-public struct PriorityLanes<Element> {
+package struct PriorityLanes<Element> {
     private var lanes: [Deque<Element>] = Array(repeating: Deque(), count: JobPriority.allCases.count)
 
     public init() {}
@@ -37,4 +37,4 @@ public struct PriorityLanes<Element> {
     }
 }
 
-public enum LaneDecision { case take, skip, drop }
+package enum LaneDecision { case take, skip, drop }

@@ -56,7 +56,7 @@ public struct GroupLoad: Sendable, Equatable {
 public enum Slot: Sendable, Equatable { case ordinary, reserved }
 
 /// Picks the worker group for a job. Pure and deterministic, so every strategy is testable alone.
-public struct Router: Sendable {
+package struct Router: Sendable {
     public let strategy: RoutingStrategy
     private var cursor = 0
 

@@ -19,7 +19,7 @@ public struct WorkerPoolConfiguration: Sendable {
     /// What handlers log through (`JobContext.logger`, with the job's id and name).
     public var logger: Logger
     /// Where each attempt's span goes (see `WorkerPool`); nil: the tracer the process bootstrapped
-    /// (`InstrumentationSystem.tracer`), none by default.
+    /// (`InstrumentationSystem.tracer`) before making the pool, none by default.
     public var tracer: (any Tracer)?
 
     /// How long a shutdown lets running jobs finish unless told otherwise: 25 s, inside the 30 s
@@ -71,7 +71,7 @@ public struct WorkerPoolConfiguration: Sendable {
 /// the job's id, name, attempt, priority and outcome as `warren.job.*` attributes, continuing the
 /// W3C trace context its producer put in the job's metadata (`traceparent`, `tracestate`).
 public final class WorkerPool: Sendable {
-    private let broker: any Broker
+    private let broker: any WorkSource
     private let registry: HandlerRegistry
     private let configuration: WorkerPoolConfiguration
     private let clock: any WarrenClock
@@ -85,15 +85,20 @@ public final class WorkerPool: Sendable {
     private let nameLimits: NameLimits?
     /// With a single group: what its ordinary and reserved slots take.
     private let slotFilters: SlotFilters?
+    /// Where attempts' spans go: the configured tracer, else the one bootstrapped when the pool was
+    /// made; nil when that traces nothing.
+    private let tracer: (any Tracer)?
 
     public init(
-        broker: any Broker, registry: HandlerRegistry, configuration: WorkerPoolConfiguration = WorkerPoolConfiguration(),
+        broker: any WorkSource, registry: HandlerRegistry, configuration: WorkerPoolConfiguration = WorkerPoolConfiguration(),
         clock: any WarrenClock = SystemClock()
     ) {
         self.broker = broker
         self.registry = registry
         self.configuration = configuration
         self.clock = clock
+        let tracer = configuration.tracer ?? InstrumentationSystem.tracer
+        self.tracer = tracer is NoOpTracer ? nil : tracer
         timeouts = Timeouts(clock: clock)
         servable = configuration.groups.map(\.capabilities)
         let nameLimits = configuration.limits.isEmpty ? nil : NameLimits(configuration.limits)
@@ -333,12 +338,11 @@ public final class WorkerPool: Sendable {
     /// settled the attempt (once that settlement is done).
     private func attempt(_ delivery: Delivery) async -> AttemptOutcome? {
         let job = delivery.job
-        let tracer = configuration.tracer ?? InstrumentationSystem.tracer
         let outcome: AttemptOutcome
-        if tracer is NoOpTracer {
-            outcome = await run(delivery)
-        } else {
+        if let tracer {
             outcome = await traced(delivery, tracer)
+        } else {
+            outcome = await run(delivery)
         }
         // The run is over: its name's place goes back before the settlement, which offers ready
         // jobs to waiting slots again.

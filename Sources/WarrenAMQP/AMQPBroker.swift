@@ -1,6 +1,6 @@
 import CoreMetrics
 import Foundation
-public import Warren
+@_spi(Transport) public import Warren
 
 /// RabbitMQ as a Warren broker.
 ///
@@ -221,19 +221,11 @@ public final class AMQPBroker: Broker {
     // MARK: Broker
 
     public func enqueue(_ jobs: [Job]) async throws(EnqueueRefusal) {
-        var ids = Set<JobID>()
-        for job in jobs {
-            guard ids.insert(job.id).inserted, !messages.isKnown(job.id), local.snapshot(job.id) == nil else {
-                throw .duplicate(job.id)
-            }
-        }
-        for job in jobs {
-            for dependency in job.dependencies
-            where !ids.contains(dependency) && !messages.isKnown(dependency) && local.snapshot(dependency) == nil {
-                throw .unknownDependency(job: job.id, dependency: dependency)
-            }
-        }
-        let ordered = try JobQueueCore.dependencyOrder(jobs)
+        // Known here: published by this process (within the dedup window) or held here.
+        let messages = self.messages, local = self.local
+        let ordered = try BatchRules.admit(
+            jobs, isNew: { !messages.isKnown($0.id) && local.snapshot($0.id) == nil },
+            isKnown: { messages.isKnown($0) || local.snapshot($0) != nil })
         messages.remember(ordered)
         var failure: EnqueueRefusal?
         await withTaskGroup(of: (JobID, AMQPError?).self) { group in

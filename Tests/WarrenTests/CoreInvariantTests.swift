@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import WarrenConformance
-@testable import Warren
+@_spi(Transport) @testable import Warren
 
 /// The core's counts checked after every step of seeded random operation sequences: enqueues
 /// (batches, delays, deadlines already past, impossible capabilities, dependencies), filtered

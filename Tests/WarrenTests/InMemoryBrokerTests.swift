@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import WarrenConformance
-@testable import Warren
+@_spi(Transport) @testable import Warren
 
 @Suite("In-memory broker and worker pool")
 struct InMemoryBrokerTests {

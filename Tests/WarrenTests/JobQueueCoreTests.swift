@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import WarrenConformance
-@testable import Warren
+@_spi(Transport) @testable import Warren
 
 /// The queue contract on the bare state machine, with time moved by hand.
 @Suite("Queue core")

@@ -2,7 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import WarrenConformance
-@testable import Warren
+@_spi(Transport) @testable import Warren
 
 /// The worker pool's limits over seeded random set-ups (one group or several, reserved slots,
 /// per-name limits), with every job ready before the pool starts: checked at every handler start,

@@ -1,5 +1,5 @@
 import Testing
-@testable import Warren
+@_spi(Transport) @testable import Warren
 
 @Suite("Routing across worker groups")
 struct RouterTests {
