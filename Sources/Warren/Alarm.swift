@@ -1,10 +1,10 @@
-import Foundation
+package import Foundation
 import Synchronization
 
 /// One timer for many deadlines: whoever owns a heap of due dates arms the alarm with the earliest,
 /// and the alarm calls `fire` at that time (one sleeping task, re-armed only when an earlier date
 /// arrives). `fire` returns the next date to wake at, or nil. No polling loop.
-final class Alarm: Sendable {
+package final class Alarm: Sendable {
     private struct State {
         var scheduled: Date?
         var sleeper: Task<Void, Never>?
@@ -15,13 +15,13 @@ final class Alarm: Sendable {
     private let clock: any WarrenClock
     private let fire: @Sendable (Date) -> Date?
 
-    init(clock: any WarrenClock, fire: @escaping @Sendable (Date) -> Date?) {
+    package init(clock: any WarrenClock, fire: @escaping @Sendable (Date) -> Date?) {
         self.clock = clock
         self.fire = fire
     }
 
     /// Makes sure the alarm goes off no later than `date`.
-    func arm(at date: Date) {
+    package func arm(at date: Date) {
         let clock = self.clock
         state.withLock { state in
             guard !state.stopped else { return }
@@ -37,7 +37,7 @@ final class Alarm: Sendable {
         }
     }
 
-    func stop() {
+    package func stop() {
         state.withLock { state in
             state.stopped = true
             state.sleeper?.cancel()

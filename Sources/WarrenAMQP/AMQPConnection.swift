@@ -61,13 +61,19 @@ final class AMQPConnection: Sendable {
     private let currentStatus = Locked(Status.connecting)
     private let connects = Locked(0)
 
+    /// A connection that does not connect yet: the owner builds what needs it, then calls `start`.
+    /// Commands sent before are served once it is up.
+    init(_ configuration: Configuration) {
+        self.configuration = configuration
+    }
+
+    /// Starts the I/O thread, which connects (and reconnects) on its own.
     /// - Parameter reconnected: called on the I/O thread each time a connection or channel is set
     ///   up again after the first.
-    init(
-        _ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler,
-        onCancel: @escaping CancelHandler = { _ in }, reconnected: @escaping @Sendable () -> Void = {}
+    func start(
+        setup: @escaping Setup, onMessage: @escaping MessageHandler, onCancel: @escaping CancelHandler = { _ in },
+        reconnected: @escaping @Sendable () -> Void = {}
     ) {
-        self.configuration = configuration
         let loop = IOLoop(
             configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage, onCancel: onCancel,
             report: { [watchers, currentStatus, connects] status in
@@ -84,6 +90,15 @@ final class AMQPConnection: Sendable {
         let thread = Thread { loop.run() }
         thread.name = "warren-amqp-\(configuration.name)"
         thread.start()
+    }
+
+    /// Created and started: see `start`.
+    convenience init(
+        _ configuration: Configuration, setup: @escaping Setup, onMessage: @escaping MessageHandler,
+        onCancel: @escaping CancelHandler = { _ in }, reconnected: @escaping @Sendable () -> Void = {}
+    ) {
+        self.init(configuration)
+        start(setup: setup, onMessage: onMessage, onCancel: onCancel, reconnected: reconnected)
     }
 
     var status: Status { currentStatus.withLock { $0 } }

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Warren
+import WarrenConformance
 @testable import WarrenAMQP
 
 /// Issue 12 against the real broker: messages that used to crash the worker, what dead letters
@@ -21,6 +22,69 @@ struct WireRobustnessTests {
                 contentType: contentType, headers: headers, deliveryMode: 2, correlationID: correlationID, replyTo: replyTo,
                 messageID: UUID().uuidString, timestamp: timestamp, type: type),
             body: Array(body.utf8), mandatory: true)
+    }
+
+    /// A job whose dependency never reaches this worker is held (its message unacked) for
+    /// `dependencyWait`, then dead-lettered saying which dependency it waited for; a job whose
+    /// dependency does arrive runs.
+    @Test(.timeLimit(.minutes(2)))
+    func heldJobsAreGivenUpWhenTheirDependencyNeverArrives() async throws {
+        try await usingBroker {
+            let name = TestBroker.unique()
+            let broker = try await TestBroker.broker(name) { $0.dependencyWait = .milliseconds(600) }
+            let ran = Locked<[String]>([])
+            var registry = HandlerRegistry()
+            try registry.registerRaw("wire.ok") { _, context in
+                ran.withLock { $0.append(context.id.rawValue) }
+                return Data()
+            }
+            let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 2))
+            let runner = Task { await pool.run() }
+            let producer = try TestBroker.publisher()
+            func message(_ id: String, dependingOn dependency: String?) -> OutgoingMessage {
+                var message = raw(name, type: "wire.ok", headers: dependency.map { [WireFormat.Header.dependencies: .string($0)] } ?? [:])
+                message.properties.messageID = id
+                return message
+            }
+            for (id, dependency) in [("first", "never-1"), ("second", "never-2"), ("child", "parent"), ("parent", nil)] {
+                try await producer.publish(message(id, dependingOn: dependency))
+            }
+            let dead = try await TestBroker.takeDeadLetters(name, count: 2)
+            let reasons = Dictionary(uniqueKeysWithValues: dead.map { ($0.properties.messageID ?? "", $0.properties.headers[WireFormat.Header.deadError]?.text ?? "") })
+            #expect(reasons["first"]?.contains("its dependency never-1 did not arrive at this worker within 0.6 seconds") == true, "\(reasons)")
+            #expect(reasons["second"]?.contains("its dependency never-2 did not arrive at this worker") == true, "\(reasons)")
+            try await waitUntil("the child to run after its parent", within: 10) { ran.withLock { $0 }.contains("child") }
+            #expect(ran.withLock { $0 } == ["parent", "child"])
+            pool.shutdown()
+            await runner.value
+            await broker.close()
+            await producer.close()
+            try TestBroker.deleteQueues([name])
+        }
+    }
+
+    /// One timer serves every held job: each is given up at its own deadline, not before, and not
+    /// all at once when the first runs out.
+    @Test(.timeLimit(.minutes(1)))
+    func eachHeldJobIsGivenUpAtItsOwnDeadline() async throws {
+        let clock = ManualClock()
+        let expired = Locked<[String]>([])
+        let holds = DependencyHolds(clock: clock) { overdue in expired.withLock { $0 += overdue.map { $0.held.job.id.rawValue } } }
+        let message = IncomingMessage(
+            deliveryTag: 1, redelivered: false, exchange: "", routingKey: "", consumerTag: "", properties: MessageProperties(), body: [])
+        holds.hold(Job(id: "a", name: "x"), message, cancelled: false, until: "p", for: .seconds(10))
+        clock.advance(by: .seconds(4))
+        holds.hold(Job(id: "b", name: "x"), message, cancelled: false, until: "q", for: .seconds(10))
+        holds.hold(Job(id: "c", name: "x"), message, cancelled: false, until: "p", for: .seconds(10))
+        clock.advance(by: .seconds(5))
+        #expect(expired.withLock { $0 }.isEmpty)
+        clock.advance(by: .seconds(1))
+        try await waitUntil("a to be given up") { expired.withLock { $0 } == ["a"] }
+        #expect(holds.release(waitingFor: "p").map(\.job.id) == ["c"], "c still waits for p")
+        try await waitUntil("the timer to be armed for b") { clock.sleeperCount == 1 }
+        clock.advance(by: .seconds(4))
+        try await waitUntil("b to be given up") { expired.withLock { $0 } == ["a", "b"] }
+        #expect(holds.isEmpty)
     }
 
     /// The four messages of item 2 (each alone used to kill `warren serve`, again on every

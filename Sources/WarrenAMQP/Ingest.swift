@@ -1,0 +1,265 @@
+import Foundation
+@_spi(Transport) import Warren
+
+/// What arrives: decodes each burst of deliveries, dead-letters what is not a job (with the
+/// reason), sends `x-warren-delay` messages through the delay cascade, sets copies of jobs held
+/// here aside (they are settled with the original), holds jobs whose dependencies have not arrived,
+/// and enqueues the rest in the local engine together.
+final class Ingest: Sendable {
+    private let configuration: AMQPBroker.Configuration
+    private let local: LocalQueue
+    private let settlement: Settlement
+    private let deliveries: Deliveries
+    private let published: PublishedJobs
+    private let link: Locked<LinkState>
+    private let holds: DependencyHolds
+    private let malformed = Locked(0)
+
+    init(
+        configuration: AMQPBroker.Configuration, local: LocalQueue, settlement: Settlement, deliveries: Deliveries,
+        published: PublishedJobs, link: Locked<LinkState>, clock: any WarrenClock
+    ) {
+        self.configuration = configuration
+        self.local = local
+        self.settlement = settlement
+        self.deliveries = deliveries
+        self.published = published
+        self.link = link
+        let wait = configuration.dependencyWait
+        holds = DependencyHolds(clock: clock) { overdue in
+            // Dependencies that never came: their jobs are dead-lettered saying which.
+            for (dependency, entry) in overdue {
+                guard let origins = deliveries.take(entry.job.id) else { continue }
+                settlement.deadLetter(
+                    properties: entry.message.properties, body: entry.message.body,
+                    reason: .malformedMessage("its dependency \(dependency) did not arrive at this worker within \(wait)"),
+                    errors: entry.job.errors, attempts: entry.job.attempt - 1, origins: origins)
+            }
+        }
+    }
+
+    /// Messages that were not valid jobs, dead-lettered on arrival.
+    var malformedCount: Int { malformed.withLock { $0 } }
+
+    /// Takes a burst of deliveries (on the connection's I/O thread).
+    func receive(_ burst: [IncomingMessage], generation: UInt64) {
+        if link.withLock({ $0.handingBack }) {
+            // Arrived after consumption stopped (sent before the broker took the cancel): give them back.
+            for message in burst {
+                settlement.giveBack(
+                    Origins(first: Origin(message, generation: generation)), priority: Consumers.priority(ofTag: message.consumerTag),
+                    body: message.body)
+            }
+            return
+        }
+        // Decoded jobs, with where each came from and the index of its message in the burst.
+        var jobs: [Job] = [], origins: [Origin] = [], indices: [Int] = []
+        jobs.reserveCapacity(burst.count)
+        origins.reserveCapacity(burst.count)
+        indices.reserveCapacity(burst.count)
+        var consumer: (tag: String, priority: JobPriority)?
+        for (index, message) in burst.enumerated() {
+            // Bursts come mostly from one consumer: its tag is parsed once.
+            let priority: JobPriority
+            if let consumer, consumer.tag == message.consumerTag {
+                priority = consumer.priority
+            } else {
+                priority = Consumers.priority(ofTag: message.consumerTag)
+                consumer = (message.consumerTag, priority)
+            }
+            switch WireFormat.decode(
+                message, queue: configuration.queue, priority: priority, defaultMaxRetries: configuration.defaultMaxRetries,
+                limits: configuration.limits, defaults: configuration.jobDefaults)
+            {
+            case let .success(job):
+                if let notBefore = job.notBefore {
+                    // `x-warren-delay`: through the delay cascade, not held here.
+                    settlement.delay(message, generation: generation, until: notBefore, priority: priority)
+                    continue
+                }
+                // A replay of a job that died here: its id is in the dedup window, but it must run.
+                if job.metadata[WireFormat.replayedKey] != nil { local.forgetFinished(job.id) }
+                jobs.append(job)
+                origins.append(Origin(message, generation: generation))
+                indices.append(index)
+            case let .failure(reason):
+                malformed.withLock { $0 += 1 }
+                settlement.deadLetter(properties: message.properties, body: message.body, reason: reason, errors: [], attempts: 0,
+                                      origins: Origins(first: Origin(message, generation: generation)))
+                // Known here as dead-lettered (under its id when it has one), in outcomes, events and statistics.
+                let id = message.properties.messageID.flatMap { $0.isEmpty ? nil : JobID($0) } ?? .random()
+                let name = message.properties.type.flatMap { $0.isEmpty ? nil : $0 } ?? configuration.queue
+                let rejected = Job(id: id, name: name, payload: Data(), priority: priority)
+                local.recordRejected(rejected, reason)
+                settlement.announce(.deadLettered, rejected, reason: reason)
+            }
+        }
+        guard !jobs.isEmpty else { return }
+        // Where each job came from; a copy of a job held here (a redelivery after a reconnection)
+        // is settled with the original. Jobs whose dependencies have not all arrived wait (rare);
+        // the rest go in together.
+        let copies = deliveries.register(jobs.map(\.id), origins)
+        var setAside: [Int] = [], waiting: [Int] = [], arrived: [JobID] = []
+        for position in jobs.indices {
+            if copies[position] {
+                setAside.append(position)
+                continue
+            }
+            arrived.append(jobs[position].id)
+            if !jobs[position].dependencies.isEmpty {
+                setAside.append(position)
+                waiting.append(position)
+            }
+        }
+        // Not in the local queue until their dependencies are: the window remembers them meanwhile.
+        let cancelled = published.arrived(arrived, holding: waiting.map { jobs[$0].id })
+        let anyHeld = !holds.isEmpty
+        for position in waiting {
+            admit(jobs[position], burst[indices[position]], cancelled: cancelled.contains(jobs[position].id))
+        }
+        // Usually every job goes in: the array is passed on as it is.
+        var ready = jobs
+        if !setAside.isEmpty {
+            let aside = Set(setAside)
+            var kept: [Int] = []
+            ready = []
+            for (position, job) in jobs.enumerated() where !aside.contains(position) {
+                ready.append(job)
+                kept.append(indices[position])
+            }
+            indices = kept
+        }
+        guard !ready.isEmpty else { return }
+        // Asked after this burst's own dependents have started waiting.
+        let releases = anyHeld || (!waiting.isEmpty && !holds.isEmpty)
+        let refusals = local.enqueueEach(ready, cancelling: cancelled)
+        for (position, refusal) in refusals.enumerated() {
+            if let refusal {
+                refuse(ready[position], burst[indices[position]], refusal)
+            } else if releases {
+                release(waitingFor: ready[position].id)
+            }
+        }
+    }
+
+    // MARK: Dependencies
+
+    /// Enqueues a received job once every dependency is here; then the jobs that waited for it.
+    private func admit(_ job: Job, _ message: IncomingMessage, cancelled: Bool) {
+        if let missing = job.dependencies.first(where: { local.snapshot($0) == nil }) {
+            holds.hold(job, message, cancelled: cancelled, until: missing, for: configuration.dependencyWait)
+            // It may have arrived between the look and the wait: look again.
+            if local.snapshot(missing) != nil { release(waitingFor: missing) }
+            return
+        }
+        do {
+            try local.enqueue([job], cancelling: cancelled ? [job.id] : [])
+        } catch {
+            refuse(job, message, error)
+            return
+        }
+        release(waitingFor: job.id)
+    }
+
+    private func release(waitingFor id: JobID) {
+        for entry in holds.release(waitingFor: id) { admit(entry.job, entry.message, cancelled: entry.cancelled) }
+    }
+
+    private func refuse(_ job: Job, _ message: IncomingMessage, _ error: EnqueueRefusal) {
+        guard let origins = deliveries.take(job.id) else { return }
+        switch error {
+        case .duplicate:
+            // Finished here already (inside the dedup window): drop the copy.
+            settlement.ack(origins)
+        case .queueFull, .closed, .unavailable:
+            // Back to the broker, for this or another consumer.
+            settlement.giveBack(origins, priority: job.priority, body: Array(job.payload))
+        case let .unknownDependency(_, dependency):
+            settlement.deadLetter(properties: message.properties, body: message.body,
+                                  reason: .malformedMessage("it depends on job \(dependency), which this worker has not seen"), errors: job.errors,
+                                  attempts: job.attempt - 1, origins: origins)
+        case let .invalid(_, why):
+            settlement.deadLetter(properties: message.properties, body: message.body, reason: .malformedMessage(why), errors: job.errors,
+                                  attempts: job.attempt - 1, origins: origins)
+        case let .dependencyCycle(cycle):
+            settlement.deadLetter(properties: message.properties, body: message.body,
+                                  reason: .malformedMessage("dependency cycle \(cycle.map(\.rawValue))"), errors: job.errors,
+                                  attempts: job.attempt - 1, origins: origins)
+        }
+    }
+
+    // MARK: Handing back
+
+    /// Returns unstarted jobs' messages (and their redelivered copies) to the broker, and every
+    /// message still held here for a dependency.
+    func handBack(_ jobs: [Job]) {
+        for job in jobs + holds.releaseAll().map(\.job) {
+            guard let origins = deliveries.take(job.id) else { continue }
+            settlement.giveBack(origins, priority: job.priority, body: Array(job.payload))
+        }
+    }
+}
+
+/// Jobs that arrived before one of their dependencies (the five queues deliver in any order),
+/// by the dependency they wait for; their messages stay unacked meanwhile. One timer for all their
+/// deadlines (`AMQPBroker.Configuration.dependencyWait`), not a task per job.
+final class DependencyHolds: Sendable {
+    struct Held: Sendable {
+        let job: Job
+        let message: IncomingMessage
+        let cancelled: Bool
+        let until: Date
+    }
+
+    private let held: Locked<[JobID: [Held]]>
+    private let alarm: Alarm
+    private let clock: any WarrenClock
+
+    /// - Parameter expired: called with the jobs whose wait ran out, and the dependency each waited for.
+    init(clock: any WarrenClock, expired: @escaping @Sendable ([(dependency: JobID, held: Held)]) -> Void) {
+        let held = Locked<[JobID: [Held]]>([:])
+        self.held = held
+        self.clock = clock
+        alarm = Alarm(clock: clock) { now in
+            let (overdue, next) = held.withLock { held -> ([(dependency: JobID, held: Held)], Date?) in
+                var overdue: [(dependency: JobID, held: Held)] = []
+                var next: Date?
+                for dependency in Array(held.keys) {
+                    var kept: [Held] = []
+                    for entry in held[dependency] ?? [] {
+                        if entry.until <= now {
+                            overdue.append((dependency, entry))
+                        } else {
+                            kept.append(entry)
+                            next = min(next ?? entry.until, entry.until)
+                        }
+                    }
+                    held[dependency] = kept.isEmpty ? nil : kept
+                }
+                return (overdue, next)
+            }
+            if !overdue.isEmpty { expired(overdue) }
+            return next
+        }
+    }
+
+    var isEmpty: Bool { held.withLock { $0.isEmpty } }
+
+    func hold(_ job: Job, _ message: IncomingMessage, cancelled: Bool, until dependency: JobID, for wait: Duration) {
+        let until = clock.now().addingTimeInterval(wait.timeInterval)
+        held.withLock { $0[dependency, default: []].append(Held(job: job, message: message, cancelled: cancelled, until: until)) }
+        alarm.arm(at: until)
+    }
+
+    /// The jobs that waited for `dependency`.
+    func release(waitingFor dependency: JobID) -> [Held] { held.withLock { $0.removeValue(forKey: dependency) } ?? [] }
+
+    /// Every held job (a graceful stop hands them back); the timer stops.
+    func releaseAll() -> [Held] {
+        alarm.stop()
+        return held.withLock { held in
+            defer { held.removeAll() }
+            return held.values.flatMap { $0 }
+        }
+    }
+}
