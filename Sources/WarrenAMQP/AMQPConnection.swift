@@ -496,13 +496,13 @@ private final class IOLoop: @unchecked Sendable {
         defer { if !burst.isEmpty { onMessage(burst, generation) } }
         // Bounded, so commands and acks are served between bursts.
         for _ in 0..<512 {
-            switch try raw.poll() {
-            case let .message(message):
+            switch try raw.nextEvent() {
+            case let .delivery(message)?:
                 acks.delivered(message.deliveryTag)
                 burst.append(message)
-            case .frameWaiting:
-                try handle(raw.readFrame())
-            case .nothing:
+            case let .control(frame)?:
+                try handle(frame)
+            case nil:
                 return burst.count
             }
         }

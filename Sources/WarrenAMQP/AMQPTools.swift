@@ -24,6 +24,34 @@ public struct AMQPTools: Sendable {
         self.init(urls: [url], topology: Topology(queue: queue, queueType: queueType))
     }
 
+    // Each operation runs on a thread of its own: rabbitmq-c blocks (connecting, declaring, waiting
+    // for a confirm or a reply), and the cooperative pool's few threads must not wait with it.
+
+    /// Ready messages and consumers of the five priority queues and the dead-letter queue.
+    public func depths() async throws(AMQPError) -> [QueueDepth] { try await onThread { () throws(AMQPError) in try blockingDepths() } }
+
+    /// Publishes a job (confirmed), through the delay cascade when it is not due yet. With `wait`,
+    /// asks for the result on a private reply queue and waits for it up to `wait`: nil if none came.
+    /// Without `statesMaxRetries` the message carries no retry count: the worker's default for the
+    /// job's name applies.
+    public func submit(_ job: Job, wait: Duration? = nil, statesMaxRetries: Bool = true) async throws(AMQPError) -> JobOutcome? {
+        try await onThread { () throws(AMQPError) in try blockingSubmit(job, wait: wait, statesMaxRetries: statesMaxRetries) }
+    }
+
+    /// The dead letters that match, oldest first. Every message stays in the queue: they are
+    /// taken unacked and handed back when the channel closes.
+    public func deadLetters(_ filter: Filter = Filter()) async throws(AMQPError) -> [DeadLetter] {
+        try await onThread { () throws(AMQPError) in try blockingDeadLetters(filter) }
+    }
+
+    /// Republishes matching dead letters to their priority queue with the attempt count reset and
+    /// the dead-letter headers removed; each is confirmed before its dead copy is acked (removed).
+    /// Returns how many were replayed.
+    public func replay(_ filter: Filter) async throws(AMQPError) -> Int { try await onThread { () throws(AMQPError) in try blockingReplay(filter) } }
+
+    /// Removes matching dead letters. Returns how many.
+    public func purge(_ filter: Filter) async throws(AMQPError) -> Int { try await onThread { () throws(AMQPError) in try blockingPurge(filter) } }
+
     /// A connection to the first address that answers.
     private func connect() throws(AMQPError) -> RawConnection {
         var failure: AMQPError = .closed
@@ -73,8 +101,7 @@ public struct AMQPTools: Sendable {
         public let consumers: Int
     }
 
-    /// Ready messages and consumers of the five priority queues and the dead-letter queue.
-    public func depths() throws(AMQPError) -> [QueueDepth] {
+    private func blockingDepths() throws(AMQPError) -> [QueueDepth] {
         let raw = try connect()
         defer { raw.close() }
         var depths: [QueueDepth] = []
@@ -89,11 +116,7 @@ public struct AMQPTools: Sendable {
 
     // MARK: Submitting
 
-    /// Publishes a job (confirmed), through the delay cascade when it is not due yet. With `wait`,
-    /// asks for the result on a private reply queue and waits for it up to `wait`: nil if none came.
-    /// Without `statesMaxRetries` the message carries no retry count: the worker's default for the
-    /// job's name applies.
-    public func submit(_ job: Job, wait: Duration? = nil, statesMaxRetries: Bool = true) throws(AMQPError) -> JobOutcome? {
+    private func blockingSubmit(_ job: Job, wait: Duration?, statesMaxRetries: Bool) throws(AMQPError) -> JobOutcome? {
         let raw = try connect()
         defer { raw.close() }
         try check(raw, topology.brokerQueue(job.priority), arguments: topology.priorityQueueArguments)
@@ -117,24 +140,21 @@ public struct AMQPTools: Sendable {
         guard let wait, replyQueue != nil else { return nil }
         let deadline = ContinuousClock.now + wait
         let wake = EventFD()
-        while ContinuousClock.now < deadline {
-            let next: Incoming = early.isEmpty ? try raw.poll() : .message(early.removeFirst())
+        while true {
+            let next = early.isEmpty ? try raw.nextEvent(waitingUntil: deadline, wake: wake) : .delivery(early.removeFirst())
             switch next {
-            case let .message(reply) where reply.properties.correlationID == job.id.rawValue:
+            case let .delivery(reply)? where reply.properties.correlationID == job.id.rawValue:
                 let status = reply.properties.headers["x-warren-status"]?.stringValue
                 if status == "completed" { return .completed(Data(reply.body)) }
                 let code = reply.properties.headers[WireFormat.Header.deadReason]?.stringValue ?? "unknown"
                 let text = (try? JSONSerialization.jsonObject(with: Data(reply.body)) as? [String: Any])?["error"] as? String ?? code
                 return .deadLettered(.rejected("\(code): \(text)"), errors: [])
-            case .message:
+            case .delivery?, .control?:
                 continue
-            case .frameWaiting:
-                _ = try raw.readFrame()
-            case .nothing:
-                wake.wait(socket: raw.socketDescriptor, for: .milliseconds(200))
+            case nil:
+                return nil
             }
         }
-        return nil
     }
 
     // MARK: Dead letters
@@ -201,9 +221,7 @@ public struct AMQPTools: Sendable {
         }
     }
 
-    /// The dead letters that match, oldest first. Every message stays in the queue: they are
-    /// taken unacked and handed back when the channel closes.
-    public func deadLetters(_ filter: Filter = Filter()) throws(AMQPError) -> [DeadLetter] {
+    private func blockingDeadLetters(_ filter: Filter) throws(AMQPError) -> [DeadLetter] {
         var found: [DeadLetter] = []
         try walkDeadLetters { raw, message, letter throws(AMQPError) in
             guard filter.matches(letter) else { return .keep }
@@ -213,10 +231,7 @@ public struct AMQPTools: Sendable {
         return found
     }
 
-    /// Republishes matching dead letters to their priority queue with the attempt count reset and
-    /// the dead-letter headers removed; each is confirmed before its dead copy is acked (removed).
-    /// Returns how many were replayed.
-    public func replay(_ filter: Filter) throws(AMQPError) -> Int {
+    private func blockingReplay(_ filter: Filter) throws(AMQPError) -> Int {
         var replayed = 0
         try walkDeadLetters { raw, message, letter throws(AMQPError) in
             guard filter.matches(letter) else { return .keep }
@@ -239,8 +254,7 @@ public struct AMQPTools: Sendable {
         return replayed
     }
 
-    /// Removes matching dead letters. Returns how many.
-    public func purge(_ filter: Filter) throws(AMQPError) -> Int {
+    private func blockingPurge(_ filter: Filter) throws(AMQPError) -> Int {
         var purged = 0
         try walkDeadLetters { raw, message, letter throws(AMQPError) in
             guard filter.matches(letter) else { return .keep }
@@ -283,24 +297,19 @@ public struct AMQPTools: Sendable {
         let wake = EventFD()
         let deadline = ContinuousClock.now + .seconds(30)
         var returned: AMQPError?
-        while ContinuousClock.now < deadline {
-            switch try raw.poll() {
-            case .frameWaiting:
-                switch try raw.readFrame() {
-                case .confirmAck:
-                    if let returned { throw returned }
-                    return
-                case .confirmNack:
-                    throw .publishRefused("the broker refused the message")
-                case let .returned(code, text, exchange, key, _):
-                    returned = .unroutable(exchange: exchange, routingKey: key, text: "\(code) \(text)")
-                default:
-                    continue
-                }
-            case let .message(delivery):
+        while let event = try raw.nextEvent(waitingUntil: deadline, wake: wake) {
+            switch event {
+            case .control(.confirmAck):
+                if let returned { throw returned }
+                return
+            case .control(.confirmNack):
+                throw .publishRefused("the broker refused the message")
+            case let .control(.returned(code, text, exchange, key, _)):
+                returned = .unroutable(exchange: exchange, routingKey: key, text: "\(code) \(text)")
+            case .control:
+                continue
+            case let .delivery(delivery):
                 arrived.append(delivery)
-            case .nothing:
-                wake.wait(socket: raw.socketDescriptor, for: .milliseconds(200))
             }
         }
         throw .publishRefused("no confirm from the broker within 30 s")

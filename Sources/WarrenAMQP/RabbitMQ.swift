@@ -739,3 +739,34 @@ extension RawConnection {
         return UInt64(seconds)
     }
 }
+
+/// What the next step of a frame loop found: a delivery, or a frame that is not one (a confirm, a
+/// return, a consumer cancel…).
+package enum WireEvent {
+    case delivery(IncomingMessage)
+    case control(ControlFrame)
+}
+
+extension RawConnection {
+    /// The one step every frame loop here takes (the connection's I/O thread, the admin tools, the
+    /// benchmark's fill): the next delivery or control frame that has arrived. Without a deadline
+    /// it returns nil at once when nothing has; with one, it waits for the socket (or `wake`) until
+    /// then.
+    package func nextEvent(waitingUntil deadline: ContinuousClock.Instant? = nil, wake: EventFD? = nil) throws(AMQPError) -> WireEvent? {
+        while true {
+            switch try poll() {
+            case let .message(message):
+                return .delivery(message)
+            case .frameWaiting:
+                let frame = try readFrame()
+                if case .none = frame { continue }
+                return .control(frame)
+            case .nothing:
+                guard let deadline, let wake else { return nil }
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { return nil }
+                wake.wait(socket: socketDescriptor, for: min(left, .milliseconds(200)))
+            }
+        }
+    }
+}

@@ -42,7 +42,7 @@ struct Submit: AsyncParsableCommand {
             maxRetries: maxRetries ?? configuration.maxRetries)
         let tools = configuration.tools()
         // A delayed job is waited for past its delay.
-        let outcome = try tools.submit(job, wait: wait ? waitFor + delayed : nil, statesMaxRetries: maxRetries != nil)
+        let outcome = try await tools.submit(job, wait: wait ? waitFor + delayed : nil, statesMaxRetries: maxRetries != nil)
         guard wait else {
             print(job.id)
             return
@@ -75,7 +75,7 @@ struct Queues: AsyncParsableCommand {
         var depths: [AMQPTools.QueueDepth] = []
         for name in names.isEmpty ? [configuration.queue] : names {
             do {
-                depths += try configuration.tools(queue: name).depths()
+                depths += try await configuration.tools(queue: name).depths()
             } catch {
                 throw Failure("\(error)")
             }
@@ -114,7 +114,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load()
-            let letters = try configuration.tools().deadLetters(filters.filter())
+            let letters = try await configuration.tools().deadLetters(filters.filter())
             print("ID                                    NAME                      REASON               ATTEMPTS  AGE")
             for letter in letters {
                 print("\(letter.id.rightPadded(37)) \(letter.name.rightPadded(25)) \(letter.reason.rightPadded(20)) \(String(letter.attempts).leftPadded(8))  \(age(letter.deadAt))")
@@ -130,7 +130,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load()
-            guard let letter = try configuration.tools()
+            guard let letter = try await configuration.tools()
                 .deadLetters(AMQPTools.Filter(id: id, limit: 1)).first else {
                 throw ValidationError("no dead letter with id \(id)")
             }
@@ -149,7 +149,7 @@ struct DeadLetters: AsyncParsableCommand {
 
         func run() async throws {
             let configuration = try await options.load()
-            let count = try configuration.tools().replay(filters.filter(id: id))
+            let count = try await configuration.tools().replay(filters.filter(id: id))
             print("replayed \(count) job(s)")
         }
     }
@@ -166,7 +166,7 @@ struct DeadLetters: AsyncParsableCommand {
                 throw ValidationError("give --name, --reason or --id, or --all to purge every dead letter")
             }
             let configuration = try await options.load()
-            let count = try configuration.tools().purge(filters.filter(id: id))
+            let count = try await configuration.tools().purge(filters.filter(id: id))
             print("purged \(count) dead letter(s)")
         }
     }

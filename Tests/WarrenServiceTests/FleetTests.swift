@@ -64,12 +64,12 @@ struct FleetTests {
             let submit = try ChildProcess(TestEnvironment.binary("warren"), ["submit", "poison"], environment: environment)
             #expect(try await submit.exit(within: 60) == .exited(0), "\(submit.output)")
             var deaths = 0
-            func deadLetters() throws -> Int { try tools.depths().first(where: { $0.priority == nil })?.messages ?? 0 }
+            func deadLetters() async throws -> Int { try await tools.depths().first(where: { $0.priority == nil })?.messages ?? 0 }
             // Each worker either takes the job and dies, or finds it dead-lettered by the last death.
             while deaths <= 5 {
                 let deadline = ContinuousClock.now + .seconds(60)
                 var exit: ProcessExit?
-                while exit == nil, try deadLetters() == 0, ContinuousClock.now < deadline {
+                while exit == nil, try await deadLetters() == 0, ContinuousClock.now < deadline {
                     exit = try? await worker.exit(within: 0.2)
                 }
                 // The death that dead-lettered the job may be seen after its dead letter.
@@ -81,7 +81,7 @@ struct FleetTests {
                 worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
             }
             #expect(deaths == 3, "dead-lettered on the third return (delivery limit 2), after \(deaths) deaths")
-            let letters = try tools.deadLetters()
+            let letters = try await tools.deadLetters()
             #expect(letters.count == 1 && letters.first?.reason == "delivery_limit", "\(letters.map(\.reason))")
             #expect(letters.first?.name == "poison" && letters.first?.priority == .normal)
             #expect(letters.first?.deadAt != nil && letters.first?.originalRoutingKey == "\(queue).normal", "RabbitMQ's x-death says when and where")

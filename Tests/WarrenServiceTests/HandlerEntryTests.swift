@@ -67,8 +67,8 @@ struct HandlerEntryTests {
         let flaky = try await submit("entry.flaky", environment)
         // capabilities: [gpu] on a worker that offers none → no_capable_worker, never called.
         let needsGPU = try await submit("entry.gpu", environment)
-        try await waitUntil("two dead letters", within: 60) { ((try? tools.deadLetters())?.count ?? 0) == 2 }
-        let dead = try tools.deadLetters()
+        try await waitUntil("two dead letters", within: 60) { ((try? await tools.deadLetters())?.count ?? 0) == 2 }
+        let dead = try await tools.deadLetters()
         let flakyDead = try #require(dead.first { $0.id == flaky })
         #expect(flakyDead.reason == "retries_exhausted" && flakyDead.attempts == 3, "\(flakyDead)")
         let gpuDead = try #require(dead.first { $0.id == needsGPU })
@@ -87,7 +87,7 @@ struct HandlerEntryTests {
         let (capable, capableEnvironment) = try await serve(queue, service.url, capabilities: "gpu")
         let runs = try await submit("entry.gpu", capableEnvironment)
         try await waitUntil("the gpu job to run", within: 30) { service.completed.contains(runs) }
-        #expect(((try? tools.deadLetters())?.count ?? 0) == 2, "no new dead letter")
+        #expect(((try? await tools.deadLetters())?.count ?? 0) == 2, "no new dead letter")
         capable.signal(SIGTERM)
         #expect(try await capable.exit(within: 30) == .exited(0))
         let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))

@@ -53,7 +53,7 @@ struct HandlerLimitTests {
             ]
             for (name, tag, priority) in jobs {
                 let job = Job(name: name, payload: Data(#"{"tag":"\#(tag)"}"#.utf8), priority: priority)
-                _ = try await onOwnThread { try tools.submit(job) }
+                _ = try await tools.submit(job)
             }
             let running = Task { await worker.runWorker() }
             try await waitUntil("every job to be called", within: 30) { order.withLock { $0.count } == jobs.count }

@@ -170,7 +170,7 @@ struct OperationsTests {
             ids.append(output.trimmingCharacters(in: .whitespacesAndNewlines))
         }
         let tools = AMQPTools(url: try AMQPURL(try TestEnvironment.amqpURL), queue: queue)
-        try await waitUntil("two dead letters", within: 60) { ((try? tools.deadLetters())?.count ?? 0) == 2 }
+        try await waitUntil("two dead letters", within: 60) { ((try? await tools.deadLetters())?.count ?? 0) == 2 }
         serve.signal(SIGTERM)
         #expect(try await serve.exit(within: 30) == .exited(0))
 

@@ -176,8 +176,8 @@ struct RedactionTests {
                 body: Array(#"{"order": 1}"#.utf8)))
         }
         let tools = AMQPTools(url: url, queue: queue)
-        try await waitUntil("three dead letters", within: 60) { ((try? tools.deadLetters())?.count ?? 0) >= 3 }
-        let letters = try tools.deadLetters()
+        try await waitUntil("three dead letters", within: 60) { ((try? await tools.deadLetters())?.count ?? 0) >= 3 }
+        let letters = try await tools.deadLetters()
         var shown: [String] = []
         for letter in letters {
             shown.append(letter.error)
