@@ -219,16 +219,25 @@ public final class AMQPBroker: Broker {
 
     /// Waits until the connection is up (or `timeout` passes); throws the last connection error.
     public func waitUntilReady(timeout: Duration = .seconds(30)) async throws(AMQPError) {
-        let deadline = ContinuousClock.now + timeout
-        while !isReady {
-            if case .closed = connection.status { throw .closed }
-            guard ContinuousClock.now < deadline else {
-                if case let .disconnected(reason) = connection.status {
-                    throw .unreachable(host: configuration.url.host, port: configuration.url.port, reason: reason)
+        // Followed before looking, so a change between the look and the wait is not missed.
+        let updates = connection.statusUpdates
+        if !isReady, connection.status != .closed {
+            _ = await Deadline.first(of: timeout) {
+                for await status in updates {
+                    switch status {
+                    case .connected, .closed: return
+                    case .connecting, .disconnected: continue
+                    }
                 }
-                throw .unreachable(host: configuration.url.host, port: configuration.url.port, reason: "not connected after \(timeout)")
             }
-            try? await Task.sleep(for: .milliseconds(10))
+        }
+        switch connection.status {
+        case .connected: return
+        case .closed: throw .closed
+        case let .disconnected(reason):
+            throw .unreachable(host: configuration.url.host, port: configuration.url.port, reason: reason)
+        case .connecting:
+            throw .unreachable(host: configuration.url.host, port: configuration.url.port, reason: "not connected after \(timeout)")
         }
     }
 
