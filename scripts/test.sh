@@ -56,7 +56,9 @@ if [ $# -gt 0 ]; then
 else
     # The soaks load the machine for a minute each and time every job's start to 50 ms: they run
     # after the other tests, one at a time, so neither they nor the timing of the others suffer.
-    swift test --skip-build --skip SoakTests --skip ClusterTests 2>&1 | tee "$log" || status=$?
+    swift test --skip-build --skip SoakTests --skip ClusterTests --skip BinaryTests 2>&1 | tee "$log" || status=$?
+    # Checks that run the built binaries at full speed: alone, like the soaks.
+    swift test --skip-build --filter BinaryTests 2>&1 | tee -a "$log" || status=$?
     for soak in InMemorySoakTests AMQPSoakTests; do
         swift test --skip-build --filter "$soak" 2>&1 | tee -a "$log" || status=$?
     done

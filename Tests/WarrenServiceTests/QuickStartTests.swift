@@ -67,32 +67,6 @@ struct QuickStartTests {
         try await usingBroker { try await runQuickStart() }
     }
 
-    /// `make bench` runs the in-memory part of `warren-bench`: here with small counts, past the
-    /// point where the queue-operation run reuses its ids (it crashed there once), and the
-    /// `warren` binary no longer knows the command.
-    @Test(.timeLimit(.minutes(2)))
-    func theInMemoryBenchRunsAndIsNotPartOfWarren() async throws {
-        let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), ["--operations", "45000", "--jobs", "5000", "--critical-samples", "20"])
-        #expect(try await bench.exit(within: 90) == .exited(0), "\(bench.output)")
-        for line in ["queue operations (enqueue+dequeue+ack, one thread):", "end-to-end no-op jobs through the worker pool:",
-                     "critical start latency, 10,000 low jobs waiting:"] {
-            #expect(bench.output.contains(line), "\(bench.output)")
-        }
-        let warren = try ChildProcess(TestEnvironment.binary("warren"), ["bench"])
-        #expect(try await warren.exit(within: 30) != .exited(0), "\(warren.output)")
-        // Nor any test or benchmark code: no symbol of those modules and types is linked in. (The
-        // listing is filtered by grep in the child: reading all of it here held a thread of the
-        // test executor for a second, late enough for other tests' timers.)
-        let markers = ["17WarrenTestSupport", "17WarrenConformance", "14AMQPBenchmarks", "11ManualClock", "10SplitMix64", "5Bench"]
-        let nm = try ChildProcess("/bin/sh", [
-            "-c", #"nm "$0" | wc -l; nm "$0" | grep -E "$1" | head -5"#, TestEnvironment.binary("warren"), markers.joined(separator: "|"),
-        ])
-        #expect(try await nm.exit(within: 60) == .exited(0))
-        let lines = nm.lines
-        #expect((Int(lines.first?.trimmingCharacters(in: .whitespaces) ?? "") ?? 0) > 10_000, "nm listed symbols: \(lines.first ?? "")")
-        #expect(lines.count == 1, "symbols of test or bench code in warren: \(lines.dropFirst())")
-    }
-
     func runQuickStart() async throws {
         let quickStart = try Self.readme()
         #expect(quickStart.prints == #"{"confirmed": {"order": 1}}"#)
