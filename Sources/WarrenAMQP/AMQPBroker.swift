@@ -200,8 +200,9 @@ public final class AMQPBroker: Broker {
 
     /// Why the connection is down, if it is.
     public var disconnectReason: String? {
-        if case let .disconnected(reason) = connection.status { return reason }
-        return nil
+        // Also while the next attempt runs: a configuration RabbitMQ refuses is retried every few
+        // seconds, and `/readyz` must say why in between (it said only "not connected").
+        isReady ? nil : connection.failure
     }
 
     /// The priority queues whose consumer the broker cancelled and that are not consumed again yet.

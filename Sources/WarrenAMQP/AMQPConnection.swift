@@ -59,6 +59,8 @@ final class AMQPConnection: Sendable {
     /// Everyone following status changes.
     private let watchers = Followers<Status>(buffer: 64)
     private let currentStatus = Locked(Status.connecting)
+    /// Why the connection was last lost or refused, until it is up again.
+    private let lastFailure = Locked<String?>(nil)
     private let connects = Locked(0)
 
     /// A connection that does not connect yet: the owner builds what needs it, then calls `start`.
@@ -76,8 +78,13 @@ final class AMQPConnection: Sendable {
     ) {
         let loop = IOLoop(
             configuration: configuration, inbox: inbox, wake: wake, setup: setup, onMessage: onMessage, onCancel: onCancel,
-            report: { [watchers, currentStatus, connects] status in
+            report: { [watchers, currentStatus, lastFailure, connects] status in
                 currentStatus.withLock { $0 = status }
+                switch status {
+                case let .disconnected(reason): lastFailure.withLock { $0 = reason }
+                case .connected: lastFailure.withLock { $0 = nil }
+                case .connecting, .closed: break
+                }
                 if case .connected = status, connects.withLock({ count in
                     count += 1
                     return count > 1
@@ -102,6 +109,10 @@ final class AMQPConnection: Sendable {
     }
 
     var status: Status { currentStatus.withLock { $0 } }
+
+    /// Why the connection is not up: the last loss or refusal, also while the next attempt runs
+    /// (nil once connected).
+    var failure: String? { lastFailure.withLock { $0 } }
 
     /// Times a connection or channel was set up (the first included).
     var connectCount: Int { connects.withLock { $0 } }
