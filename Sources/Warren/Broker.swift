@@ -126,7 +126,7 @@ public final class StopSignal: Sendable {
 
     /// Claims the right to settle the attempt: true exactly once.
     public func claimSettlement() -> Bool {
-        if case .none = claimOrStopSettlement() { true } else { false }
+        if case .claimed = claimOrStopSettlement() { true } else { false }
     }
 
     /// For a worker pool reacting to a stop: claims the settlement and starts it with `settle`,
@@ -143,16 +143,23 @@ public final class StopSignal: Sendable {
     /// The settlement a stop started, if one did.
     package var stopSettlement: Task<Void, Never>? { state.withLock { $0.stopSettlement } }
 
-    /// For a worker pool whose handler returned: nil if it may settle the attempt now; otherwise
-    /// the settlement a stop started, to wait for (itself nil if the attempt was settled elsewhere).
-    package func claimOrStopSettlement() -> Task<Void, Never>?? {
+    /// Who settles an attempt whose handler returned.
+    package enum Settler {
+        /// The caller: nothing settled it yet.
+        case claimed
+        /// A stop did, with this settlement (nil: settled elsewhere); wait for it.
+        case stopped(Task<Void, Never>?)
+    }
+
+    /// For a worker pool whose handler returned: whether it settles the attempt now, or a stop did.
+    package func claimOrStopSettlement() -> Settler {
         state.withLock { state in
             guard state.settled else {
                 state.settled = true
                 state.action = nil
-                return .none
+                return .claimed
             }
-            return .some(state.stopSettlement)
+            return .stopped(state.stopSettlement)
         }
     }
 }

@@ -347,8 +347,8 @@ public final class WorkerPool: Sendable {
         // The run is over: its name's place goes back before the settlement, which offers ready
         // jobs to waiting slots again.
         let freed = nameLimits?.give(job.name) ?? false
-        if let stopped = delivery.stop.claimOrStopSettlement() {
-            await stopped?.value
+        if case let .stopped(settlement) = delivery.stop.claimOrStopSettlement() {
+            await settlement?.value
             // Settled by the stop while the handler still ran: nothing offers jobs of this name
             // to waiting slots now that it is back under its limit.
             if freed { await broker.reoffer() }
@@ -419,7 +419,7 @@ public final class WorkerPool: Sendable {
     }
 
     private func release(_ run: UInt64) {
-        let wake = state.withLock { state -> (CheckedContinuation<Void, Never>?, Task<Delivery?, Never>?, CheckedContinuation<Void, Never>?) in
+        let wake = state.withLock { state -> (room: CheckedContinuation<Void, Never>?, pull: Task<Delivery?, Never>?, drained: CheckedContinuation<Void, Never>?) in
             guard let (group, slot, _) = state.handlers.removeValue(forKey: run) else { return (nil, nil, nil) }
             state.free(group, slot)
             let roomWaiter = state.roomWaiter
@@ -431,9 +431,9 @@ public final class WorkerPool: Sendable {
             if state.running == 0 { drained = state.drainWaiter; state.drainWaiter = nil }
             return (roomWaiter, pull, drained)
         }
-        wake.0?.resume()
-        wake.1?.cancel()
-        wake.2?.resume()
+        wake.room?.resume()
+        wake.pull?.cancel()
+        wake.drained?.resume()
     }
 
     // MARK: Shutdown
@@ -461,16 +461,16 @@ public final class WorkerPool: Sendable {
             group.cancelAll()
             if !first {
                 // Past the grace period: stop what still runs, then wait for their tasks to end.
-                let stops = state.withLock { state -> ([StopSignal], CheckedContinuation<Void, Never>?) in
+                let (stops, drainWaiter) = state.withLock { state -> ([StopSignal], CheckedContinuation<Void, Never>?) in
                     defer { state.drainWaiter = nil }
-                    return (state.handlers.values.map(\.2), state.drainWaiter)
+                    return (state.handlers.values.map(\.stop), state.drainWaiter)
                 }
-                for stop in stops.0 { stop.fire(.shutdown) }
-                stops.1?.resume()
+                for stop in stops { stop.fire(.shutdown) }
+                drainWaiter?.resume()
                 // The stops settle the attempts at once, in tasks of their own: done before run()
                 // returns, so a broker closed right after still settles them (a dead letter
                 // published but its original never acked came back after every restart).
-                for stop in stops.0 { await stop.stopSettlement?.value }
+                for stop in stops { await stop.stopSettlement?.value }
             }
             return first
         }
@@ -523,7 +523,8 @@ private struct PoolState {
     var router: Router
     var running = 0
     /// Each running handler's group, slot and stop signal, by run.
-    var handlers: [UInt64: (Int, Slot, StopSignal)] = [:]
+    /// Handlers running now, by run: the group and slot they hold and their stop signal.
+    var handlers: [UInt64: (group: Int, slot: Slot, stop: StopSignal)] = [:]
     var nextRun: UInt64 = 0
     var roomWaiter: CheckedContinuation<Void, Never>?
     var pull: (filter: DeliveryFilter, task: Task<Delivery?, Never>)?
