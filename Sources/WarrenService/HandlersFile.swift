@@ -32,7 +32,8 @@ public struct HandlersFile: Sendable, Equatable {
 
         public var name: String
         public var action: Action
-        public var timeout: Duration
+        /// Per attempt; nil: `worker.default_timeout`.
+        public var timeout: Duration?
         public var retries: Int?
         public var backoff: RetryPolicy?
         /// Most jobs of this name running at once in this worker; nil: only the worker's limit.
@@ -45,7 +46,7 @@ public struct HandlersFile: Sendable, Equatable {
             case let .http(http): "http \(http.method) \(redactor.url(http.url.absoluteString))"
             case let .exec(exec): "exec \(exec.command[0])"
             }
-            return "\(what), timeout \(timeout)\(concurrency.map { ", concurrency \($0)" } ?? "")"
+            return "\(what), timeout \(timeout.map { "\($0)" } ?? "worker.default_timeout")\(concurrency.map { ", concurrency \($0)" } ?? "")"
         }
     }
 
@@ -119,7 +120,7 @@ public struct HandlersFile: Sendable, Equatable {
                 }
                 return value
             }
-            let timeout = try duration(entry.timeout, "timeout", default: .seconds(30))
+            let timeout = try entry.timeout.map { try duration($0, "timeout", default: .zero) }
             if let retries = entry.retries, !(0...100).contains(retries) { throw fail("\(at): retries \(retries) must be 0 to 100") }
             if let concurrency = entry.concurrency, !(1...4_096).contains(concurrency) {
                 throw fail("\(at): concurrency \(concurrency) must be 1 to 4096")

@@ -65,7 +65,7 @@ public struct ServiceConfiguration: Sendable {
         Key("worker.capabilities", nil, "comma-separated capabilities this worker offers (jobs may require them)"),
         Key("worker.shutdown_grace", format(WorkerPoolConfiguration.defaultShutdownGrace),
             "on SIGTERM, how long running jobs may take to finish (at most 720h, like every duration)"),
-        Key("worker.default_timeout", "300s", "timeout of jobs whose message and handler name none; 0 for none"),
+        Key("worker.default_timeout", "30s", "timeout of jobs whose message and handler name none (a handlers file entry without timeout); 0 for none"),
         Key("retry.max_retries", "\(AMQPBroker.Configuration.defaultMaxRetries)", "retries of jobs whose message and handler name none, 0 to 100"),
         Key("retry.base_delay", format(RetryPolicy.default.baseDelay), "backoff before the first retry (doubling, capped, with jitter)"),
         Key("retry.max_delay", format(RetryPolicy.default.maxDelay), "longest backoff, at least retry.base_delay"),

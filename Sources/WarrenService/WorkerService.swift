@@ -42,7 +42,10 @@ public final class WorkerService: Sendable {
             if let backoff = entry.backoff { policies[entry.name] = backoff }
             switch entry.action {
             case let .http(action):
-                let handler = HTTPHandler(action: action, timeout: entry.timeout, client: client, redactor: configuration.redactor)
+                // The request's own deadline: the attempt's timeout (a longer one from the message
+                // still ends the attempt through cancellation).
+                let timeout = entry.timeout ?? configuration.defaultTimeout ?? ServiceConfiguration.longestDuration
+                let handler = HTTPHandler(action: action, timeout: timeout, client: client, redactor: configuration.redactor)
                 try registry.registerRaw(entry.name, timeout: entry.timeout) { payload, context in try await handler.run(payload, context) }
             case let .exec(action):
                 let handler = ExecHandler(action: action)

@@ -72,6 +72,35 @@ struct OperationsTests {
         }
     }
 
+    /// A handlers file entry without a timeout takes `worker.default_timeout` (every entry used to
+    /// get 30 s of its own, so the key changed nothing under `serve`: found from outside).
+    @Test(.timeLimit(.minutes(2)))
+    func anEntryWithoutATimeoutTakesTheWorkersDefault() async throws {
+        try await usingBroker {
+            let queue = TestEnvironment.unique()
+            let dir = try makeTemporaryDirectory()
+            try """
+                handlers:
+                  sleepy:
+                    exec: { command: [/bin/sh, -c, 'sleep 20'] }
+                """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
+            var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml")
+            environment["WARREN_WORKER_DEFAULT_TIMEOUT"] = "1s"
+            let serve = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
+            let base = try await operationsAddress(of: serve)
+            try await waitUntil("/readyz", within: 30) { await get("\(base)/readyz")?.0 == 200 }
+            let started = ContinuousClock.now
+            let (exit, output) = try await Self.warren(["submit", "sleepy", "--max-retries", "0", "--wait", "--timeout", "30s"], environment)
+            #expect(exit == .exited(2) && output.contains("timed out"), "\(output)")
+            #expect(ContinuousClock.now - started < .seconds(15), "the 1 s default ended the 20 s command")
+            serve.signal(SIGTERM)
+            #expect(try await serve.exit(within: 30) == .exited(0))
+            let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
+            defer { raw.close() }
+            try TestBrokerQueues.delete(queue, on: raw)
+        }
+    }
+
     @Test(.timeLimit(.minutes(3)))
     func metricsReadinessWhileDrainingAndSubmitsMessage() async throws {
         try await usingBroker { try await runMetricsAndDraining() }
