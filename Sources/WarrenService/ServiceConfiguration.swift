@@ -64,7 +64,8 @@ public struct ServiceConfiguration: Sendable {
         Key("worker.reserved_critical", "0", "extra slots only critical jobs may use, 0 to 1024 (less than worker.concurrency)"),
         Key("worker.capabilities", nil, "comma-separated capabilities this worker offers (jobs may require them)"),
         Key("worker.shutdown_grace", format(WorkerPoolConfiguration.defaultShutdownGrace),
-            "on SIGTERM, how long running jobs may take to finish (at most 720h, like every duration)"),
+            "on SIGTERM the process ends within it, whatever the broker does; running jobs get all but its last fifth (at most 5 s), "
+                + "kept for settling and closing (at most 720h, like every duration)"),
         Key("worker.default_timeout", "30s", "timeout of jobs whose message and handler name none (a handlers file entry without timeout); 0 for none"),
         Key("retry.max_retries", "\(AMQPBroker.Configuration.defaultMaxRetries)", "retries of jobs whose message and handler name none, 0 to 100"),
         Key("retry.base_delay", format(RetryPolicy.default.baseDelay), "backoff before the first retry (doubling, capped, with jitter)"),
@@ -274,7 +275,9 @@ public struct ServiceConfiguration: Sendable {
         maxRetries = try integer("retry.max_retries", 0...100)
         let base = try duration("retry.base_delay")
         let cap = try duration("retry.max_delay")
-        guard cap >= base else { throw invalid("retry.max_delay", "\(cap)", "at least retry.base_delay (\(base))") }
+        guard cap >= base else {
+            throw invalid("retry.max_delay", values.value("retry.max_delay") ?? "\(cap)", "at least retry.base_delay (\(values.value("retry.base_delay") ?? "\(base)"))")
+        }
         retryPolicy = RetryPolicy(baseDelay: base, maxDelay: cap)
         if let file = values.string("handlers.file") {
             let path = file.hasPrefix("/") ? file : workingDirectory + "/" + file
@@ -303,7 +306,7 @@ public struct ServiceConfiguration: Sendable {
         }
         logLevel = level
         let eventsText = values.value("events.enabled") ?? ""
-        guard let events = Self.boolean(eventsText) else { throw invalid("events.enabled", eventsText, "true or false") }
+        guard let events = Self.boolean(eventsText) else { throw invalid("events.enabled", eventsText, "true or false (or yes/no, on/off, 1/0)") }
         publishesEvents = events
         recentJobs = try integer("jobs.recent", 0...10_000_000)
         guard reservedForCritical < concurrency || reservedForCritical == 0 else {
