@@ -120,7 +120,7 @@ struct ConfigurationTests {
         #expect(orders.action == .http(.init(url: URL(string: "http://orders:8000/confirm")!, method: "POST", headers: ["Authorization": "Bearer t0k"])))
         #expect(orders.timeout == .seconds(10) && orders.retries == 5 && orders.concurrency == 4 && orders.capabilities == ["eu"])
         #expect(orders.backoff?.baseDelay == .seconds(2) && orders.backoff?.maxDelay == .seconds(60))
-        #expect(file.entries[1].timeout == .seconds(30), "30 s unless set")
+        #expect(file.entries[1].timeout == nil, "unset: worker.default_timeout applies")
 
         let bad: [(String, String)] = [
             ("handlers:\n  a:\n    http: {url: ftp://x}\n", "is not an http:// or https:// URL"),
