@@ -28,7 +28,8 @@ struct AMQPConformanceTests {
             // The case closes its broker, pass or fail; its queues go either way.
             var failure: (any Error)?
             do {
-                try await testCase.run { context in
+                // The delay cascade rounds delays up to whole seconds (docs/wire-format.md).
+                try await testCase.run(delayResolution: .seconds(1)) { context in
                     queues.withLock { $0.append(context.queueName) }
                     let broker = AMQPBroker(AMQPBroker.Configuration(
                         url: url, queue: context.queueName, queueType: type, prefetch: 50, retryPolicy: context.configuration.retryPolicy,
