@@ -36,49 +36,56 @@ public final class JobMetrics: Sendable {
         for await event in events { record(event) }
     }
 
-    public func record(_ event: JobEvent) {
+    /// Records one event. Returns how long the attempt it ends ran, in seconds (nil if it ends
+    /// none, or none was seen starting).
+    @discardableResult
+    public func record(_ event: JobEvent) -> Double? {
         switch event.kind {
         case .enqueued, .progress:
-            break
+            return nil
         case .started:
             let running = started.withLock { started in
                 started[event.id] = event.at
                 return started.count
             }
             inFlight.set(running)
+            return nil
         case .completed:
-            finish(event, "completed")
+            return finish(event, "completed")
         case .failed:
-            finish(event, "failed")
+            return finish(event, "failed")
         case .timedOut:
-            finish(event, "timed_out")
+            return finish(event, "timed_out")
         case .cancelled:
-            finish(event, "cancelled")
+            return finish(event, "cancelled")
         case .retrying:
             Counter(label: "warren_retries_total", dimensions: [("queue", queue), ("name", nameLabel(event.name))], factory: factory)
                 .increment()
+            return nil
         case let .deadLettered(reason):
-            finish(event, "dead_lettered")
             Counter(label: "warren_dead_letters_total", dimensions: [("queue", queue), ("reason", reason.code)], factory: factory)
                 .increment()
+            return finish(event, "dead_lettered")
         }
     }
 
     private func nameLabel(_ name: String) -> String { handlerNames.contains(name) ? name : "other" }
 
-    /// Counts the outcome; ends the running attempt, if one was running: its duration and the
-    /// in-flight count.
-    private func finish(_ event: JobEvent, _ outcome: String) {
+    /// Counts the outcome; ends the running attempt, if one was running: its duration (returned)
+    /// and the in-flight count.
+    private func finish(_ event: JobEvent, _ outcome: String) -> Double? {
         Counter(
             label: "warren_jobs_total",
             dimensions: [("queue", queue), ("priority", event.priority.name), ("name", nameLabel(event.name)), ("outcome", outcome)],
             factory: factory
         ).increment()
         let (began, running) = started.withLock { started in (started.removeValue(forKey: event.id), started.count) }
-        guard let began else { return }
+        guard let began else { return nil }
         inFlight.set(running)
-        let nanoseconds = max(0, (event.at.timeIntervalSince(began) * 1e9).rounded())
+        let seconds = event.at.timeIntervalSince(began)
+        let nanoseconds = max(0, (seconds * 1e9).rounded())
         Timer(label: "warren_job_duration_seconds", dimensions: [("queue", queue), ("name", nameLabel(event.name))], factory: factory)
             .recordNanoseconds(nanoseconds < 9.2e18 ? Int64(nanoseconds) : .max)
+        return seconds
     }
 }

@@ -147,7 +147,7 @@ final class Ingest: Sendable {
     /// Enqueues a received job once every dependency is here; then the jobs that waited for it.
     private func admit(_ job: Job, _ message: IncomingMessage, cancelled: Bool) {
         if let missing = job.dependencies.first(where: { local.snapshot($0) == nil }) {
-            holds.hold(job, message, cancelled: cancelled, until: missing, for: configuration.dependencyWait)
+            holds.hold(job, message, cancelled: cancelled, waitingFor: missing, atMost: configuration.dependencyWait)
             // It may have arrived between the look and the wait: look again.
             if local.snapshot(missing) != nil { release(waitingFor: missing) }
             return
@@ -245,7 +245,7 @@ final class DependencyHolds: Sendable {
 
     var isEmpty: Bool { held.withLock { $0.isEmpty } }
 
-    func hold(_ job: Job, _ message: IncomingMessage, cancelled: Bool, until dependency: JobID, for wait: Duration) {
+    func hold(_ job: Job, _ message: IncomingMessage, cancelled: Bool, waitingFor dependency: JobID, atMost wait: Duration) {
         let until = clock.now().addingTimeInterval(wait.timeInterval)
         held.withLock { $0[dependency, default: []].append(Held(job: job, message: message, cancelled: cancelled, until: until)) }
         alarm.arm(at: until)

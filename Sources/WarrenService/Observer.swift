@@ -12,7 +12,6 @@ public final class JobObserver: Sendable {
     private let state: Mutex<State>
 
     struct State {
-        var started: [JobID: Date] = [:]
         var recent: [JobID: JobSummary] = [:]
         var order: [JobID] = []
         var head = 0
@@ -52,13 +51,13 @@ public final class JobObserver: Sendable {
     }
 
     func observe(_ event: JobEvent) {
-        metrics.record(event)
+        // The metrics keep when each attempt started: its duration, for the log line.
+        let duration = metrics.record(event)
         var meta: Logger.Metadata = ["job.id": "\(event.id)", "job.name": "\(event.name)", "job.priority": "\(event.priority.name)"]
         switch event.kind {
         case .enqueued, .progress:
             if case let .progress(percent) = event.kind { update(event) { $0.progress = percent } }
         case let .started(attempt):
-            state.withLock { $0.started[event.id] = event.at }
             update(event) { summary in
                 summary.status = "running"
                 summary.attempt = attempt
@@ -68,18 +67,15 @@ public final class JobObserver: Sendable {
             meta["job.attempt"] = "\(attempt)"
             logger.trace("job started", metadata: meta)
         case .completed:
-            let duration = finish(event)
             update(event) { $0.status = "completed"; $0.finishedAt = event.at; $0.error = nil; $0.progress = 100 }
             if let duration { meta["job.duration_ms"] = "\(Int((duration * 1_000).rounded()))" }
             logger.debug("job completed", metadata: meta)
         case let .failed(attempt, error):
-            _ = finish(event)
             update(event) { $0.status = "failed"; $0.attempt = attempt; $0.error = error; $0.finishedAt = event.at }
             meta["job.attempt"] = "\(attempt)"
             meta["error"] = "\(error)"
             logger.warning("job attempt failed", metadata: meta)
         case let .timedOut(attempt):
-            _ = finish(event)
             update(event) { $0.status = "timed_out"; $0.attempt = attempt; $0.error = "timed out"; $0.finishedAt = event.at }
             meta["job.attempt"] = "\(attempt)"
             logger.warning("job attempt timed out", metadata: meta)
@@ -90,22 +86,14 @@ public final class JobObserver: Sendable {
             meta["error"] = "\(error)"
             logger.info("job will be retried", metadata: meta)
         case .cancelled:
-            _ = finish(event)
             update(event) { $0.status = "cancelled"; $0.finishedAt = event.at }
             logger.info("job cancelled", metadata: meta)
         case let .deadLettered(reason):
-            _ = finish(event)
             update(event) { $0.status = "dead_lettered"; $0.deadLetterReason = reason.code; $0.error = reason.description; $0.finishedAt = event.at }
             meta["reason"] = "\(reason.code)"
             meta["error"] = "\(reason.description)"
             logger.error("job dead-lettered", metadata: meta)
         }
-    }
-
-    /// Ends a running attempt for the log: its duration in seconds.
-    private func finish(_ event: JobEvent) -> Double? {
-        guard let started = state.withLock({ $0.started.removeValue(forKey: event.id) }) else { return nil }
-        return event.at.timeIntervalSince(started)
     }
 
     private func update(_ event: JobEvent, _ change: (inout JobSummary) -> Void) {

@@ -72,10 +72,10 @@ struct WireRobustnessTests {
         let holds = DependencyHolds(clock: clock) { overdue in expired.withLock { $0 += overdue.map { $0.held.job.id.rawValue } } }
         let message = IncomingMessage(
             deliveryTag: 1, redelivered: false, exchange: "", routingKey: "", consumerTag: "", properties: MessageProperties(), body: [])
-        holds.hold(Job(id: "a", name: "x"), message, cancelled: false, until: "p", for: .seconds(10))
+        holds.hold(Job(id: "a", name: "x"), message, cancelled: false, waitingFor: "p", atMost: .seconds(10))
         clock.advance(by: .seconds(4))
-        holds.hold(Job(id: "b", name: "x"), message, cancelled: false, until: "q", for: .seconds(10))
-        holds.hold(Job(id: "c", name: "x"), message, cancelled: false, until: "p", for: .seconds(10))
+        holds.hold(Job(id: "b", name: "x"), message, cancelled: false, waitingFor: "q", atMost: .seconds(10))
+        holds.hold(Job(id: "c", name: "x"), message, cancelled: false, waitingFor: "p", atMost: .seconds(10))
         clock.advance(by: .seconds(5))
         #expect(expired.withLock { $0 }.isEmpty)
         clock.advance(by: .seconds(1))

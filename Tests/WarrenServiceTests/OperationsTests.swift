@@ -25,10 +25,13 @@ struct OperationsTests {
     """
 
     /// A `warren serve` on `queue` with `handlers`; its operations server's base URL.
-    static func serve(queue: String, handlers: String, broker: String? = nil) async throws -> (ChildProcess, String, [String: String]) {
+    static func serve(
+        queue: String, handlers: String, broker: String? = nil, adding extra: [String: String] = [:]
+    ) async throws -> (ChildProcess, String, [String: String]) {
         let dir = try makeTemporaryDirectory()
         try handlers.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
         let environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml", broker: broker)
+            .merging(extra) { $1 }
         let warren = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
         let address = try await operationsAddress(of: warren)
         // On the test broker: ready, so its queues are declared (submit declares nothing).
@@ -78,17 +81,12 @@ struct OperationsTests {
     func anEntryWithoutATimeoutTakesTheWorkersDefault() async throws {
         try await usingBroker {
             let queue = TestEnvironment.unique()
-            let dir = try makeTemporaryDirectory()
-            try """
+            let handlers = """
                 handlers:
                   sleepy:
                     exec: { command: [/bin/sh, -c, 'sleep 20'] }
-                """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
-            var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml")
-            environment["WARREN_WORKER_DEFAULT_TIMEOUT"] = "1s"
-            let serve = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
-            let base = try await operationsAddress(of: serve)
-            try await waitUntil("/readyz", within: 30) { await get("\(base)/readyz")?.0 == 200 }
+                """
+            let (serve, _, environment) = try await Self.serve(queue: queue, handlers: handlers, adding: ["WARREN_WORKER_DEFAULT_TIMEOUT": "1s"])
             let started = ContinuousClock.now
             let (exit, output) = try await Self.warren(["submit", "sleepy", "--max-retries", "0", "--wait", "--timeout", "30s"], environment)
             #expect(exit == .exited(2) && output.contains("timed out"), "\(output)")

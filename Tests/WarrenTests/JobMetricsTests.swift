@@ -46,6 +46,19 @@ struct JobMetricsTests {
         #expect(durations.values.count == 3 && durations.values.allSatisfy { $0 >= 0 })
     }
 
+    /// `record` answers how long the attempt an event ends ran (the service logs it), nil when it
+    /// ends none it saw start.
+    @Test func recordTellsTheAttemptsDuration() {
+        let metrics = JobMetrics(queue: "q", handlerNames: ["x"], factory: TestMetrics())
+        let start = Date(timeIntervalSince1970: 1_800_000_000)
+        func event(_ kind: JobEvent.Kind, at seconds: Double) -> JobEvent {
+            JobEvent(kind, id: "a", name: "x", priority: .normal, at: start.addingTimeInterval(seconds))
+        }
+        #expect(metrics.record(event(.started(attempt: 1), at: 0)) == nil)
+        #expect(metrics.record(event(.completed, at: 2.5)) == 2.5)
+        #expect(metrics.record(event(.completed, at: 3)) == nil, "no attempt of it runs any more")
+    }
+
     /// In a `ServiceGroup`, a graceful shutdown drains the worker and `run()` returns.
     @Test(.timeLimit(.minutes(1)))
     func aServiceGroupsGracefulShutdownDrainsTheWorker() async throws {
