@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+package import FoundationEssentials
+#else
 package import Foundation
+#endif
 import Synchronization
 
 /// One timer for many deadlines: whoever owns a heap of due dates arms the alarm with the earliest,

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Synchronization
 
 /// Where jobs live, in the three roles its callers use: producers submit (`JobSubmitter`), worker

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
 
 /// The wall clock Warren reads and sleeps on. Injected so tests can move time by hand.
 public protocol WarrenClock: Sendable {

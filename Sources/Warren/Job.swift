@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
 
 /// A unit of work: what to run (`name` selects the handler), its input and the rules it runs by.
 ///

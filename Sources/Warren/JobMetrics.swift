@@ -1,5 +1,9 @@
 public import CoreMetrics
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Synchronization
 
 /// Job metrics through swift-metrics, from a broker's job events: whatever backend the process

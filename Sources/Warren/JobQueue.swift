@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
 
 /// How to run one job: everything but its name and input.
 public struct JobOptions: Sendable {

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
 
 /// Why a job was refused at submit. Nothing of a refused batch is enqueued.
 public enum EnqueueRefusal: Error, Sendable, Equatable, CustomStringConvertible {

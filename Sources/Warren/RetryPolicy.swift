@@ -1,4 +1,13 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// How long to wait before the next attempt: exponential backoff with jitter.
 ///
@@ -28,7 +37,7 @@ public struct RetryPolicy: Sendable, Equatable {
     /// The delay after the failed attempt number `attempt` (1 for the first attempt).
     public func delay(afterAttempt attempt: Int, using random: inout some RandomNumberGenerator) -> Duration {
         let exponent = Double(max(0, attempt - 1))
-        let raw = baseDelay.timeInterval * Foundation.pow(multiplier, exponent)
+        let raw = baseDelay.timeInterval * pow(multiplier, exponent)
         let capped = min(raw, maxDelay.timeInterval)
         guard jitter > 0, capped > 0 else { return .seconds(capped) }
         let unit = Double.random(in: 0..<1, using: &random)

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import HeapModule
 
 /// Per-job timeouts for the whole pool: one heap, one alarm. Entries of jobs that ended first are

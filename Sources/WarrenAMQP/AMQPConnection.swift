@@ -1,5 +1,14 @@
 import DequeModule
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import Warren
 import Synchronization
 
@@ -94,9 +103,7 @@ final class AMQPConnection: Sendable {
                 watchers.tell(status)
                 if status == .closed { watchers.finish() }
             })
-        let thread = Thread { loop.run() }
-        thread.name = "warren-amqp-\(configuration.name)"
-        thread.start()
+        startThread(named: "amqp-\(configuration.name)") { loop.run() }
     }
 
     /// Created and started: see `start`.

@@ -1,4 +1,13 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 public import Warren
 
 /// Operations on a Warren queue's broker queues, each on a short connection of its own (never on
@@ -147,7 +156,7 @@ public struct AMQPTools: Sendable {
                 let status = reply.properties.headers["x-warren-status"]?.stringValue
                 if status == "completed" { return .completed(Data(reply.body)) }
                 let code = reply.properties.headers[WireFormat.Header.deadReason]?.stringValue ?? "unknown"
-                let text = (try? JSONSerialization.jsonObject(with: Data(reply.body)) as? [String: Any])?["error"] as? String ?? code
+                let text = (try? JSONDecoder().decode(ErrorReply.self, from: Data(reply.body)))?.error ?? code
                 return .deadLettered(.rejected("\(code): \(text)"), errors: [])
             case .delivery?, .control?:
                 continue
@@ -314,4 +323,9 @@ public struct AMQPTools: Sendable {
         }
         throw .publishRefused("no confirm from the broker within 30 s")
     }
+}
+
+/// The body of a reply for a job that did not complete: `{"error": "…"}`.
+private struct ErrorReply: Decodable {
+    let error: String?
 }

@@ -1,4 +1,9 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+import Warren
 
 /// Where and how to connect: `amqp://user:password@host:port/vhost?heartbeat=10`, or `amqps://` for TLS.
 public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
@@ -42,8 +47,8 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         }
         port = components.port ?? (tls ? 5671 : 5672)
         guard (1...65_535).contains(port) else { throw .invalidURL("port \(port) is out of range") }
-        user = components.percentEncodedUser.flatMap { $0.removingPercentEncoding } ?? "guest"
-        password = components.percentEncodedPassword.flatMap { $0.removingPercentEncoding } ?? "guest"
+        user = components.percentEncodedUser.flatMap(\.percentDecoded) ?? "guest"
+        password = components.percentEncodedPassword.flatMap(\.percentDecoded) ?? "guest"
         let path = components.percentEncodedPath
         guard !path.contains(where: { ", ;".contains($0) }) else {
             throw .invalidURL("""
@@ -54,7 +59,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         if path.isEmpty || path == "/" {
             vhost = "/"
         } else {
-            vhost = String(path.dropFirst()).removingPercentEncoding ?? String(path.dropFirst())
+            vhost = path.dropFirst().percentDecoded ?? String(path.dropFirst())
         }
         heartbeat = 10
         connectTimeout = 10
@@ -87,7 +92,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     /// Every address names the same vhost (the nodes of one cluster share them); one without
     /// user-info takes the first one's user and password.
     public static func list(_ text: String) throws(AMQPError) -> [AMQPURL] {
-        guard !text.trimmingCharacters(in: .whitespaces).isEmpty else { throw .invalidURL("the broker URL is empty") }
+        guard !text.trimmingWhitespace.isEmpty else { throw .invalidURL("the broker URL is empty") }
         var parts: [Substring] = []
         var start = text.startIndex
         for comma in text.indices where text[comma] == "," {
@@ -100,7 +105,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         var urls: [AMQPURL] = []
         for part in parts {
             // A comma not followed by a URL ends an address only when nothing follows it.
-            let trimmed = part.trimmingCharacters(in: .whitespaces)
+            let trimmed = part.trimmingWhitespace
             guard !trimmed.isEmpty, !trimmed.hasSuffix(",") else {
                 throw .invalidURL("an empty address in the list '\(redacted(text))'; separate whole URLs with single commas")
             }
@@ -136,7 +141,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
 
     /// Where the user-info of a URL's text is (before its last `@` ahead of the query), parsed or not.
     public static func userInfo(in text: String) -> Range<String.Index>? {
-        let start = text.range(of: "://")?.upperBound ?? text.startIndex
+        let start = text.firstRange(of: "://")?.upperBound ?? text.startIndex
         let authorityEnd = text[start...].firstIndex { "?#".contains($0) } ?? text.endIndex
         guard let at = text[start..<authorityEnd].lastIndex(of: "@") else { return nil }
         return start..<at

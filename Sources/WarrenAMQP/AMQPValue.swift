@@ -1,4 +1,14 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
+import Warren
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A value in an AMQP field table (message headers, queue arguments).
 public enum AMQPValue: Sendable, Equatable, CustomStringConvertible {
@@ -62,7 +72,7 @@ public enum AMQPValue: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case let .int(value): value
         case let .double(value) where value.rounded() == value && abs(value) < 9e18: Int64(value)
-        case let .string(value): Int64(value.trimmingCharacters(in: .whitespaces))
+        case let .string(value): Int64(value.trimmingWhitespace)
         case let .bytes(value): String(validating: value, as: UTF8.self).flatMap { Int64($0) }
         default: nil
         }

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 @_spi(Transport) import Warren
 
 /// What arrives: decodes each burst of deliveries, dead-letters what is not a job (with the

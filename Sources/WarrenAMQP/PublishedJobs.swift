@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Warren
 
 /// Jobs this process published: their ids for the dedup window, the jobs themselves (without

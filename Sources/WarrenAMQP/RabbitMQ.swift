@@ -2,7 +2,11 @@
 // this file; everything leaves it as Swift values and typed `AMQPError`s.
 import CRabbitMQ
 import CWarrenAMQP
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 @_spi(Transport) import Warren
 
 /// What the AMQP broker knows of its link to RabbitMQ and of its consumers, under one lock.

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 public import Warren
 
 /// The kind of RabbitMQ queue Warren declares.
@@ -236,7 +240,7 @@ public struct Topology: Sendable, Equatable {
     /// What to do about a refused declaration, by the argument RabbitMQ names
     /// (`inequivalent arg 'x-queue-type' for queue …`).
     static func advice(forConflict text: String) -> String {
-        let argument = text.range(of: "inequivalent arg '").flatMap { start in
+        let argument = text.firstRange(of: "inequivalent arg '").flatMap { start in
             text[start.upperBound...].firstIndex(of: "'").map { String(text[start.upperBound..<$0]) }
         }
         let fix = "RabbitMQ cannot change an existing queue's arguments"

@@ -1,4 +1,13 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
 public import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 public import Warren
 
 /// How a Warren job travels as an AMQP message (documented for producers in docs/wire-format.md).
@@ -429,7 +438,7 @@ public enum WireFormat {
             return texts.count == values.count ? texts.filter { !$0.isEmpty } : nil
         case let .some(value):
             guard let text = value.text else { return nil }
-            return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            return text.split(separator: ",").map { $0.trimmingWhitespace }.filter { !$0.isEmpty }
         }
     }
 

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 public import Warren
 
 /// One behaviour of the queue contract, runnable against any broker.
@@ -13,7 +17,7 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
     /// - Parameter delayResolution: how much later than asked the broker may start a delayed job by
     ///   design (the AMQP broker's delay cascade rounds up to whole seconds).
     public func run(delayResolution: Duration = .zero, _ factory: BrokerFactory) async throws {
-        let queueName = "conf-" + name.replacingOccurrences(of: " ", with: "-") + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let queueName = "conf-" + String(name.map { $0 == " " ? "-" : $0 }) + "-" + String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let broker = try await factory(ConformanceContext(queueName: queueName, configuration: configuration))
         do {
             try await ConformanceSuite.$delayResolution.withValue(delayResolution) { try await body(broker) }
@@ -121,7 +125,7 @@ public enum ConformanceSuite {
                 try expectEqual(delivery.job.attempt, attempt, "attempt number")
                 if attempt > 1 {
                     // Backoff before attempt n is 50 ms × 2^(n−2); allow scheduling slack of 10 ms.
-                    let backoff = 0.05 * pow(2, Double(attempt - 2))
+                    let backoff = 0.05 * Double(1 << (attempt - 2))
                     let waited = Date().timeIntervalSince(lastFailure)
                     try expect(waited >= backoff - 0.01, "attempt \(attempt) came after \(waited) s, before its \(backoff) s backoff")
                 }

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 public import Warren
 
 /// A seeded random workload run against any broker for a bounded time, with invariants checked

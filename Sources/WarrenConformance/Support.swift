@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 public import Warren
 
 /// What a broker under test gets: a queue name of its own and the queue's configuration.

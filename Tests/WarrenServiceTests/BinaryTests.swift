@@ -32,4 +32,18 @@ struct BinaryTests {
         #expect((Int(lines.first?.trimmingCharacters(in: .whitespaces) ?? "") ?? 0) > 10_000, "nm listed symbols: \(lines.first ?? "")")
         #expect(lines.count == 1, "symbols of test or bench code in warren: \(lines.dropFirst())")
     }
+
+    /// Warren and WarrenAMQP import FoundationEssentials only, so a process that embeds them (here
+    /// the test worker, built from those two) loads neither full Foundation nor its
+    /// internationalization library and ICU, about 10 MiB resident (scripts/memory.py).
+    @Test(.timeLimit(.minutes(1)))
+    func anEmbeddingProcessLinksNoFullFoundation() async throws {
+        let readelf = try ChildProcess("/bin/sh", ["-c", #"readelf -d "$0" | grep NEEDED"#, TestEnvironment.binary("WarrenTestWorker")])
+        #expect(try await readelf.exit(within: 30) == .exited(0), "\(readelf.output)")
+        let needed = readelf.lines.compactMap { $0.split(separator: "[").last?.split(separator: "]").first.map(String.init) }
+        #expect(needed.contains("libFoundationEssentials.so"), "\(needed)")
+        for library in ["libFoundation.so", "libFoundationInternationalization.so", "lib_FoundationICU.so"] {
+            #expect(!needed.contains(library), "the worker needs \(library): \(needed)")
+        }
+    }
 }

@@ -6,7 +6,11 @@
 //
 // SIGTERM shuts it down gracefully (it then prints "drained" and exits 0).
 import Dispatch
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // an embedder needs no more: a test checks this binary links no full Foundation
+#else
 import Foundation
+#endif
 import Warren
 import WarrenAMQP
 #if canImport(Glibc)
@@ -16,7 +20,7 @@ import Glibc
 let arguments = CommandLine.arguments
 guard arguments.count == 6, let prefetch = UInt16(arguments[3]), let concurrency = Int(arguments[4]),
       let millis = Int(arguments[5]) else {
-    FileHandle.standardError.write(Data("usage: WarrenTestWorker URL QUEUE PREFETCH CONCURRENCY HANDLER_MILLISECONDS\n".utf8))
+    _ = "usage: WarrenTestWorker URL QUEUE PREFETCH CONCURRENCY HANDLER_MILLISECONDS\n".withCString { write(2, $0, strlen($0)) }
     exit(2)
 }
 

@@ -21,4 +21,8 @@ int CWarrenAMQP_eventfd(void);
 // 1 when the eventfd is readable, 0 when it is not, -1 with errno set on failure.
 int CWarrenAMQP_wait(int eventfd, int socket, long long nanoseconds);
 
+// Names the calling thread (the first 15 bytes of `name`) for ps, top and debuggers: Swift's Glibc
+// module does not export pthread_setname_np. Returns 0, or an error number.
+int CWarrenAMQP_name_thread(char const *name);
+
 #endif

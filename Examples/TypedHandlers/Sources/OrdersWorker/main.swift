@@ -6,7 +6,11 @@
 // and publish from anywhere (see docs/wire-format.md), for example:
 //
 //   warren submit orders.total --queue orders --payload '{"items":[{"sku":"a","cents":250,"count":2}]}' --wait
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // Warren needs no more; full Foundation would map ~10 MiB more (ICU)
+#else
 import Foundation
+#endif
 import Logging
 import ServiceLifecycle
 import Warren
