@@ -47,8 +47,12 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         }
         port = components.port ?? (tls ? 5671 : 5672)
         guard (1...65_535).contains(port) else { throw .invalidURL("port \(port) is out of range") }
-        user = components.percentEncodedUser.flatMap(\.percentDecoded) ?? "guest"
-        password = components.percentEncodedPassword.flatMap(\.percentDecoded) ?? "guest"
+        func decoded(_ text: some StringProtocol, _ part: String) throws(AMQPError) -> String {
+            guard let decoded = text.percentDecoded else { throw .invalidURL("the \(part) is not percent-encoded UTF-8 (a % must start an escape such as %25)") }
+            return decoded
+        }
+        user = try components.percentEncodedUser.map { (text) throws(AMQPError) in try decoded(text, "user") } ?? "guest"
+        password = try components.percentEncodedPassword.map { (text) throws(AMQPError) in try decoded(text, "password") } ?? "guest"
         let path = components.percentEncodedPath
         guard !path.contains(where: { ", ;".contains($0) }) else {
             throw .invalidURL("""
@@ -59,7 +63,7 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
         if path.isEmpty || path == "/" {
             vhost = "/"
         } else {
-            vhost = path.dropFirst().percentDecoded ?? String(path.dropFirst())
+            vhost = try decoded(path.dropFirst(), "vhost")
         }
         heartbeat = 10
         connectTimeout = 10

@@ -17,6 +17,16 @@ struct AMQPBasicsTests {
         #expect(try AMQPURL("amqp://h/%2f").vhost == "/")
         #expect(throws: AMQPError.self) { try AMQPURL("http://localhost") }
         #expect(throws: AMQPError.self) { try AMQPURL("amqp://h?heartbeat=-1") }
+        // A % that starts no escape is taken as it is (URLComponents encodes it); escapes that are
+        // not UTF-8 are refused, never replaced (by "guest" or U+FFFD).
+        #expect(try AMQPURL("amqp://app:p%ZZss@h/").password == "p%ZZss")
+        #expect(try AMQPURL("amqp://app:p%@h/").password == "p%")
+        for bad in ["amqp://app:p%C3@h/", "amqp://%FF:p@h/", "amqp://h/v%C3"] {
+            if let url = try? AMQPURL(bad) {
+                Issue.record("\(bad) parsed as user \(url.user), vhost \(url.vhost)")
+            }
+        }
+        #expect(try AMQPURL("amqp://%C3%A9t%C3%A9:%E2%82%AC@h/").user == "été")
     }
 
     @Test func delayRoutingCarriesOneBitPerLevel() {
