@@ -72,6 +72,9 @@ package final class RawConnection {
     private(set) var channelSerial = 0
     /// Strings every delivery carries again (exchange, routing key, consumer tag, content type, type).
     private var recurring = RecurringStrings()
+    /// Messages decoded since the pools were last recycled (see `poll`).
+    private var decodedSinceRecycle = 0
+    private static let messagesPerRecycle = 256
 
     /// The broker's version (`server-properties.version` of `connection.start`), e.g. 4.0.5.
     private(set) var serverVersion = BrokerVersion(major: 0, minor: 0, patch: 0)
@@ -372,21 +375,36 @@ package final class RawConnection {
     }
 
     /// Takes the next delivery if one is already here, without blocking.
+    ///
+    /// Decoding leaves each message's frames in the channel's memory pool until it is recycled;
+    /// recycling walks rabbitmq-c's queued frames and pools (0.3 µs, a tenth of the I/O thread's
+    /// time per job when done for every message), so it is done when nothing more has arrived
+    /// (a burst ended; RPC replies are recycled then too) or every `messagesPerRecycle` messages,
+    /// which bounds the pool to about 100 KB.
     package func poll() throws(AMQPError) -> Incoming {
-        amqp_maybe_release_buffers(state)
+        if decodedSinceRecycle >= Self.messagesPerRecycle { recycleBuffers() }
         var envelope = amqp_envelope_t()
         var zero = timeval(tv_sec: 0, tv_usec: 0)
         let reply = amqp_consume_message(state, &envelope, &zero, 0)
         if reply.reply_type == AMQP_RESPONSE_NORMAL {
+            decodedSinceRecycle += 1
             defer { amqp_destroy_envelope(&envelope) }
             return .message(copy(envelope))
         }
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
-            if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue { return .nothing }
+            if reply.library_error == AMQP_STATUS_TIMEOUT.rawValue {
+                recycleBuffers()
+                return .nothing
+            }
             if reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue { return .frameWaiting }
         }
         try check(reply, "receiving")
         return .nothing
+    }
+
+    private func recycleBuffers() {
+        amqp_maybe_release_buffers(state)
+        decodedSinceRecycle = 0
     }
 
     /// Reads one waiting non-delivery frame (confirms, returns, closes). `.none` if nothing is waiting.

@@ -19,6 +19,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Messages per AMQP run.") var amqpMessages = 100_000
     @Option(help: "Rounds of ceiling-then-Warren; the median ratio is reported.") var amqpRounds = 3
     @Option(help: "Queue type of both the raw loop's queue and Warren's: classic or quorum.") var amqpQueueType = "classic"
+    @Flag(help: "Only Warren's drains, each round on its own (no raw loop, no events or latency run): to profile Warren.")
+    var amqpWarrenOnly = false
 
     func validate() throws {
         guard amqpRounds >= 1 else { throw ValidationError("--amqp-rounds must be 1 or more") }
@@ -47,6 +49,13 @@ struct Bench: AsyncParsableCommand {
     /// speed swings between runs, so each round's ratio is printed and the median is the figure.
     func amqp(url: AMQPURL, count: Int, rounds: Int) async throws {
         print("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(rounds) rounds")
+        if amqpWarrenOnly {
+            for round in 1...rounds {
+                let (warren, cpu) = try await warrenDrain(url: url, count: count, events: false)
+                print(String(format: "round %d: Warren, no-op jobs, events off %6.0f jobs/s, %.2f µs CPU per job", round, warren, cpu * 1e6))
+            }
+            return
+        }
         var ratios: [Double] = [], warrenCPU: [Double] = [], rawCPU: [Double] = []
         for round in 1...rounds {
             let (ceiling, raw, published) = try await ceiling(url: url, count: count)
