@@ -63,11 +63,15 @@ let package = Package(
         ),
         // What Swift cannot call in rabbitmq-c (its variadic login).
         .target(name: "CWarrenAMQP", dependencies: ["CRabbitMQ"]),
+        // The I/O threads' tools (an eventfd, a ppoll wait, named threads): what Swift's Glibc
+        // module does not export, shared by the clients of the broker and of the job-state store.
+        .target(name: "CWarrenIO"),
+        .target(name: "WarrenIO", dependencies: ["CWarrenIO"], swiftSettings: strict),
         // RabbitMQ as a Warren broker.
         .target(
             name: "WarrenAMQP",
             dependencies: [
-                "Warren", "CRabbitMQ", "CWarrenAMQP",
+                "Warren", "WarrenIO", "CRabbitMQ", "CWarrenAMQP",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
@@ -116,7 +120,7 @@ let package = Package(
         .executableTarget(
             name: "WarrenBench",
             dependencies: [
-                "Warren", "WarrenAMQP",
+                "Warren", "WarrenAMQP", "WarrenIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -149,7 +153,7 @@ let package = Package(
         .testTarget(
             name: "WarrenServiceTests",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService", "WarrenTestSupport",
+                "Warren", "WarrenAMQP", "WarrenService", "WarrenIO", "WarrenTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -160,7 +164,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarrenAMQPTests",
-            dependencies: ["Warren", "WarrenAMQP", "WarrenConformance", "WarrenTestSupport"],
+            dependencies: ["Warren", "WarrenAMQP", "WarrenIO", "WarrenConformance", "WarrenTestSupport"],
             swiftSettings: strict
         ),
     ]

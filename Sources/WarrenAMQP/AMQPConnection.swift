@@ -10,6 +10,7 @@ import Glibc
 import Darwin
 #endif
 import Warren
+import WarrenIO
 import Synchronization
 
 /// A RabbitMQ connection served by one dedicated thread, the only one that touches rabbitmq-c.

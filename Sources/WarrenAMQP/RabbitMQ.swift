@@ -1,3 +1,4 @@
+package import WarrenIO
 // The one layer that touches rabbitmq-c: unsafe pointers, C status codes and RPC replies stay in
 // this file; everything leaves it as Swift values and typed `AMQPError`s.
 import CRabbitMQ

@@ -1,5 +1,6 @@
 import Foundation
 import Warren
+import WarrenIO
 import WarrenAMQP
 
 /// Measurements against a real broker, for `warren bench --amqp-url`: the ceiling (a bare

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Warren
+import WarrenIO
 @testable import WarrenAMQP
 
 @Suite("AMQP basics")

@@ -4,6 +4,7 @@ import Warren
 import Glibc
 #endif
 import Testing
+import WarrenIO
 @_exported import WarrenTestSupport
 @testable import WarrenAMQP
 
@@ -96,7 +97,7 @@ enum TestBroker {
 
     /// `restart()` on a thread of its own: it blocks for seconds, which the cooperative pool must not.
     static func restartInBackground() async throws {
-        try await onOwnThread { try restart() }
+        try await onThread(named: "test-restart") { () throws(any Error) in try restart() }
     }
 
     /// Runs a command and waits for it with waitpid. (Foundation's `Process.waitUntilExit` did not

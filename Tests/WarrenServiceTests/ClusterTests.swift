@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenIO
 import Warren
 @testable import WarrenAMQP
 #if canImport(Glibc)
@@ -25,7 +26,7 @@ struct ClusterTests {
         guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_CLUSTER_DIR"] else { throw NotConfigured() }
         let script = TestEnvironment.root.appendingPathComponent("scripts/rabbitmq.sh").path
         let arguments: [String] = ["/bin/bash", script, verb, dir, "\(index)"]
-        let status = try await onOwnThread { () -> Int32 in
+        let status = await onThread(named: "test-cluster") { () -> Int32 in
             var pid: pid_t = 0
             let argv = arguments.map { strdup($0) } + [nil]
             defer { for pointer in argv { free(pointer) } }

@@ -37,12 +37,3 @@ public enum ProcessExit: Equatable, Sendable {
         return result.withLock { $0 }!
     }
 }
-
-/// Runs `body`, a call that blocks its thread (a synchronous broker call that waits for a reply,
-/// a process), on a thread of its own: the cooperative pool has one thread per core (two here),
-/// and a blocked one stalls every other test of the run.
-public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}

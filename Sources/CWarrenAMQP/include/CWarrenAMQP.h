@@ -12,17 +12,4 @@ amqp_rpc_reply_t CWarrenAMQP_login_plain_properties(amqp_connection_state_t stat
                                                     int frame_max, int heartbeat, amqp_table_t const *properties,
                                                     char const *user, char const *password);
 
-// Swift's Glibc module does not export <sys/eventfd.h>: a non-blocking, close-on-exec eventfd that
-// wakes the connection's I/O thread out of poll(). Returns -1 with errno set on failure.
-int CWarrenAMQP_eventfd(void);
-
-// Waits until `eventfd` or `socket` (when >= 0) is readable, or `nanoseconds` pass: ppoll(), which
-// Swift's Glibc module does not export, for waits shorter than poll()'s millisecond. Returns
-// 1 when the eventfd is readable, 0 when it is not, -1 with errno set on failure.
-int CWarrenAMQP_wait(int eventfd, int socket, long long nanoseconds);
-
-// Names the calling thread (the first 15 bytes of `name`) for ps, top and debuggers: Swift's Glibc
-// module does not export pthread_setname_np. Returns 0, or an error number.
-int CWarrenAMQP_name_thread(char const *name);
-
 #endif

@@ -1,13 +1,14 @@
-import CWarrenAMQP
+import CWarrenIO
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-/// Starts `body` on a new detached thread named `name` (its first 15 bytes, as the kernel allows). A thread that cannot be created (the process is out of threads or memory) is a fatal
-/// error, as it is for Foundation's `Thread`.
-func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
+/// Starts `body` on a new detached thread named `name` (its first 15 bytes, as the kernel allows).
+/// A thread that cannot be created (the process is out of threads or memory) is a fatal error, as
+/// it is for Foundation's `Thread`.
+package func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
     final class Start: @unchecked Sendable {
         let name: String
         let body: @Sendable () -> Void
@@ -21,7 +22,7 @@ func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
     var thread = pthread_t()
     let result = pthread_create(&thread, &attributes, { raw in
         let start = Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue()
-        _ = CWarrenAMQP_name_thread(start.name)
+        _ = CWarrenIO_name_thread(start.name)
         start.body()
         return nil
     }, start)
@@ -31,12 +32,14 @@ func startThread(named name: String, _ body: @escaping @Sendable () -> Void) {
     }
 }
 
-/// Runs blocking work (rabbitmq-c calls that wait on the network) on a thread of its own and
-/// awaits its result, so the cooperative pool's few threads never block on it.
-func onThread<T: Sendable>(_ work: @escaping @Sendable () throws(AMQPError) -> T) async throws(AMQPError) -> T {
-    let result: Result<T, AMQPError> = await withCheckedContinuation { continuation in
-        startThread(named: "warren-tools") {
-            do throws(AMQPError) { continuation.resume(returning: .success(try work())) } catch {
+/// Runs blocking work (C calls that wait on the network) on a thread of its own, named `name`,
+/// and awaits its result, so the cooperative pool's few threads never block on it.
+package func onThread<T: Sendable, Failure: Error>(
+    named name: String, _ work: @escaping @Sendable () throws(Failure) -> T
+) async throws(Failure) -> T {
+    let result: Result<T, Failure> = await withCheckedContinuation { continuation in
+        startThread(named: name) {
+            do throws(Failure) { continuation.resume(returning: .success(try work())) } catch {
                 continuation.resume(returning: .failure(error))
             }
         }

@@ -1,31 +1,25 @@
-import CWarrenAMQP
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
-
+import CWarrenIO
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A Linux eventfd: wakes the I/O thread out of `poll` when a command arrives.
+/// A Linux eventfd: wakes an I/O thread out of its wait when a command arrives.
 package final class EventFD: Sendable {
-    let descriptor: Int32
+    package let descriptor: Int32
 
     package init() {
-        descriptor = CWarrenAMQP_eventfd()
+        descriptor = CWarrenIO_eventfd()
         precondition(descriptor >= 0, "eventfd failed: \(String(cString: strerror(errno)))")
     }
 
     deinit { close(descriptor) }
 
-    func signal() {
+    package func signal() {
         var one: UInt64 = 1
         _ = withUnsafeBytes(of: &one) { write(descriptor, $0.baseAddress, 8) }
     }
 
-    func drain() {
+    package func drain() {
         var value: UInt64 = 0
         _ = withUnsafeMutableBytes(of: &value) { read(descriptor, $0.baseAddress, 8) }
     }
@@ -34,6 +28,6 @@ package final class EventFD: Sendable {
     package func wait(socket: Int32?, for timeout: Duration) {
         let (seconds, attoseconds) = timeout.components
         let nanoseconds = max(0, seconds) * 1_000_000_000 + max(0, attoseconds) / 1_000_000_000
-        if CWarrenAMQP_wait(descriptor, socket ?? -1, nanoseconds) == 1 { drain() }
+        if CWarrenIO_wait(descriptor, socket ?? -1, nanoseconds) == 1 { drain() }
     }
 }
