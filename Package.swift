@@ -67,6 +67,22 @@ let package = Package(
         // module does not export, shared by the clients of the broker and of the job-state store.
         .target(name: "CWarrenIO"),
         .target(name: "WarrenIO", dependencies: ["CWarrenIO"], swiftSettings: strict),
+        // hiredis, from Debian's libhiredis-dev: the job-state store's Redis client.
+        // (No pkgConfig: hiredis's .pc file adds -D_FILE_OFFSET_BITS=64, which SwiftPM refuses with a
+        // warning; the header is found as <hiredis/hiredis.h> on the default path.)
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        // The job-state store on Redis (or Valkey): one truth about jobs across instances.
+        .target(
+            name: "WarrenRedis",
+            dependencies: [
+                "Warren", "WarrenIO", "CHiredis",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: strict
+        ),
         // RabbitMQ as a Warren broker.
         .target(
             name: "WarrenAMQP",
@@ -160,6 +176,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "WarrenRedisTests",
+            dependencies: ["Warren", "WarrenRedis", "WarrenTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing (rabbitmq-server, librabbitmq-dev, debootstrap), starts
-# private brokers on 127.0.0.1 for the integration tests (RabbitMQ 4.0, RabbitMQ 3.10 and a three-node
-# RabbitMQ 4.0 cluster; see scripts/rabbitmq.sh), runs `swift test`, and removes the brokers again,
+# Runs every test: installs what is missing (rabbitmq-server, librabbitmq-dev, debootstrap,
+# redis-server, libhiredis-dev), starts private servers on 127.0.0.1 for the integration tests
+# (RabbitMQ 4.0, RabbitMQ 3.10 and a three-node RabbitMQ 4.0 cluster, see scripts/rabbitmq.sh; a Redis
+# for the job-state store, see scripts/redis.sh), runs `swift test`, and removes the servers again,
 # even when tests fail. Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v swift >/dev/null || { echo "Swift 6.2 or newer is needed: https://www.swift.org/install/linux/" >&2; exit 1; }
 
 scripts/rabbitmq.sh install
+scripts/redis.sh install
 scripts/rabbitmq.sh reap
+scripts/redis.sh reap
 main=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)    # RabbitMQ 4.0: the broker of most tests
 legacy=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX)  # RabbitMQ 3.10: the conformance suite runs on both
 cluster=$(mktemp -d /tmp/warren-rabbitmq.XXXXXX) # three RabbitMQ 4.0 nodes for ClusterTests
+redis=$(mktemp -d /tmp/warren-redis.XXXXXX)       # Redis for the job-state store's tests
 run=$(mktemp -d /tmp/warren-test.XXXXXX)          # this run's log and the brokers' environment lines
 log=$run/log
 echo $$ >"$run/owner"
@@ -23,6 +27,7 @@ cleanup() {
     scripts/rabbitmq.sh remove "$main" || true
     scripts/rabbitmq.sh remove "$legacy" || true
     scripts/rabbitmq.sh cluster-remove "$cluster" || true
+    scripts/redis.sh remove "$redis" || true
     rm -rf "$run"
 }
 trap cleanup EXIT
@@ -36,6 +41,7 @@ WARREN_RABBITMQ=3 scripts/rabbitmq.sh start "$legacy" >"$run/legacy.env" &
 starts+=($!)
 scripts/rabbitmq.sh cluster-start "$cluster" >"$run/cluster.env" &
 starts+=($!)
+scripts/redis.sh start "$redis" >"$run/redis.env"
 wait $build
 # The example package must keep compiling against the library.
 swift build --package-path Examples/TypedHandlers
@@ -47,9 +53,9 @@ done
 starts=()
 # shellcheck disable=SC2046 # one VAR=value per word
 export $(cat "$run/main.env") $(sed -n 's/^WARREN_TEST_AMQP_URL=/WARREN_TEST_LEGACY_AMQP_URL=/p' "$run/legacy.env") \
-    $(cat "$run/cluster.env")
+    $(cat "$run/cluster.env") $(cat "$run/redis.env")
 export WARREN_TEST_RABBITMQ_DIR="$main"
-echo "RabbitMQ 4.0 is up at $WARREN_TEST_AMQP_URL, 3.10 at $WARREN_TEST_LEGACY_AMQP_URL, the cluster at $WARREN_TEST_CLUSTER_URLS"
+echo "RabbitMQ 4.0 is up at $WARREN_TEST_AMQP_URL, 3.10 at $WARREN_TEST_LEGACY_AMQP_URL, the cluster at $WARREN_TEST_CLUSTER_URLS, Redis on $(sed -n 's/.*@//p' "$run/redis.env")"
 status=0
 if [ $# -gt 0 ]; then
     swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?

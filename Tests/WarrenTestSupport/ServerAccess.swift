@@ -1,9 +1,12 @@
-/// Tests share the one test broker that `make test` starts (every test target runs in one process);
-/// a test that restarts it needs it alone, and every test that uses it, in any target, says so here.
-/// A test's time limit includes waiting here, so the shared tests' limits leave room for the
+/// Tests share the servers that `make test` starts (every test target runs in one process): a test
+/// that stops or restarts one needs it alone, and every test that uses it, in any target, says so
+/// here. A test's time limit includes waiting here, so the shared tests' limits leave room for the
 /// restart tests.
-public actor BrokerAccess {
-    public static let shared = BrokerAccess()
+public actor ServerAccess {
+    /// The RabbitMQ 4.0 node.
+    public static let rabbitMQ = ServerAccess()
+    /// The Redis server.
+    public static let redis = ServerAccess()
     private var users = 0
     private var exclusive = false
     private var waiting: [(exclusive: Bool, continuation: CheckedContinuation<Void, Never>)] = []
@@ -33,17 +36,22 @@ public actor BrokerAccess {
     private func enter(_ wantsExclusive: Bool) {
         if wantsExclusive { exclusive = true } else { users += 1 }
     }
+
+    /// Runs `body` while using the server; `exclusive` when it stops or restarts it.
+    public nonisolated func using<T: Sendable>(exclusive: Bool = false, _ body: () async throws -> T) async throws -> T {
+        await acquire(exclusive: exclusive)
+        do {
+            let value = try await body()
+            await release(exclusive: exclusive)
+            return value
+        } catch {
+            await release(exclusive: exclusive)
+            throw error
+        }
+    }
 }
 
 /// Runs `body` while using the test broker; `exclusive` when it stops or restarts it.
 public func usingBroker<T: Sendable>(exclusive: Bool = false, _ body: () async throws -> T) async throws -> T {
-    await BrokerAccess.shared.acquire(exclusive: exclusive)
-    do {
-        let value = try await body()
-        await BrokerAccess.shared.release(exclusive: exclusive)
-        return value
-    } catch {
-        await BrokerAccess.shared.release(exclusive: exclusive)
-        throw error
-    }
+    try await ServerAccess.rabbitMQ.using(exclusive: exclusive, body)
 }
