@@ -169,7 +169,7 @@ let package = Package(
         .testTarget(
             name: "WarrenServiceTests",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService", "WarrenIO", "WarrenTestSupport",
+                "Warren", "WarrenAMQP", "WarrenService", "WarrenTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -94,7 +94,7 @@ struct AMQPLifecycleTests {
             let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: 16))
             let service = Task { await broker.run(pool) }
             try await waitUntil("1,000 jobs", within: 60) { completed.withLock { $0.count } >= 1_000 }
-            try await TestBroker.restartInBackground()
+            try await TestBroker.restart()
             try await waitUntil("every job to complete", within: 150) { completed.withLock { $0.count } == ids.count }
             #expect(Set(completed.withLock { $0.keys }) == ids)
             let lostAfter = doneAtLoss.withLock { $0 }

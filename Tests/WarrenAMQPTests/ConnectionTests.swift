@@ -319,7 +319,7 @@ struct AMQPConnectionTests {
             try await connection.publish(OutgoingMessage(exchange: "", routingKey: queue, properties: MessageProperties(deliveryMode: 2), body: [1]))
             _ = try await received.wait(count: 1)
             // Not acked: the broker must redeliver it after the restart, on the new connection.
-            try TestBroker.restart()
+            try await TestBroker.restart()
             try await waitUntil("reconnected", within: 60) {
                 if case let .connected(generation) = connection.status { return generation > 1 } else { return false }
             }

@@ -4,7 +4,6 @@ import Warren
 import Glibc
 #endif
 import Testing
-import WarrenIO
 @_exported import WarrenTestSupport
 @testable import WarrenAMQP
 
@@ -87,29 +86,13 @@ enum TestBroker {
     }
 
     /// Restarts the broker (stop, then start with the same data): for recovery tests.
-    static func restart() throws {
+    static func restart() async throws {
         guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_RABBITMQ_DIR"] else { throw NotConfigured() }
-        let status = run(["/bin/bash", "scripts/rabbitmq.sh", "restart", dir])
-        guard status == 0 else {
-            throw AMQPError.library(status: status, text: "scripts/rabbitmq.sh restart exited with \(status)", during: "restarting the test broker")
+        let script = try ChildProcess("/bin/bash", ["scripts/rabbitmq.sh", "restart", dir], keepStderr: true)
+        let exit = try await script.exit(within: 180)
+        guard exit == .exited(0) else {
+            throw AMQPError.library(status: -1, text: "scripts/rabbitmq.sh restart ended \(exit): \(script.output)", during: "restarting the test broker")
         }
-    }
-
-    /// `restart()` on a thread of its own: it blocks for seconds, which the cooperative pool must not.
-    static func restartInBackground() async throws {
-        try await onThread(named: "test-restart") { () throws(any Error) in try restart() }
-    }
-
-    /// Runs a command and waits for it with waitpid. (Foundation's `Process.waitUntilExit` did not
-    /// return here once the script had left the restarted broker running in the background.)
-    static func run(_ arguments: [String]) -> Int32 {
-        var pid: pid_t = 0
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        guard posix_spawn(&pid, arguments[0], nil, nil, argv, environ) == 0 else { return -1 }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return (status >> 8) & 0xFF
     }
 }
 

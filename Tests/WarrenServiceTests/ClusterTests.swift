@@ -1,6 +1,5 @@
 import Foundation
 import Testing
-import WarrenIO
 import Warren
 @testable import WarrenAMQP
 #if canImport(Glibc)
@@ -21,21 +20,15 @@ struct ClusterTests {
         return text.split(separator: ",").map(String.init)
     }
 
-    /// `scripts/rabbitmq.sh VERB DIR NODE` (node-kill, node-stop, node-start), on a thread of its own.
+    /// `scripts/rabbitmq.sh VERB DIR NODE` (node-kill, node-stop, node-start).
     static func node(_ verb: String, _ index: Int) async throws {
         guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_CLUSTER_DIR"] else { throw NotConfigured() }
         let script = TestEnvironment.root.appendingPathComponent("scripts/rabbitmq.sh").path
-        let arguments: [String] = ["/bin/bash", script, verb, dir, "\(index)"]
-        let status = await onThread(named: "test-cluster") { () -> Int32 in
-            var pid: pid_t = 0
-            let argv = arguments.map { strdup($0) } + [nil]
-            defer { for pointer in argv { free(pointer) } }
-            guard posix_spawn(&pid, "/bin/bash", nil, nil, argv, environ) == 0 else { return -1 }
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            return (status >> 8) & 0xFF
+        let child = try ChildProcess("/bin/bash", [script, verb, dir, "\(index)"], keepStderr: true)
+        let exit = try await child.exit(within: 180)
+        guard exit == .exited(0) else {
+            throw TimedOut(description: "scripts/rabbitmq.sh \(verb) node \(index) ended \(exit): \(child.output)")
         }
-        guard status == 0 else { throw TimedOut(description: "scripts/rabbitmq.sh \(verb) node \(index) exited with \(status)") }
     }
 
     /// The cluster's addresses starting at node `first` (1-based), then the others in order.

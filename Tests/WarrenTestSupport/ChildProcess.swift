@@ -24,10 +24,28 @@ public final class ChildProcess: Sendable {
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { for pointer in argv + envp { free(pointer) } }
+        var attributes = ChildProcess.cleanSignals()
+        defer { posix_spawnattr_destroy(&attributes) }
         var pid: pid_t = 0
-        let status = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard status == 0 else { throw TimedOut(description: "could not start \(executable): \(status)") }
         self.pid = pid
+    }
+
+    /// Spawn attributes that give a child no blocked signals and every signal's default action:
+    /// the test runner's threads block or ignore some, and a child would inherit that (a Redis
+    /// started from a test ignored SIGTERM and was killed only after scripts/redis.sh's 10 s).
+    public static func cleanSignals() -> posix_spawnattr_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        return attributes
     }
 
     deinit {

@@ -1,0 +1,258 @@
+#if canImport(FoundationEssentials)
+package import FoundationEssentials
+#else
+package import Foundation
+#endif
+package import Warren
+
+/// What every instance on a queue knows about its jobs, kept in Redis (or Valkey; a single server
+/// or a primary with replicas, not Redis Cluster: the scripts read keys they compute).
+///
+/// Keys, under `warren:<queue>:`:
+/// - `job:<id>`: a hash (name, status, attempt, progress, instance, result, result_truncated,
+///   error, cancel, created_at, started_at, finished_at, updated_at; times in epoch milliseconds),
+///   expiring `retention` after its last write.
+/// - `instance:<instance>`: an instance's lease, renewed while it lives; a job held by an instance
+///   whose lease expired may be taken by another.
+/// - channels `cancel` (a job id whose cancel was asked) and `done` (`<id> <status>` when a job ends).
+///
+/// Claims (dedup, cancel before arrival) are one script per burst, so that two instances never
+/// both take a job; the other writes are pipelined.
+package final class RedisJobStore: Sendable {
+    package struct Configuration: Sendable {
+        package var queue: String
+        /// This process's name among the instances (unique: host and pid by default).
+        package var instance: String
+        /// How long an instance's lease lasts without renewal: after it, its jobs may run elsewhere.
+        package var lease: Duration = .seconds(10)
+        /// How long a job's record is kept after its last change.
+        package var retention: Duration = .seconds(24 * 3600)
+        /// Results longer than this are stored cut to it, with `result_truncated` set.
+        package var resultLimit = 1 << 20
+
+        package init(queue: String, instance: String) {
+            (self.queue, self.instance) = (queue, instance)
+        }
+    }
+
+    /// What a claim found.
+    package enum Claim: Sendable, Equatable {
+        /// Taken by this instance: run it.
+        case claimed
+        /// It ended already (completed, dead-lettered or cancelled): a duplicate.
+        case finished(JobStatus)
+        /// Queued or running on another instance whose lease is alive: a duplicate for now.
+        case heldElsewhere(instance: String)
+        /// A cancel was asked before it ran: settle it as cancelled, never run it.
+        case cancelled
+    }
+
+    /// What a cancel found.
+    package enum CancelOutcome: Sendable, Equatable {
+        /// Marked: the instance holding it (if any) was told, and one that takes it later will not run it.
+        case requested(status: JobStatus?, instance: String?)
+        /// It had ended already.
+        case finished(JobStatus)
+    }
+
+    /// A job as the store knows it.
+    package struct Record: Sendable, Equatable {
+        package var id: JobID
+        package var name: String?
+        package var status: JobStatus?
+        package var attempt: Int
+        package var progress: Double
+        package var instance: String?
+        package var result: [UInt8]?
+        package var resultTruncated: Bool
+        package var error: String?
+        package var cancelRequested: Bool
+        package var createdAt: Date?
+        package var startedAt: Date?
+        package var finishedAt: Date?
+    }
+
+    /// A change to record.
+    package enum Change: Sendable {
+        case started(attempt: Int)
+        case progress(Double)
+        case retrying(attempt: Int, error: String)
+        case completed(result: [UInt8])
+        case deadLettered(reason: String)
+        case cancelled
+    }
+
+    package let configuration: Configuration
+    private let client: RedisClient
+    private let prefix: String
+
+    package init(client: RedisClient, configuration: Configuration) {
+        self.client = client
+        self.configuration = configuration
+        prefix = "warren:\(configuration.queue):"
+    }
+
+    package var cancelChannel: String { prefix + "cancel" }
+    package var doneChannel: String { prefix + "done" }
+    private func jobKey(_ id: JobID) -> String { prefix + "job:" + id.rawValue }
+    private var leaseKey: String { prefix + "instance:" + configuration.instance }
+    private var retentionMillis: Int64 { Int64(configuration.retention.components.seconds) * 1_000 }
+    private static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1_000).rounded()) }
+
+    /// Renews (or takes) this instance's lease.
+    package func renewLease() async throws(RedisError) {
+        let millis = Int64(configuration.lease.components.seconds) * 1_000 + configuration.lease.components.attoseconds / 1_000_000_000_000_000
+        try await client.command(RedisCommand("SET", leaseKey, "\(ProcessInfo.processInfo.processIdentifier)", "PX", max(1, millis)))
+    }
+
+    /// Gives the lease up (a clean stop): jobs it still held may run elsewhere at once.
+    package func releaseLease() async throws(RedisError) {
+        try await client.command(RedisCommand("DEL", leaseKey))
+    }
+
+    /// Claims arriving jobs for this instance, all in one script: each is claimed unless it ended
+    /// already, a cancel was asked for it, or another live instance holds the same attempt.
+    package func claim(_ jobs: [(id: JobID, name: String, attempt: Int)], now: Date = Date()) async throws(RedisError) -> [Claim] {
+        guard !jobs.isEmpty else { return [] }
+        var arguments: [any RedisArgument] = [Self.claimScript, jobs.count]
+        arguments += jobs.map { jobKey($0.id) }
+        arguments += [configuration.instance, Self.millis(now), prefix + "instance:", retentionMillis, doneChannel, (prefix + "job:").utf8.count + 1]
+        for job in jobs { arguments += [job.name, job.attempt] }
+        let reply = try await client.command(RedisCommand("EVAL", arguments: arguments))
+        guard case let .array(answers) = reply, answers.count == jobs.count else {
+            throw .reply("unexpected answer to the claim script: \(reply)")
+        }
+        return answers.map { answer in
+            let text = answer.text ?? ""
+            if text == "claimed" { return .claimed }
+            if text == "cancelled" { return .cancelled }
+            if text.hasPrefix("finished:"), let status = JobStatus(rawValue: String(text.dropFirst(9))) { return .finished(status) }
+            if text.hasPrefix("held:") { return .heldElsewhere(instance: String(text.dropFirst(5))) }
+            return .claimed
+        }
+    }
+
+    /// Records changes, pipelined; a job that ended is announced on the `done` channel.
+    package func record(_ changes: [(id: JobID, change: Change)], now: Date = Date()) async throws(RedisError) {
+        guard !changes.isEmpty else { return }
+        let at = Self.millis(now)
+        var commands: [RedisCommand] = []
+        for (id, change) in changes {
+            let key = jobKey(id)
+            var fields: [any RedisArgument] = ["updated_at", at, "instance", configuration.instance]
+            var ended: JobStatus?
+            switch change {
+            case let .started(attempt):
+                fields += ["status", JobStatus.running.rawValue, "attempt", attempt, "started_at", at]
+            case let .progress(value):
+                fields += ["progress", "\(min(100, max(0, value.isFinite ? value : 0)))"]
+            case let .retrying(attempt, error):
+                fields += ["status", JobStatus.retrying.rawValue, "attempt", attempt, "error", error]
+            case let .completed(result):
+                let truncated = result.count > configuration.resultLimit
+                fields += ["status", JobStatus.completed.rawValue, "result", Array(result.prefix(configuration.resultLimit)),
+                           "result_truncated", truncated ? 1 : 0, "finished_at", at, "progress", "100"]
+                ended = .completed
+            case let .deadLettered(reason):
+                fields += ["status", JobStatus.deadLettered.rawValue, "error", reason, "finished_at", at]
+                ended = .deadLettered
+            case .cancelled:
+                fields += ["status", JobStatus.cancelled.rawValue, "finished_at", at]
+                ended = .cancelled
+            }
+            commands.append(RedisCommand("HSET", arguments: [key] + fields))
+            commands.append(RedisCommand("PEXPIRE", key, retentionMillis))
+            if let ended { commands.append(RedisCommand("PUBLISH", doneChannel, "\(id.rawValue) \(ended.rawValue)")) }
+        }
+        let replies = try await client.pipeline(commands)
+        if let failure = replies.first(where: { if case .error = $0 { true } else { false } }), case let .error(text) = failure {
+            throw .reply(text)
+        }
+    }
+
+    /// Asks for a job to be cancelled, wherever it is or will be.
+    package func requestCancel(_ id: JobID, now: Date = Date()) async throws(RedisError) -> CancelOutcome {
+        let reply = try await client.command(RedisCommand(
+            "EVAL", Self.cancelScript, 1, jobKey(id), Self.millis(now), retentionMillis, cancelChannel, id.rawValue))
+        let text = reply.text ?? ""
+        if text.hasPrefix("finished:"), let status = JobStatus(rawValue: String(text.dropFirst(9))) { return .finished(status) }
+        let parts = text.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+        let status = parts.count > 1 ? JobStatus(rawValue: String(parts[1])) : nil
+        let instance = parts.count > 2 && !parts[2].isEmpty ? String(parts[2]) : nil
+        return .requested(status: status, instance: instance)
+    }
+
+    /// The job's record, or nil when the store has none (never seen, or past its retention).
+    package func job(_ id: JobID) async throws(RedisError) -> Record? {
+        let reply = try await client.command(RedisCommand("HGETALL", jobKey(id)))
+        guard case let .array(items) = reply, !items.isEmpty else { return nil }
+        var fields: [String: RedisValue] = [:]
+        for index in stride(from: 0, to: items.count - 1, by: 2) {
+            if let name = items[index].text { fields[name] = items[index + 1] }
+        }
+        func date(_ name: String) -> Date? {
+            guard let millis = fields[name]?.integer, (0...253_402_300_799_000).contains(millis) else { return nil }
+            return Date(timeIntervalSince1970: Double(millis) / 1_000)
+        }
+        var result: [UInt8]?
+        if case let .bulk(bytes)? = fields["result"] { result = bytes }
+        let attempt = fields["attempt"]?.integer.flatMap { (0...1_000_000).contains($0) ? Int($0) : nil } ?? 0
+        let progress = fields["progress"]?.text.flatMap(Double.init).flatMap { $0.isFinite ? min(100, max(0, $0)) : nil } ?? 0
+        return Record(
+            id: id, name: fields["name"]?.text, status: fields["status"]?.text.flatMap(JobStatus.init(rawValue:)), attempt: attempt,
+            progress: progress, instance: fields["instance"]?.text, result: result, resultTruncated: fields["result_truncated"]?.text == "1",
+            error: fields["error"]?.text, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
+            startedAt: date("started_at"), finishedAt: date("finished_at"))
+    }
+
+    // MARK: Scripts
+
+    /// KEYS: the jobs' keys. ARGV: instance, now (ms), lease key prefix, retention (ms), the done
+    /// channel, where the id starts in a job's key (1-based), then a name and an attempt per job. A job is claimed unless it ended, a cancel was asked before it
+    /// ran, or another instance with a live lease holds the same (or a later) attempt.
+    static let claimScript = """
+        local instance, now, leases, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+        local done, prefix = ARGV[5], tonumber(ARGV[6])
+        local answers = {}
+        for i, key in ipairs(KEYS) do
+          local name, attempt = ARGV[5 + 2 * i], tonumber(ARGV[6 + 2 * i])
+          local s = redis.call('HMGET', key, 'status', 'instance', 'cancel', 'attempt')
+          local status, holder, cancel, held = s[1], s[2], s[3], tonumber(s[4]) or 0
+          local alive = holder and holder ~= instance and redis.call('EXISTS', leases .. holder) == 1
+          if status == 'completed' or status == 'dead_lettered' or status == 'cancelled' then
+            answers[i] = 'finished:' .. status
+          elseif cancel == '1' then
+            if status == 'running' and alive then
+              answers[i] = 'held:' .. holder
+            else
+              redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'instance', instance)
+              redis.call('PEXPIRE', key, retention)
+              redis.call('PUBLISH', done, string.sub(key, prefix) .. ' cancelled')
+              answers[i] = 'cancelled'
+            end
+          elseif alive and status ~= 'retrying' and held >= attempt then
+            answers[i] = 'held:' .. holder
+          else
+            redis.call('HSET', key, 'status', 'queued', 'instance', instance, 'name', name, 'attempt', attempt, 'updated_at', now)
+            redis.call('HSETNX', key, 'created_at', now)
+            redis.call('PEXPIRE', key, retention)
+            answers[i] = 'claimed'
+          end
+        end
+        return answers
+        """
+
+    /// KEYS: the job's key. ARGV: now (ms), retention (ms), the cancel channel, the job id.
+    static let cancelScript = """
+        local s = redis.call('HMGET', KEYS[1], 'status', 'instance')
+        local status, holder = s[1], s[2]
+        if status == 'completed' or status == 'dead_lettered' or status == 'cancelled' then
+          return 'finished:' .. status
+        end
+        redis.call('HSET', KEYS[1], 'cancel', '1', 'updated_at', ARGV[1])
+        redis.call('HSETNX', KEYS[1], 'created_at', ARGV[1])
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        redis.call('PUBLISH', ARGV[3], ARGV[4])
+        return 'requested:' .. (status or '') .. ':' .. (holder or '')
+        """
+}
