@@ -180,7 +180,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarrenRedisTests",
-            dependencies: ["Warren", "WarrenRedis", "WarrenTestSupport"],
+            dependencies: ["Warren", "WarrenRedis", "WarrenConformance", "WarrenTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

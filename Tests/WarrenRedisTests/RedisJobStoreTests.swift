@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 import Warren
 @testable import WarrenRedis
+import WarrenConformance
 import WarrenTestSupport
 
 /// The job-state store's rules, on the test Redis, with two or three stores standing for instances
@@ -137,6 +138,113 @@ struct RedisJobStoreTests {
             try await a.record([(dead, .deadLettered(reason: "retries_exhausted: boom"))])
             #expect(try await a.job(dead)?.status == .deadLettered)
             #expect(try await a.job(dead)?.error == "retries_exhausted: boom")
+            await client.close()
+        }
+    }
+
+    /// Seeded random histories (arrivals of copies on live instances, starts, ends, retries,
+    /// instance deaths and births, cancels) checked against the rules after every step: a job
+    /// ended never runs again, two live instances never both hold the same attempt, a cancel asked
+    /// before a job runs means it never runs, and a dead instance's jobs go to the next to ask.
+    @Test(.timeLimit(.minutes(2)), arguments: [1, 2, 3, 4] as [UInt64])
+    func randomHistoriesKeepTheRules(seed: UInt64) async throws {
+        try await ServerAccess.redis.using {
+            let client = try await TestRedis.client("store-model")
+            let queue = TestRedis.key("model").replacingOccurrences(of: ":", with: "-")
+            var random = SplitMix64(seed: seed)
+            struct Model {
+                var attempt = 1
+                var finished = false
+                var holder: String?
+                var running = false
+                var retrying = false
+                var cancelAsked = false
+            }
+            var stores: [String: RedisJobStore] = [:]
+            var alive: [String] = []
+            var born = 0
+            func birth() async throws {
+                born += 1
+                let name = "i\(born)"
+                let store = RedisJobStore(client: client, configuration: RedisJobStore.Configuration(queue: queue, instance: name))
+                try await store.renewLease()
+                stores[name] = store
+                alive.append(name)
+            }
+            for _ in 0..<3 { try await birth() }
+            var jobs = Array(repeating: Model(), count: 12)
+            var history: [String] = []
+            for step in 0..<400 {
+                let roll = Int.random(in: 0..<100, using: &random)
+                let index = Int.random(in: 0..<jobs.count, using: &random)
+                let id = JobID("job-\(index)")
+                var job = jobs[index]
+                let holderAlive = job.holder.map(alive.contains) ?? false
+                switch roll {
+                case 0..<40:
+                    let instance = alive[Int.random(in: 0..<alive.count, using: &random)]
+                    let claim = try await stores[instance]!.claim([(id, "work", job.attempt)])[0]
+                    let othersHold = holderAlive && job.holder != instance
+                    let expected: RedisJobStore.Claim
+                    if job.finished {
+                        guard case .finished = claim else {
+                            Issue.record("seed \(seed) step \(step): \(id) ended, yet \(instance) got \(claim); \(history.suffix(8))")
+                            return
+                        }
+                        expected = claim
+                    } else if job.cancelAsked, !(job.running && othersHold) {
+                        expected = .cancelled
+                        job.finished = true
+                    } else if othersHold, !job.retrying {
+                        expected = .heldElsewhere(instance: job.holder!)
+                    } else {
+                        expected = .claimed
+                        (job.holder, job.running, job.retrying) = (instance, false, false)
+                    }
+                    #expect(claim == expected, "seed \(seed) step \(step): \(instance) claiming \(id) attempt \(job.attempt); \(history.suffix(8))")
+                    history.append("\(instance) claims \(id): \(claim)")
+                case 40..<55 where holderAlive && !job.finished && !job.running && !job.retrying:
+                    try await stores[job.holder!]!.record([(id, .started(attempt: job.attempt))])
+                    job.running = true
+                    history.append("\(job.holder!) starts \(id)")
+                case 55..<70 where holderAlive && job.running && !job.finished:
+                    let end: RedisJobStore.Change = [.completed(result: [1]), .deadLettered(reason: "x"), .cancelled][Int.random(in: 0..<3, using: &random)]
+                    try await stores[job.holder!]!.record([(id, end)])
+                    (job.finished, job.running) = (true, false)
+                    history.append("\(job.holder!) ends \(id): \(end)")
+                case 70..<80 where holderAlive && job.running && !job.finished:
+                    try await stores[job.holder!]!.record([(id, .retrying(attempt: job.attempt, error: "failed"))])
+                    (job.running, job.retrying, job.attempt) = (false, true, job.attempt + 1)
+                    history.append("\(job.holder!) retries \(id)")
+                case 80..<85 where alive.count > 1:
+                    // An instance dies: its lease is gone (as when it expires).
+                    let dead = alive.remove(at: Int.random(in: 0..<alive.count, using: &random))
+                    try await stores[dead]!.releaseLease()
+                    history.append("\(dead) dies")
+                case 85..<90:
+                    try await birth()
+                    history.append("i\(born) is born")
+                case 90..<100:
+                    let outcome = try await stores[alive[0]]!.requestCancel(id)
+                    if job.finished {
+                        guard case .finished = outcome else {
+                            Issue.record("seed \(seed) step \(step): cancelling ended \(id) answered \(outcome)")
+                            return
+                        }
+                    } else {
+                        guard case .requested = outcome else {
+                            Issue.record("seed \(seed) step \(step): cancelling \(id) answered \(outcome); \(history.suffix(8))")
+                            return
+                        }
+                        job.cancelAsked = true
+                    }
+                    history.append("cancel \(id): \(outcome)")
+                default:
+                    continue
+                }
+                jobs[index] = job
+            }
+            #expect(history.count > 200, "the histories did things: \(history.count) steps")
             await client.close()
         }
     }
