@@ -34,19 +34,11 @@ ROOT4=${WARREN_RABBITMQ4_ROOT:-/var/cache/warren/rabbitmq-trixie}
 ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none"
 
 install() {
-    local missing=()
-    dpkg -s librabbitmq-dev >/dev/null 2>&1 || missing+=(librabbitmq-dev)
-    dpkg -s rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
-    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    local packages=(librabbitmq-dev rabbitmq-server)
+    command -v debootstrap >/dev/null 2>&1 || packages+=(debootstrap)
     # The compose file is checked with `docker-compose config` (no docker engine needed).
-    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-    ((${#missing[@]})) || return 0
-    echo "installing ${missing[*]} …" >&2
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    command -v docker-compose >/dev/null 2>&1 || packages+=(docker-compose)
+    "$(dirname "$0")/apt-install.sh" "${packages[@]}"
 }
 
 # ── the Debian 13 folder for RabbitMQ 4 ──

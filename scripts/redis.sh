@@ -13,19 +13,12 @@
 set -euo pipefail
 
 install() {
-    local missing=()
-    dpkg -s redis-server >/dev/null 2>&1 || missing+=(redis-server)
-    dpkg -s libhiredis-dev >/dev/null 2>&1 || missing+=(libhiredis-dev)
-    ((${#missing[@]})) || return 0
-    echo "installing ${missing[*]} …" >&2
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    local fresh=0
+    dpkg -s redis-server >/dev/null 2>&1 || fresh=1
+    "$(dirname "$0")/apt-install.sh" redis-server libhiredis-dev
     # The package enables a system-wide server; the tests start their own.
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+    if ((fresh)) && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now redis-server >/dev/null 2>&1 || sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
     fi
 }
 
