@@ -9,9 +9,11 @@ second runs the TypedHandlers example (Warren embedded as a library) with its `o
 Each gets a queue of its own. RSS and PSS come from /proc/PID/smaps_rollup once the worker consumes
 and has been idle a while; then the backlog is published (pika, as docs/wire-format.md shows) and
 sampled every 50 ms until the queue is empty; CPU is the worker's user and system time for the
-drain. Needs python3 with pika; everything it starts it stops.
+drain. Needs python3 with pika. Everything it starts it stops, and it deletes the queue's broker queues
+and its temporary folder. PSS divides shared libraries' pages among the processes that map them, so
+it is lower on a machine where other Swift processes run.
 """
-import argparse, http.server, json, os, signal, subprocess, sys, tempfile, threading, time, uuid
+import argparse, http.server, json, os, shutil, signal, subprocess, sys, tempfile, threading, time, uuid
 
 import pika
 
@@ -84,9 +86,11 @@ def main():
         command, name, body = [args.embedded], "orders.total", json.dumps({"items": [{"sku": "a", "cents": 250, "count": 2}]})
     else:
         command, name, body = [args.warren, "serve"], "noop", json.dumps({"n": 1})
+    print(f"queue {queue}", file=sys.stderr)
     worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    connection = pika.BlockingConnection(pika.URLParameters(args.url))
+    connection = None
     try:
+        connection = pika.BlockingConnection(pika.URLParameters(args.url))
         channel = connection.channel()
         wait_consuming(channel, f"{queue}.normal", worker, time.monotonic() + 30)
         channel = connection.channel()
@@ -131,10 +135,20 @@ def main():
                                    capture_output=True, text=True).stdout.split()
         print("Foundation libraries mapped:", ", ".join(sorted(set(libraries))) or "none")
     finally:
-        connection.close()
         worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        if connection is not None and connection.is_open:
+            # The queue's broker queues (the delay cascade is shared by every queue and stays).
+            channel = connection.channel()
+            for suffix in ("critical", "high", "normal", "low", "background", "dead"):
+                channel.queue_delete(queue=f"{queue}.{suffix}")
+            connection.close()
         server.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

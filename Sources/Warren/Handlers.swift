@@ -146,6 +146,11 @@ func describe<T>(_ error: any Error, decoding type: T.Type) -> String {
         return "\(target): \(path(context)) should be \(expected): \(context.debugDescription)"
     case let .valueNotFound(expected, context):
         return "\(target): \(path(context)) is null, expected \(expected)"
+    case let .dataCorrupted(context) where context.codingPath.isEmpty:
+        // Foundation's JSONDecoder says "not valid JSON", naming no field, also of valid JSON
+        // holding a number its field's type cannot take.
+        return "\(target): the payload does not decode: \(context.debugDescription) "
+            + "(JSONDecoder says so too of a number its field cannot hold, such as 1.5 or 1e30 for an Int)"
     case let .dataCorrupted(context):
         return "\(target): \(path(context)) is not valid: \(context.debugDescription)"
     @unknown default:

@@ -1,4 +1,5 @@
 public import ServiceLifecycle
+import Logging
 
 /// A broker and the worker pool that runs its jobs, as one swift-service-lifecycle `Service`: put
 /// it in a `ServiceGroup` and SIGTERM (or any graceful shutdown) drains it.
@@ -55,6 +56,9 @@ public struct WarrenWorker: Service {
         } onCancel: {
             stop.finish()
         }
+        pool.configuration.logger.info(
+            "stopping: taking no new jobs, handing unstarted ones back, letting running ones finish",
+            metadata: ["running": "\(pool.running)", "grace": "\(pool.configuration.shutdownGrace)"])
         pool.shutdown()
         await broker.stopTakingWork()
         await runner.value

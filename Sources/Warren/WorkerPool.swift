@@ -77,7 +77,7 @@ public struct WorkerPoolConfiguration: Sendable {
 public final class WorkerPool: Sendable {
     private let broker: any WorkSource
     private let registry: HandlerRegistry
-    private let configuration: WorkerPoolConfiguration
+    let configuration: WorkerPoolConfiguration
     private let clock: any WarrenClock
     private let timeouts: Timeouts
     private let state: Locked<PoolState>

@@ -101,14 +101,14 @@ public enum WireFormat {
         }
         if let version = headers[Header.version] {
             guard let number = version.integer, (1...Self.version).contains(number) else {
-                return bad("\(Header.version) '\(show(version))' is not supported (an int; this worker reads version \(Self.version))")
+                return bad("\(Header.version) \(quoted(version)) is not supported (an int; this worker reads version \(Self.version))")
             }
         }
         var name = queue
         if let type = p.type, !type.isEmpty {
             name = type
         } else if let value = headers[Header.job] {
-            guard let text = value.text else { return bad("\(Header.job) '\(show(value))' is not a string") }
+            guard let text = value.text else { return bad("\(Header.job) \(quoted(value)) is not a string") }
             name = text
         }
         guard !name.isEmpty, name.utf8.count <= 255, !name.contains(where: { $0.isNewline }) else {
@@ -116,13 +116,13 @@ public enum WireFormat {
         }
         if let named = headers[Header.priority] {
             guard let text = named.text, JobPriority(name: text) != nil else {
-                return bad("\(Header.priority) '\(show(named))' is not one of critical, high, normal, low, background")
+                return bad("\(Header.priority) \(quoted(named)) is not one of critical, high, normal, low, background")
             }
         }
         var attempt = 1
         if let value = headers[Header.attempt] {
             guard let number = value.integer, attemptRange.contains(number) else {
-                return bad("\(Header.attempt) '\(show(value))' is not an int from 1 to 100000")
+                return bad("\(Header.attempt) \(quoted(value)) is not an int from 1 to 100000")
             }
             attempt = Int(number)
         }
@@ -131,14 +131,14 @@ public enum WireFormat {
         if let value = headers[Header.maxRetries] {
             let limit = Int64(max(0, limits.maxRetries))
             guard let number = value.integer, (0...limit).contains(number) else {
-                return bad("\(Header.maxRetries) '\(show(value))' is not an int from 0 to \(limit)")
+                return bad("\(Header.maxRetries) \(quoted(value)) is not an int from 0 to \(limit)")
             }
             maxRetries = Int(number)
         }
         var deadline: Date?
         if let value = headers[Header.deadline] {
             guard let date = date(value) else {
-                return bad("\(Header.deadline) '\(show(value))' is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
+                return bad("\(Header.deadline) \(quoted(value)) is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
             }
             deadline = date
         }
@@ -151,7 +151,7 @@ public enum WireFormat {
         }
         if let value = headers[Header.created] {
             guard let date = date(value) else {
-                return bad("\(Header.created) '\(show(value))' is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
+                return bad("\(Header.created) \(quoted(value)) is not a timestamp, an int of epoch milliseconds or an ISO 8601 string, from 1970 to 9999")
             }
             createdAt = date
         }
@@ -160,14 +160,14 @@ public enum WireFormat {
             // Bounded by a day by default; a configured limit is clamped so the product cannot overflow.
             let maxMillis = Int64(max(1, min(limits.maxTimeout / .milliseconds(1), 1e15)))
             guard let millis = value.integer, (1...maxMillis).contains(millis) else {
-                return bad("\(Header.timeout) '\(show(value))' is not an int of milliseconds from 1 to \(maxMillis)")
+                return bad("\(Header.timeout) \(quoted(value)) is not an int of milliseconds from 1 to \(maxMillis)")
             }
             timeout = .milliseconds(millis)
         }
         var notBefore: Date?
         if let value = headers[Header.delay] {
             guard let millis = value.integer, delayRange.contains(millis) else {
-                return bad("\(Header.delay) '\(show(value))' is not an int of milliseconds from 0 to \(delayRange.upperBound)")
+                return bad("\(Header.delay) \(quoted(value)) is not an int of milliseconds from 0 to \(delayRange.upperBound)")
             }
             if millis > 0 { notBefore = now.addingTimeInterval(Double(millis) / 1_000) }
         }
@@ -179,20 +179,20 @@ public enum WireFormat {
         }
         var affinity: String?
         if let value = headers[Header.affinity] {
-            guard let text = value.text else { return bad("\(Header.affinity) '\(show(value))' is not a string") }
+            guard let text = value.text else { return bad("\(Header.affinity) \(quoted(value)) is not a string") }
             affinity = text
         }
         var metadata: [String: String] = [:]
         if let value = headers[Header.metadata] {
             guard case let .table(table) = value else { return bad("\(Header.metadata) must be a table of strings") }
             for (key, value) in table where !reservedMetadataKeys.contains(key) {
-                guard let text = value.text else { return bad("\(Header.metadata) '\(key)' is '\(show(value))', not a string") }
+                guard let text = value.text else { return bad("\(Header.metadata) '\(key)' is \(quoted(value)), not a string") }
                 metadata[key] = text
             }
         }
         for header in [Header.traceparent, Header.tracestate] {
             guard let value = headers[header] else { continue }
-            guard let trace = value.text else { return bad("\(header) '\(show(value))' is not a string") }
+            guard let trace = value.text else { return bad("\(header) \(quoted(value)) is not a string") }
             metadata[header] = trace
         }
         guard let errors = errors(headers[Header.errors], now: now) else {
@@ -226,6 +226,23 @@ public enum WireFormat {
     /// A header value as an error message shows it: short, on one line.
     static func show(_ value: AMQPValue) -> String {
         String(value.description.prefix(80).map { $0.isNewline ? " " : $0 })
+    }
+
+    /// A header's value for an error message, quoted, with its type when it is not an int (a
+    /// string "1000" reads like a right value otherwise).
+    static func quoted(_ value: AMQPValue) -> String {
+        let kind = switch value {
+        case .int: ""
+        case .string, .bytes: " (a string)"
+        case .double: " (a float)"
+        case .bool: " (a boolean)"
+        case .timestamp: " (a timestamp)"
+        case .array: " (an array)"
+        case .table: " (a table)"
+        case .decimal: " (a decimal)"
+        case .void: " (void)"
+        }
+        return "'\(show(value))'\(kind)"
     }
 
     /// The message for a job: its properties and body. Every number is clamped to what the format

@@ -131,6 +131,12 @@ struct EnvelopeTests {
             }
             #expect(isMalformed(decoded(message)), "\(header) = \(value)")
         }
+        // A number sent as a string reads like a right value: the reason says its type.
+        guard case let .failure(reason) = decoded(incoming(headers: [WireFormat.Header.timeout: .string("1000")])) else {
+            Issue.record("a string timeout was accepted")
+            return
+        }
+        #expect("\(reason)".contains("'1000' (a string) is not an int"), "\(reason)")
     }
 
     /// Where the doc allows several forms, each is read.

@@ -119,14 +119,18 @@ struct RedisClientTests {
             var url = try TestRedis.url
             url.password = "not-the-password"
             let client = RedisClient(url: url, name: "wrong-password")
-            do {
-                try await client.waitUntilConnected(within: .seconds(2))
-                Issue.record("connected with a wrong password")
-            } catch let error {
-                #expect("\(error)".contains("WRONGPASS") || "\(error)".contains("invalid password"), "\(error)")
+            try await waitUntil("the login is refused", within: 20) {
+                if case .down = client.status { true } else { false }
             }
             guard case let .down(why) = client.status else { Issue.record("status \(client.status)"); return }
+            #expect(why.contains("WRONGPASS") || why.contains("invalid password"), "\(why)")
             #expect(!why.contains("not-the-password"), "the password never shows: \(why)")
+            do {
+                try await client.waitUntilConnected(within: .milliseconds(200))
+                Issue.record("connected with a wrong password")
+            } catch {
+                #expect("\(error)".contains("WRONGPASS") || "\(error)".contains("invalid password"), "the wait says why: \(error)")
+            }
             await #expect(throws: RedisError.self) { try await client.command(RedisCommand("PING")) }
             await client.close()
         }

@@ -38,3 +38,27 @@ struct TextTests {
         #expect(decoded > 1_000 && decoded < 19_000, "\(decoded) of 20,000 decoded")
     }
 }
+
+/// What a handler's typed input reports when a payload does not decode.
+@Suite("decoding errors")
+struct DecodingErrorTests {
+    struct Item: Decodable { var cents: Int }
+    struct Order: Decodable { var items: [Item] }
+
+    @Test func sayWhichFieldOrWhatKindOfValueIsWrong() {
+        func reason(_ body: String) -> String {
+            do {
+                _ = try JSONDecoder().decode(Order.self, from: Data(body.utf8))
+                return "decoded"
+            } catch {
+                return describe(error, decoding: Order.self)
+            }
+        }
+        #expect(reason(#"{"items":[{"cents":"x"}]}"#).contains("'items.[0].cents' should be Int"))
+        #expect(reason(#"{"items":[{}]}"#).contains("missing key 'cents'"))
+        // Foundation names no field for a number that does not fit: the reason says that is what it may be.
+        for body in [#"{"items":[{"cents":1e30}]}"#, #"{"items":[{"cents":1.5}]}"#] {
+            #expect(reason(body).contains("a number its field cannot hold"), "\(reason(body))")
+        }
+    }
+}

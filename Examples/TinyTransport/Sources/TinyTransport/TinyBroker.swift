@@ -10,6 +10,7 @@ public final class MessageLog: Sendable {
         var unacked: [UInt64: Job] = [:]
         var acked = 0
         var dead: [Job] = []
+        var returned: [Job] = []
     }
     private let state = Mutex(State())
 
@@ -19,6 +20,8 @@ public final class MessageLog: Sendable {
     public var unackedCount: Int { state.withLock { $0.unacked.count } }
     public var ackedCount: Int { state.withLock { $0.acked } }
     public var deadLetters: [Job] { state.withLock { $0.dead } }
+    /// Messages given back unsettled, for another consumer (a nack with requeue).
+    public var returned: [Job] { state.withLock { $0.returned } }
 
     /// Publishes the jobs and delivers them at once: their delivery tags.
     func publishAndDeliver(_ jobs: [Job]) -> [UInt64] {
@@ -40,6 +43,13 @@ public final class MessageLog: Sendable {
     func deadLetter(_ tag: UInt64, as job: Job) {
         state.withLock { state in
             if state.unacked.removeValue(forKey: tag) != nil { state.dead.append(job) }
+        }
+    }
+
+    /// Puts delivered messages back for another consumer.
+    func giveBack(_ tags: [UInt64]) {
+        state.withLock { state in
+            for tag in tags { if let job = state.unacked.removeValue(forKey: tag) { state.returned.append(job) } }
         }
     }
 
@@ -102,6 +112,13 @@ public final class TinyBroker: Broker {
     }
     public func reportProgress(_ id: JobID, _ percent: Double) async { engine.reportProgress(id, percent) }
     public func reoffer() async { engine.reoffer() }
+
+    /// A worker is stopping: no job that has not started will start here, so their messages go
+    /// back to the wire at once, for other consumers; running jobs still settle. (`WorkSource`
+    /// gives this a default that does nothing, right only for a broker with nothing to give back.)
+    public func stopTakingWork() async {
+        log.giveBack(engine.withdrawUnstarted().compactMap { tags.take($0.id) })
+    }
 
     // MARK: JobObserving
 

@@ -30,4 +30,17 @@ struct TinyTransportTests {
         #expect(broker.log.ackedCount == 20 && broker.log.deadLetters.map(\.id) == ["f"] && broker.log.unackedCount == 0)
         await #expect(throws: EnqueueRefusal.self) { try await TinyBroker().enqueue([Job(id: "a", name: "x"), Job(id: "a", name: "x")]) }
     }
+
+    /// Stopping gives the jobs that have not started back to the wire, and only those.
+    @Test(.timeLimit(.minutes(1)))
+    func stoppingGivesUnstartedJobsBack() async throws {
+        let broker = TinyBroker()
+        try await broker.enqueue((0..<5).map { Job(id: JobID("j\($0)"), name: "x") })
+        let running = try #require(await broker.tryNext(.any))
+        await broker.stopTakingWork()
+        #expect(Set(broker.log.returned.map(\.id)) == Set(["j0", "j1", "j2", "j3", "j4"]).subtracting([running.job.id]))
+        await broker.settle(running, .completed(Data()))
+        #expect(broker.log.ackedCount == 1 && broker.log.unackedCount == 0)
+        await broker.close()
+    }
 }

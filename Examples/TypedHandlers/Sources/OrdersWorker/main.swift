@@ -48,7 +48,16 @@ try handlers.register(orderTotal, timeout: .seconds(5)) { order, context in
     // A payload that does not decode as `Order` never gets here: it is dead-lettered with the field named.
     guard !order.items.isEmpty else { throw JobRejected(EmptyOrder().description) }  // no retry: it can never succeed
     await context.progress(50)
-    return Total(cents: order.items.reduce(0) { $0 + $1.cents * $1.count }, items: order.items.count)
+    // Numbers come from outside: arithmetic that overflows would trap and take the whole worker
+    // down (and, on classic queues, again on every redelivery), so it is checked and refused.
+    var cents = 0
+    for item in order.items {
+        let (line, lineOverflow) = item.cents.multipliedReportingOverflow(by: item.count)
+        let (sum, sumOverflow) = cents.addingReportingOverflow(line)
+        guard !lineOverflow, !sumOverflow else { throw JobRejected("the order's total does not fit in 64 bits") }
+        cents = sum
+    }
+    return Total(cents: cents, items: order.items.count)
 }
 try handlers.register(sendReceipt, timeout: .seconds(30)) { receipt, context in
     // Throwing fails this attempt; it is retried with backoff, then dead-lettered.
