@@ -11,7 +11,7 @@ struct Submit: AsyncParsableCommand {
     @Argument(help: "The job name (its handler).") var name: String
     @Option(help: "The payload, JSON.") var payload = "{}"
     @Option(help: "critical, high, normal, low or background.") var priority = "normal"
-    @Option(help: "Run no earlier than this from now (30s, 5m…).") var delay: String?
+    @Option(help: "Run no earlier than this from now (30s, 5m…; at most 720h, as every duration here: a producer may publish longer delays, see docs/wire-format.md).") var delay: String?
     @Option(help: "Retries if it fails.") var maxRetries: Int?
     @Option(help: "Job id (default: a new UUID); a job id already seen is dropped as a duplicate.") var id: String?
     @Flag(help: "Wait for the result (through a reply queue) and print it.") var wait = false
