@@ -68,6 +68,12 @@ package final class RedisClient: Sendable {
         }
     }
 
+    /// A client dropped without `close` stops its thread all the same.
+    deinit {
+        inbox.withLock { $0.closing = true }
+        wake.signal()
+    }
+
     package var status: Status { inbox.withLock { $0.status } }
 
     /// Sends `commands` together and returns their replies in order. An error reply is a value
@@ -265,13 +271,18 @@ private final class IOLoop: @unchecked Sendable {
                 return
             }
             var wrote = false
+            // Pending before they are written: if writing fails, the caller fails them all.
+            var taken = 0
             for request in requests {
                 if subscriptions != nil {
                     request.continuation.resume(returning: .failure(.invalid("a subscriber takes no commands")))
                     continue
                 }
-                for command in request.commands { try connection.append(command.arguments) }
                 pending.append(Pending(request: request, expected: request.commands.count))
+                taken += 1
+            }
+            for entry in pending.suffix(taken) {
+                for command in entry.request?.commands ?? [] { try connection.append(command.arguments) }
                 wrote = true
             }
             if pending.isEmpty, ContinuousClock.now - lastActivity >= keepAlive {
