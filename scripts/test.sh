@@ -56,6 +56,10 @@ export $(cat "$run/main.env") $(sed -n 's/^WARREN_TEST_AMQP_URL=/WARREN_TEST_LEG
     $(cat "$run/cluster.env") $(cat "$run/redis.env")
 export WARREN_TEST_RABBITMQ_DIR="$main"
 echo "RabbitMQ 4.0 is up at $WARREN_TEST_AMQP_URL, 3.10 at $WARREN_TEST_LEGACY_AMQP_URL, the cluster at $WARREN_TEST_CLUSTER_URLS, Redis on $(sed -n 's/.*@//p' "$run/redis.env")"
+# What the tests write to the temporary directory (handlers files, child processes' logs) goes
+# into this run's folder, which the clean-up removes even when a test did not.
+mkdir "$run/tmp"
+export TMPDIR="$run/tmp"
 status=0
 if [ $# -gt 0 ]; then
     swift test --skip-build "$@" 2>&1 | tee "$log" || status=$?
