@@ -31,4 +31,12 @@ extension Duration {
     package var timeInterval: TimeInterval {
         Double(components.seconds) + Double(components.attoseconds) / 1e18
     }
+
+    /// Whole milliseconds (the rest dropped), saturating at `Int64`'s range.
+    package var wholeMilliseconds: Int64 {
+        let (millis, overflow) = components.seconds.multipliedReportingOverflow(by: 1_000)
+        if overflow { return components.seconds < 0 ? .min : .max }
+        let (sum, sumOverflow) = millis.addingReportingOverflow(components.attoseconds / 1_000_000_000_000_000)
+        return sumOverflow ? (millis < 0 ? .min : .max) : sum
+    }
 }

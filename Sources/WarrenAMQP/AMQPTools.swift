@@ -38,29 +38,34 @@ public struct AMQPTools: Sendable {
     // for a confirm or a reply), and the cooperative pool's few threads must not wait with it.
 
     /// Ready messages and consumers of the five priority queues and the dead-letter queue.
-    public func depths() async throws(AMQPError) -> [QueueDepth] { try await onThread(named: "warren-tools") { () throws(AMQPError) in try blockingDepths() } }
+    public func depths() async throws(AMQPError) -> [QueueDepth] { try await blocking { () throws(AMQPError) in try blockingDepths() } }
 
     /// Publishes a job (confirmed), through the delay cascade when it is not due yet. With `wait`,
     /// asks for the result on a private reply queue and waits for it up to `wait`: nil if none came.
     /// Without `statesMaxRetries` the message carries no retry count: the worker's default for the
     /// job's name applies.
     public func submit(_ job: Job, wait: Duration? = nil, statesMaxRetries: Bool = true) async throws(AMQPError) -> JobOutcome? {
-        try await onThread(named: "warren-tools") { () throws(AMQPError) in try blockingSubmit(job, wait: wait, statesMaxRetries: statesMaxRetries) }
+        try await blocking { () throws(AMQPError) in try blockingSubmit(job, wait: wait, statesMaxRetries: statesMaxRetries) }
     }
 
     /// The dead letters that match, oldest first. Every message stays in the queue: they are
     /// taken unacked and handed back when the channel closes.
     public func deadLetters(_ filter: Filter = Filter()) async throws(AMQPError) -> [DeadLetter] {
-        try await onThread(named: "warren-tools") { () throws(AMQPError) in try blockingDeadLetters(filter) }
+        try await blocking { () throws(AMQPError) in try blockingDeadLetters(filter) }
     }
 
     /// Republishes matching dead letters to their priority queue with the attempt count reset and
     /// the dead-letter headers removed; each is confirmed before its dead copy is acked (removed).
     /// Returns how many were replayed.
-    public func replay(_ filter: Filter) async throws(AMQPError) -> Int { try await onThread(named: "warren-tools") { () throws(AMQPError) in try blockingReplay(filter) } }
+    public func replay(_ filter: Filter) async throws(AMQPError) -> Int { try await blocking { () throws(AMQPError) in try blockingReplay(filter) } }
 
     /// Removes matching dead letters. Returns how many.
-    public func purge(_ filter: Filter) async throws(AMQPError) -> Int { try await onThread(named: "warren-tools") { () throws(AMQPError) in try blockingPurge(filter) } }
+    public func purge(_ filter: Filter) async throws(AMQPError) -> Int { try await blocking { () throws(AMQPError) in try blockingPurge(filter) } }
+
+    /// Runs one of the blocking operations below on a thread of its own.
+    private func blocking<T: Sendable>(_ work: @escaping @Sendable () throws(AMQPError) -> T) async throws(AMQPError) -> T {
+        try await onThread(named: "warren-tools", work)
+    }
 
     /// A connection to the first address that answers.
     private func connect() throws(AMQPError) -> RawConnection {

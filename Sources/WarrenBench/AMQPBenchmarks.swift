@@ -25,7 +25,7 @@ enum AMQPBenchmarks {
             while UInt64(index + 1) - confirmed >= UInt64(window) { confirmed = try awaitConfirms(raw, confirmed, wake) }
         }
         while confirmed < UInt64(count) { confirmed = try awaitConfirms(raw, confirmed, wake) }
-        return Double(count) / (ContinuousClock.now - started).seconds
+        return Double(count) / (ContinuousClock.now - started).timeInterval
     }
 
     private static func awaitConfirms(_ raw: RawConnection, _ confirmed: UInt64, _ wake: EventFD) throws(AMQPError) -> UInt64 {
@@ -75,7 +75,7 @@ enum AMQPBenchmarks {
             }
         }
         let cpu = cpuSeconds(thisThreadOnly: true) - cpuBefore
-        return (Double(count) / (ContinuousClock.now - (started ?? .now)).seconds, cpu / Double(count))
+        return (Double(count) / (ContinuousClock.now - (started ?? .now)).timeInterval, cpu / Double(count))
     }
 
     /// CPU time used so far, in seconds: by the whole process, or by the calling thread alone
@@ -104,7 +104,4 @@ enum AMQPBenchmarks {
     }
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}
 

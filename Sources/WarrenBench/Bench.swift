@@ -272,7 +272,3 @@ struct Bench: AsyncParsableCommand {
         return (latencies[latencies.count / 2], latencies[Int(Double(latencies.count) * 0.99)], latencies.last!)
     }
 }
-
-extension Duration {
-    var timeInterval: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
-}

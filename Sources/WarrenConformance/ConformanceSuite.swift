@@ -168,7 +168,7 @@ public enum ConformanceSuite {
             let early = due.timeIntervalSinceNow
             let sleeperLate = await yardstick.value
             try expect(early <= 0.005, "delivered \(early) s before its time")
-            let resolution = Double(delayResolution.components.seconds) + Double(delayResolution.components.attoseconds) / 1e18
+            let resolution = delayResolution.timeInterval
             try expect(
                 -early < resolution + 0.5 + max(0.5, sleeperLate),
                 "delivered \(-early) s after its time (a plain sleep woke \(sleeperLate) s late; the broker rounds delays up by up to \(resolution) s)")

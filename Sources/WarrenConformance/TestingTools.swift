@@ -33,7 +33,7 @@ public final class ManualClock: WarrenClock {
     public var sleeperCount: Int { state.withLock { $0.sleepers.count } }
 
     public func advance(by interval: Duration) {
-        let seconds = Double(interval.components.seconds) + Double(interval.components.attoseconds) / 1e18
+        let seconds = interval.timeInterval
         let due: [Sleeper] = state.withLock { state in
             state.now = state.now.addingTimeInterval(seconds)
             let now = state.now

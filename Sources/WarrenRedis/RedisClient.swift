@@ -105,6 +105,8 @@ package final class RedisClient: Sendable {
     /// the last reason it is down).
     package func waitUntilConnected(within timeout: Duration) async throws(RedisError) {
         let inbox = self.inbox
+        // Started once the wait is registered; cancelled when the wait ends first.
+        let expiry = Locked<Task<Void, Never>?>(nil)
         let connected = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let (now, id) = inbox.withLock { inbox -> (Bool?, UInt64) in
                 switch inbox.status {
@@ -120,11 +122,14 @@ package final class RedisClient: Sendable {
                 continuation.resume(returning: now)
                 return
             }
-            Task {
-                try? await Task.sleep(for: timeout)
-                inbox.withLock { $0.statusWaiters.removeValue(forKey: id) }?.resume(returning: false)
+            expiry.withLock {
+                $0 = Task {
+                    try? await Task.sleep(for: timeout)
+                    inbox.withLock { $0.statusWaiters.removeValue(forKey: id) }?.resume(returning: false)
+                }
             }
         }
+        expiry.withLock { $0 }?.cancel()
         guard !connected else { return }
         switch status {
         case .closed: throw .closed
@@ -332,7 +337,7 @@ private final class IOLoop: @unchecked Sendable {
 
     private func readable(_ descriptor: Int32, within timeout: Duration) -> Bool {
         var entry = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        let millis = Int32(clamping: timeout.components.seconds * 1_000 + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let millis = Int32(clamping: timeout.wholeMilliseconds)
         return poll(&entry, 1, max(0, millis)) > 0
     }
 }

@@ -96,13 +96,12 @@ package final class RedisJobStore: Sendable {
     package var doneChannel: String { prefix + "done" }
     private func jobKey(_ id: JobID) -> String { prefix + "job:" + id.rawValue }
     private var leaseKey: String { prefix + "instance:" + configuration.instance }
-    private var retentionMillis: Int64 { Int64(configuration.retention.components.seconds) * 1_000 }
+    private var retentionMillis: Int64 { max(1, configuration.retention.wholeMilliseconds) }
     private static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1_000).rounded()) }
 
     /// Renews (or takes) this instance's lease.
     package func renewLease() async throws(RedisError) {
-        let millis = Int64(configuration.lease.components.seconds) * 1_000 + configuration.lease.components.attoseconds / 1_000_000_000_000_000
-        try await client.command(RedisCommand("SET", leaseKey, "\(ProcessInfo.processInfo.processIdentifier)", "PX", max(1, millis)))
+        try await client.command(RedisCommand("SET", leaseKey, "\(ProcessInfo.processInfo.processIdentifier)", "PX", max(1, configuration.lease.wholeMilliseconds)))
     }
 
     /// Gives the lease up (a clean stop): jobs it still held may run elsewhere at once.

@@ -73,8 +73,7 @@ struct HTTPHandler: Sendable {
         let response: HTTPClientResponse
         let body: ByteBuffer
         do {
-            let millis = timeout.components.seconds * 1_000 + timeout.components.attoseconds / 1_000_000_000_000_000
-            response = try await client.execute(request, timeout: .milliseconds(max(1, millis)))
+            response = try await client.execute(request, timeout: .milliseconds(max(1, timeout.wholeMilliseconds)))
             body = try await response.body.collect(upTo: Self.maxResponseBytes)
         } catch let error as HTTPClientError where error == .connectTimeout {
             throw HTTPHandlerError("\(target) failed: no connection within 10 s")

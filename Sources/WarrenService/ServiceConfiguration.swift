@@ -82,7 +82,7 @@ public struct ServiceConfiguration: Sendable {
 
     /// A duration as the keys table shows it: `25s`, `5m`, `1h` or `500ms`.
     static func format(_ duration: Duration) -> String {
-        let millis = duration.components.seconds * 1_000 + duration.components.attoseconds / 1_000_000_000_000_000
+        let millis = duration.wholeMilliseconds
         for (unit, size) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1_000)] where millis >= size && millis % size == 0 {
             return "\(millis / size)\(unit)"
         }

@@ -35,7 +35,7 @@ public final class ChildProcess: Sendable {
     /// Spawn attributes that give a child no blocked signals and every signal's default action:
     /// the test runner's threads block or ignore some, and a child would inherit that (a Redis
     /// started from a test ignored SIGTERM and was killed only after scripts/redis.sh's 10 s).
-    public static func cleanSignals() -> posix_spawnattr_t {
+    private static func cleanSignals() -> posix_spawnattr_t {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         var none = sigset_t()

@@ -62,3 +62,15 @@ struct DecodingErrorTests {
         }
     }
 }
+
+@Suite("durations")
+struct DurationTests {
+    @Test func wholeMillisecondsDropTheRestAndSaturate() {
+        #expect(Duration.milliseconds(1_500).wholeMilliseconds == 1_500)
+        #expect(Duration.microseconds(2_999).wholeMilliseconds == 2)
+        #expect(Duration.seconds(Int64.max).wholeMilliseconds == .max)
+        #expect(Duration.seconds(Int64.max / 1_000).wholeMilliseconds == Int64.max / 1_000 * 1_000)
+        #expect(Duration.seconds(Int64.min).wholeMilliseconds == .min)
+        #expect(Duration.milliseconds(1).timeInterval == 0.001)
+    }
+}
