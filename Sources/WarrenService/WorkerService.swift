@@ -177,8 +177,8 @@ struct WorkerLoop: Service {
             await withTaskCancellationHandler {
                 await service.runWorker()
             } onCancel: {
-                // (WarrenWorker logs that it is stopping, with the jobs running and the grace.)
                 let grace = service.configuration.shutdownGrace
+                service.logger.info("shutting down: finishing running jobs, handing back the rest", metadata: ["grace": "\(grace)"])
                 // Shutdown always wins: whatever the broker does (unreachable, blocking publishers
                 // under a resource alarm, a half-open connection), the process ends within its
                 // grace period. What it did not settle is still unacked: RabbitMQ hands it to
