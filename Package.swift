@@ -180,7 +180,7 @@ let package = Package(
         ),
         .testTarget(
             name: "WarrenRedisTests",
-            dependencies: ["Warren", "WarrenRedis", "WarrenConformance", "WarrenTestSupport"],
+            dependencies: ["Warren", "WarrenRedis", "WarrenAMQP", "WarrenConformance", "WarrenTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -60,6 +60,13 @@ public final class AMQPBroker: Broker {
         /// its connection) before RabbitMQ dead-letters it into `<queue>.dead` with reason
         /// `delivery_limit`. Graceful stops do not count: see `stopConsuming`.
         public var deliveryLimit: Int = Topology.defaultDeliveryLimit
+        /// Where the instances on this queue share what they know of jobs (`JobStateStore`): with
+        /// one, a job is not run again once it ended or while another live instance holds it,
+        /// cancels reach whichever instance holds a job, and status and results are readable from
+        /// anywhere. nil: what this process knows (dedup, status, cancel) is all there is.
+        public var stateStore: (any JobStateStore)?
+        /// How often the instance's lease in the state store is renewed (a third of the store's lease, at most).
+        public var leaseRenewal: Duration = .seconds(3)
 
         public static let defaultPrefetch: UInt16 = 200
         /// Retries of a job whose message does not say.
@@ -96,6 +103,8 @@ public final class AMQPBroker: Broker {
     private let ingest: Ingest
     /// What leaves: acks, retries, replies, dead letters, events, hand-backs.
     private let settlement: Settlement
+    /// The job-state store, when configured.
+    private let store: StoreLink?
 
     public init(_ configuration: Configuration, clock: any WarrenClock = SystemClock()) {
         self.configuration = configuration
@@ -111,7 +120,10 @@ public final class AMQPBroker: Broker {
         self.connection = connection
         let link = self.link, consumers = self.consumers
         let deliveries = Deliveries()
-        let settlement = Settlement(configuration: configuration, topology: topology, connection: connection, deliveries: deliveries, link: link)
+        let store = configuration.stateStore.map { StoreLink(store: $0, queue: configuration.queue) }
+        self.store = store
+        let settlement = Settlement(
+            configuration: configuration, topology: topology, connection: connection, deliveries: deliveries, link: link, store: store)
         self.settlement = settlement
         // Everything prefetched from the five queues fits, with room for jobs waiting on dependencies.
         let capacity = Int(configuration.prefetch) * JobPriority.allCases.count * 2 + 1_000
@@ -126,8 +138,13 @@ public final class AMQPBroker: Broker {
         published = PublishedJobs(window: configuration.dedupWindow)
         let ingest = Ingest(
             configuration: configuration, local: local, settlement: settlement, deliveries: deliveries, published: published, link: link,
-            clock: clock)
+            store: store, clock: clock)
         self.ingest = ingest
+        if let store {
+            store.keepLease(every: configuration.leaseRenewal)
+            // A cancel asked anywhere: the job stops here if it runs or waits here.
+            store.store.watchCancels { id in _ = local.cancel(id) }
+        }
         let prefetch = configuration.prefetch
         // swift-metrics, to whatever backend the process bootstrapped (see `JobMetrics`).
         let reconnectCounter = Counter(label: "warren_broker_reconnects_total", dimensions: [("queue", configuration.queue)])
@@ -286,27 +303,51 @@ public final class AMQPBroker: Broker {
 
     public func next(_ filter: DeliveryFilter) async -> Delivery? {
         startConsuming()
-        return await local.next(filter)
+        return started(await local.next(filter))
     }
 
     public func tryNext(_ filter: DeliveryFilter) async -> Delivery? {
         startConsuming()
-        return local.tryNext(filter)
+        return started(local.tryNext(filter))
     }
     public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome) async { local.settle(delivery, outcome) }
     public func settle(_ delivery: Delivery, _ outcome: AttemptOutcome, thenTryNext filter: DeliveryFilter) async -> Delivery? {
-        local.settle(delivery, outcome, thenTryNext: filter)
+        started(local.settle(delivery, outcome, thenTryNext: filter))
     }
 
+    /// Notes in the state store that the delivered job runs here.
+    private func started(_ delivery: Delivery?) -> Delivery? {
+        if let store, let delivery { store.note(delivery.job.id, .started(attempt: delivery.job.attempt)) }
+        return delivery
+    }
+
+    /// Cancels the job here and, with a state store, wherever it is or will be.
     public func cancel(_ id: JobID) async -> CancelResult {
-        let result = local.cancel(id)
-        guard result == .unknown, published.isKnown(id) else { return result }
-        // Published, not received yet: it is cancelled when it arrives here.
-        published.tombstone(id)
-        return .cancelled
+        var result = local.cancel(id)
+        if result == .unknown, published.isKnown(id) {
+            // Published, not received yet: it is cancelled when it arrives here.
+            published.tombstone(id)
+            result = .cancelled
+        }
+        guard let store else { return result }
+        do {
+            switch try await store.store.requestCancel(id) {
+            case let .finished(status):
+                return result == .unknown ? .alreadyFinished(status) : result
+            case let .requested(status, _):
+                // No status: no instance has taken it yet (the mark stays: it is cancelled if it arrives).
+                guard result == .unknown, let status else { return result }
+                return status == .running ? .cancelling : .cancelled
+            }
+        } catch {
+            return result
+        }
     }
 
-    public func reportProgress(_ id: JobID, _ percent: Double) async { local.reportProgress(id, percent) }
+    public func reportProgress(_ id: JobID, _ percent: Double) async {
+        local.reportProgress(id, percent)
+        store?.note(id, .progress(percent))
+    }
     public func reoffer() async { local.reoffer() }
     public func events() -> AsyncStream<JobEvent> { local.events() }
     /// The job as this process knows it: held here, or published here and not received yet
@@ -352,7 +393,10 @@ public final class AMQPBroker: Broker {
             }
         }
         consumers.endCancellations()
-        ingest.handBack(local.withdrawUnstarted())
+        let unstarted = local.withdrawUnstarted()
+        // Given up in the store first, so that the other instances take them at once.
+        await store?.release(unstarted.map(\.id))
+        ingest.handBack(unstarted)
     }
 
     /// `Broker.stopTakingWork`: `stopConsuming`.
@@ -369,8 +413,13 @@ public final class AMQPBroker: Broker {
     public func close() async {
         local.close()
         await settlement.settling.wait()
+        await store?.stop()
         await connection.close()
     }
+
+    /// Whether the job-state store answers, and how often the broker went on without it; nil
+    /// without a store.
+    public var stateStoreHealth: StateStoreHealth? { store?.health }
 
     /// Runs `body` on the connection's I/O thread (inspection and tooling).
     func perform<T: Sendable>(_ body: @escaping @Sendable (ConnectionSession) throws(AMQPError) -> T) async throws(AMQPError) -> T {

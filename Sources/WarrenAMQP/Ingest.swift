@@ -18,11 +18,27 @@ final class Ingest: Sendable {
     private let link: Locked<LinkState>
     private let holds: DependencyHolds
     private let malformed = Locked(0)
+    /// The job-state store, when there is one: each arriving job is claimed before it goes in.
+    private let store: StoreLink?
+    /// Copies of jobs another live instance holds: unacked here, claimed again every `recheck`
+    /// until that instance ends them (then acked as duplicates) or its lease runs out (then run here).
+    private let parked = Locked<[JobID: (job: Job, message: IncomingMessage)]>([:])
+    private let recheck: Alarm
+    private let clock: any WarrenClock
+    static let parkedRecheck: Duration = .milliseconds(500)
 
     init(
         configuration: AMQPBroker.Configuration, local: LocalQueue, settlement: Settlement, deliveries: Deliveries,
-        published: PublishedJobs, link: Locked<LinkState>, clock: any WarrenClock
+        published: PublishedJobs, link: Locked<LinkState>, store: StoreLink?, clock: any WarrenClock
     ) {
+        self.store = store
+        self.clock = clock
+        let parked = self.parked
+        let claimAgain = Locked<(@Sendable () -> Void)?>(nil)
+        recheck = Alarm(clock: clock) { _ in
+            if !parked.withLock({ $0.isEmpty }) { claimAgain.withLock { $0 }?() }
+            return nil
+        }
         self.configuration = configuration
         self.local = local
         self.settlement = settlement
@@ -40,6 +56,7 @@ final class Ingest: Sendable {
                     errors: entry.job.errors, attempts: entry.job.attempt - 1, origins: origins)
             }
         }
+        claimAgain.withLock { $0 = { [weak self] in self?.claimParked() } }
     }
 
     /// Messages that were not valid jobs, dead-lettered on arrival.
@@ -100,12 +117,26 @@ final class Ingest: Sendable {
         }
         guard !jobs.isEmpty else { return }
         // Where each job came from; a copy of a job held here (a redelivery after a reconnection)
-        // is settled with the original. Jobs whose dependencies have not all arrived wait (rare);
-        // the rest go in together.
+        // is settled with the original.
         let copies = deliveries.register(jobs.map(\.id), origins)
+        guard store != nil else {
+            admit(jobs, indices.map { burst[$0] }, copies: copies)
+            return
+        }
+        var fresh: [Job] = [], messages: [IncomingMessage] = []
+        for position in jobs.indices where !copies[position] {
+            fresh.append(jobs[position])
+            messages.append(burst[indices[position]])
+        }
+        claim(fresh, messages)
+    }
+
+    /// Enqueues arrived jobs in the local engine, together: those whose dependencies have not all
+    /// arrived wait (rare). `messages` are the jobs' own; `copies` says which are copies of jobs held here.
+    private func admit(_ jobs: [Job], _ messages: [IncomingMessage], copies: [Bool]? = nil) {
         var setAside: [Int] = [], waiting: [Int] = [], arrived: [JobID] = []
         for position in jobs.indices {
-            if copies[position] {
+            if copies?[position] == true {
                 setAside.append(position)
                 continue
             }
@@ -119,19 +150,18 @@ final class Ingest: Sendable {
         let cancelled = published.arrived(arrived, holding: waiting.map { jobs[$0].id })
         let anyHeld = !holds.isEmpty
         for position in waiting {
-            admit(jobs[position], burst[indices[position]], cancelled: cancelled.contains(jobs[position].id))
+            admit(jobs[position], messages[position], cancelled: cancelled.contains(jobs[position].id))
         }
-        // Usually every job goes in: the array is passed on as it is.
-        var ready = jobs
+        // Usually every job goes in: the arrays are passed on as they are.
+        var ready = jobs, readyMessages = messages
         if !setAside.isEmpty {
             let aside = Set(setAside)
-            var kept: [Int] = []
             ready = []
+            readyMessages = []
             for (position, job) in jobs.enumerated() where !aside.contains(position) {
                 ready.append(job)
-                kept.append(indices[position])
+                readyMessages.append(messages[position])
             }
-            indices = kept
         }
         guard !ready.isEmpty else { return }
         // Asked after this burst's own dependents have started waiting.
@@ -139,11 +169,59 @@ final class Ingest: Sendable {
         let refusals = local.enqueueEach(ready, cancelling: cancelled)
         for (position, refusal) in refusals.enumerated() {
             if let refusal {
-                refuse(ready[position], burst[indices[position]], refusal)
+                refuse(ready[position], readyMessages[position], refusal)
             } else if releases {
                 release(waitingFor: ready[position].id)
             }
         }
+    }
+
+    // MARK: Claims
+
+    /// Claims arrived jobs in the store, then admits those this instance may run; ended ones are
+    /// acked as duplicates, cancelled ones settled as cancelled, copies held elsewhere parked.
+    private func claim(_ jobs: [Job], _ messages: [IncomingMessage]) {
+        guard let store, !jobs.isEmpty else { return }
+        Task {
+            let answers = await store.claim(jobs)
+            var run: [Job] = [], runMessages: [IncomingMessage] = []
+            var parking: [(job: Job, message: IncomingMessage)] = []
+            for (position, job) in jobs.enumerated() {
+                switch answers?[position] ?? .claimed {
+                case .claimed:
+                    run.append(job)
+                    runMessages.append(messages[position])
+                case .finished:
+                    if let origins = deliveries.take(job.id) { settlement.ack(origins) }
+                case .cancelled:
+                    if let origins = deliveries.take(job.id) { settlement.ack(origins) }
+                    settlement.announce(.cancelled, job)
+                case .heldElsewhere:
+                    parking.append((job, messages[position]))
+                }
+            }
+            if !parking.isEmpty {
+                parked.withLock { parked in for entry in parking { parked[entry.job.id] = entry } }
+                recheck.arm(at: clock.now().addingTimeInterval(Self.parkedRecheck.timeInterval))
+            }
+            guard !run.isEmpty else { return }
+            if link.withLock({ $0.handingBack }) {
+                // Claimed while consumption stopped: back to the broker, and to the other instances.
+                await store.release(run.map(\.id))
+                handBack(run)
+                return
+            }
+            admit(run, runMessages)
+        }
+    }
+
+    /// Claims the parked copies again.
+    private func claimParked() {
+        let entries = parked.withLock { parked in
+            defer { parked.removeAll() }
+            return Array(parked.values)
+        }
+        claim(entries.map(\.job), entries.map(\.message))
     }
 
     // MARK: Dependencies
@@ -197,7 +275,11 @@ final class Ingest: Sendable {
     /// Returns unstarted jobs' messages (and their redelivered copies) to the broker, and every
     /// message still held here for a dependency.
     func handBack(_ jobs: [Job]) {
-        for job in jobs + holds.releaseAll().map(\.job) {
+        let waiting = parked.withLock { parked in
+            defer { parked.removeAll() }
+            return parked.values.map(\.job)
+        }
+        for job in jobs + holds.releaseAll().map(\.job) + waiting {
             guard let origins = deliveries.take(job.id) else { continue }
             settlement.giveBack(origins, priority: job.priority, body: Array(job.payload))
         }

@@ -26,10 +26,17 @@ final class Settlement: Sendable {
     let connection: AMQPConnection
     let deliveries: Deliveries
     let link: Locked<LinkState>
-    /// Settlements in progress (publishes awaiting confirms).
+    /// Settlements in progress (publishes awaiting confirms, records awaiting the store).
     let settling = Latch()
+    /// The job-state store, when there is one: how each job ended is recorded there before its
+    /// message is acked, so a copy that arrives anywhere later is known as a duplicate.
+    let store: StoreLink?
 
-    init(configuration: AMQPBroker.Configuration, topology: Topology, connection: AMQPConnection, deliveries: Deliveries, link: Locked<LinkState>) {
+    init(
+        configuration: AMQPBroker.Configuration, topology: Topology, connection: AMQPConnection, deliveries: Deliveries,
+        link: Locked<LinkState>, store: StoreLink?
+    ) {
+        self.store = store
         self.configuration = configuration
         self.topology = topology
         self.connection = connection
@@ -37,8 +44,29 @@ final class Settlement: Sendable {
         self.link = link
     }
 
-    /// Settles the messages of jobs that left the local engine.
+    /// Settles the messages of jobs that left the local engine (with a store, once it has recorded them).
     func settle(_ departures: [Departure]) {
+        guard let store else {
+            settleMessages(departures)
+            return
+        }
+        let changes = departures.map { departure -> (id: JobID, change: JobChange) in
+            switch departure {
+            case let .completed(job): (job.id, .completed(result: Array(job.result ?? Data())))
+            case let .cancelled(job): (job.id, .cancelled)
+            case let .retry(job): (job.id, .retrying(attempt: job.attempt, error: job.errors.last?.message ?? "failed"))
+            case let .deadLettered(job): (job.id, .deadLettered(reason: (job.deadLetterReason ?? .malformedMessage("unknown")).description))
+            }
+        }
+        settling.add()
+        Task {
+            await store.record(changes)
+            settleMessages(departures)
+            settling.countDown()
+        }
+    }
+
+    private func settleMessages(_ departures: [Departure]) {
         for departure in departures {
             guard let origins = deliveries.take(departure.id) else { continue }
             if configuration.publishesEvents {

@@ -18,7 +18,7 @@ package import Warren
 ///
 /// Claims (dedup, cancel before arrival) are one script per burst, so that two instances never
 /// both take a job; the other writes are pipelined.
-package final class RedisJobStore: Sendable {
+package final class RedisJobStore: JobStateStore {
     package struct Configuration: Sendable {
         package var queue: String
         /// This process's name among the instances (unique: host and pid by default).
@@ -35,61 +35,41 @@ package final class RedisJobStore: Sendable {
         }
     }
 
-    /// What a claim found.
-    package enum Claim: Sendable, Equatable {
-        /// Taken by this instance: run it.
-        case claimed
-        /// It ended already (completed, dead-lettered or cancelled): a duplicate.
-        case finished(JobStatus)
-        /// Queued or running on another instance whose lease is alive: a duplicate for now.
-        case heldElsewhere(instance: String)
-        /// A cancel was asked before it ran: settle it as cancelled, never run it.
-        case cancelled
-    }
-
-    /// What a cancel found.
-    package enum CancelOutcome: Sendable, Equatable {
-        /// Marked: the instance holding it (if any) was told, and one that takes it later will not run it.
-        case requested(status: JobStatus?, instance: String?)
-        /// It had ended already.
-        case finished(JobStatus)
-    }
-
-    /// A job as the store knows it.
-    package struct Record: Sendable, Equatable {
-        package var id: JobID
-        package var name: String?
-        package var status: JobStatus?
-        package var attempt: Int
-        package var progress: Double
-        package var instance: String?
-        package var result: [UInt8]?
-        package var resultTruncated: Bool
-        package var error: String?
-        package var cancelRequested: Bool
-        package var createdAt: Date?
-        package var startedAt: Date?
-        package var finishedAt: Date?
-    }
-
-    /// A change to record.
-    package enum Change: Sendable {
-        case started(attempt: Int)
-        case progress(Double)
-        case retrying(attempt: Int, error: String)
-        case completed(result: [UInt8])
-        case deadLettered(reason: String)
-        case cancelled
-    }
-
     package let configuration: Configuration
     private let client: RedisClient
     private let prefix: String
+    /// Told of cancels asked anywhere, on the subscriber's thread; the subscriber starts with the first.
+    private let cancelWatch = Locked<(client: RedisClient?, handlers: [@Sendable (JobID) -> Void])>((nil, []))
 
     package init(client: RedisClient, configuration: Configuration) {
         self.client = client
         self.configuration = configuration
         prefix = "warren:\(configuration.queue):"
+    }
+
+    package var instance: String { configuration.instance }
+
+    /// Calls `handler` with the id of every job whose cancel is asked from now on, anywhere. A
+    /// client of its own subscribes to the cancel channel (and again after each reconnection).
+    package func watchCancels(_ handler: @escaping @Sendable (JobID) -> Void) {
+        let url = client.url, channel = cancelChannel, watch = cancelWatch
+        cancelWatch.withLock { state in
+            state.handlers.append(handler)
+            guard state.client == nil else { return }
+            state.client = RedisClient(url: url, name: "\(configuration.instance)-cancels", subscribingTo: [channel]) { _, message in
+                guard let text = String(validating: message, as: UTF8.self), !text.isEmpty, text.utf8.count <= 255 else { return }
+                for handler in watch.withLock({ $0.handlers }) { handler(JobID(text)) }
+            }
+        }
+    }
+
+    /// Stops the cancel subscriber, if one runs (the command client is the caller's to close).
+    package func close() async {
+        let subscriber = cancelWatch.withLock { state in
+            defer { state = (nil, []) }
+            return state.client
+        }
+        await subscriber?.close()
     }
 
     package var cancelChannel: String { prefix + "cancel" }
@@ -100,23 +80,28 @@ package final class RedisJobStore: Sendable {
     private static func millis(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1_000).rounded()) }
 
     /// Renews (or takes) this instance's lease.
-    package func renewLease() async throws(RedisError) {
+    package func renewLease() async throws {
         try await client.command(RedisCommand("SET", leaseKey, "\(ProcessInfo.processInfo.processIdentifier)", "PX", max(1, configuration.lease.wholeMilliseconds)))
     }
 
     /// Gives the lease up (a clean stop): jobs it still held may run elsewhere at once.
-    package func releaseLease() async throws(RedisError) {
+    package func releaseLease() async throws {
         try await client.command(RedisCommand("DEL", leaseKey))
     }
 
     /// Claims arriving jobs for this instance, all in one script: each is claimed unless it ended
     /// already, a cancel was asked for it, or another live instance holds the same attempt.
-    package func claim(_ jobs: [(id: JobID, name: String, attempt: Int)], now: Date = Date()) async throws(RedisError) -> [Claim] {
+    package func claim(_ jobs: [StoreClaimRequest]) async throws -> [StoreClaim] { try await claim(jobs, now: Date()) }
+
+    package func claim(_ jobs: [StoreClaimRequest], now: Date) async throws(RedisError) -> [StoreClaim] {
         guard !jobs.isEmpty else { return [] }
         var arguments: [any RedisArgument] = [Self.claimScript, jobs.count]
         arguments += jobs.map { jobKey($0.id) }
-        arguments += [configuration.instance, Self.millis(now), prefix + "instance:", retentionMillis, doneChannel, (prefix + "job:").utf8.count + 1]
-        for job in jobs { arguments += [job.name, job.attempt] }
+        arguments += [
+            configuration.instance, Self.millis(now), prefix + "instance:", retentionMillis, doneChannel, (prefix + "job:").utf8.count + 1,
+            max(1, configuration.lease.wholeMilliseconds),
+        ]
+        for job in jobs { arguments += [job.name, job.attempt, job.replayed ? 1 : 0] }
         let reply = try await client.command(RedisCommand("EVAL", arguments: arguments))
         guard case let .array(answers) = reply, answers.count == jobs.count else {
             throw .reply("unexpected answer to the claim script: \(reply)")
@@ -132,7 +117,9 @@ package final class RedisJobStore: Sendable {
     }
 
     /// Records changes, pipelined; a job that ended is announced on the `done` channel.
-    package func record(_ changes: [(id: JobID, change: Change)], now: Date = Date()) async throws(RedisError) {
+    package func record(_ changes: [(id: JobID, change: JobChange)]) async throws { try await record(changes, now: Date()) }
+
+    package func record(_ changes: [(id: JobID, change: JobChange)], now: Date) async throws(RedisError) {
         guard !changes.isEmpty else { return }
         let at = Self.millis(now)
         var commands: [RedisCommand] = []
@@ -159,9 +146,14 @@ package final class RedisJobStore: Sendable {
                 fields += ["status", JobStatus.cancelled.rawValue, "finished_at", at]
                 ended = .cancelled
             }
-            commands.append(RedisCommand("HSET", arguments: [key] + fields))
-            commands.append(RedisCommand("PEXPIRE", key, retentionMillis))
-            if let ended { commands.append(RedisCommand("PUBLISH", doneChannel, "\(id.rawValue) \(ended.rawValue)")) }
+            if let ended {
+                commands.append(RedisCommand("HSET", arguments: [key] + fields))
+                commands.append(RedisCommand("PEXPIRE", key, retentionMillis))
+                commands.append(RedisCommand("PUBLISH", doneChannel, "\(id.rawValue) \(ended.rawValue)"))
+            } else {
+                // Never over an ending: the events that say a job runs may come after it ended.
+                commands.append(RedisCommand("EVAL", arguments: [Self.progressScript, 1, key, retentionMillis] + fields))
+            }
         }
         let replies = try await client.pipeline(commands)
         if let failure = replies.first(where: { if case .error = $0 { true } else { false } }), case let .error(text) = failure {
@@ -169,8 +161,24 @@ package final class RedisJobStore: Sendable {
         }
     }
 
+    /// Gives claimed jobs up, unstarted (handed back to the broker): another instance may take
+    /// them at once, without waiting for this one's lease to run out.
+    package func release(_ ids: [JobID]) async throws {
+        guard !ids.isEmpty else { return }
+        let at = Self.millis(Date())
+        let commands = ids.map { id in
+            RedisCommand("EVAL", arguments: [Self.releaseScript, 1, jobKey(id), configuration.instance, at] as [any RedisArgument])
+        }
+        let replies = try await client.pipeline(commands)
+        if let failure = replies.first(where: { if case .error = $0 { true } else { false } }), case let .error(text) = failure {
+            throw RedisError.reply(text)
+        }
+    }
+
     /// Asks for a job to be cancelled, wherever it is or will be.
-    package func requestCancel(_ id: JobID, now: Date = Date()) async throws(RedisError) -> CancelOutcome {
+    package func requestCancel(_ id: JobID) async throws -> StoreCancelOutcome { try await requestCancel(id, now: Date()) }
+
+    package func requestCancel(_ id: JobID, now: Date) async throws(RedisError) -> StoreCancelOutcome {
         let reply = try await client.command(RedisCommand(
             "EVAL", Self.cancelScript, 1, jobKey(id), Self.millis(now), retentionMillis, cancelChannel, id.rawValue))
         let text = reply.text ?? ""
@@ -182,7 +190,9 @@ package final class RedisJobStore: Sendable {
     }
 
     /// The job's record, or nil when the store has none (never seen, or past its retention).
-    package func job(_ id: JobID) async throws(RedisError) -> Record? {
+    package func job(_ id: JobID) async throws -> StoredJob? { try await record(of: id) }
+
+    package func record(of id: JobID) async throws(RedisError) -> StoredJob? {
         let reply = try await client.command(RedisCommand("HGETALL", jobKey(id)))
         guard case let .array(items) = reply, !items.isEmpty else { return nil }
         var fields: [String: RedisValue] = [:]
@@ -197,7 +207,7 @@ package final class RedisJobStore: Sendable {
         if case let .bulk(bytes)? = fields["result"] { result = bytes }
         let attempt = fields["attempt"]?.integer.flatMap { (0...1_000_000).contains($0) ? Int($0) : nil } ?? 0
         let progress = fields["progress"]?.text.flatMap(Double.init).flatMap { $0.isFinite ? min(100, max(0, $0)) : nil } ?? 0
-        return Record(
+        return StoredJob(
             id: id, name: fields["name"]?.text, status: fields["status"]?.text.flatMap(JobStatus.init(rawValue:)), attempt: attempt,
             progress: progress, instance: fields["instance"]?.text, result: result, resultTruncated: fields["result_truncated"]?.text == "1",
             error: fields["error"]?.text, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
@@ -207,18 +217,26 @@ package final class RedisJobStore: Sendable {
     // MARK: Scripts
 
     /// KEYS: the jobs' keys. ARGV: instance, now (ms), lease key prefix, retention (ms), the done
-    /// channel, where the id starts in a job's key (1-based), then a name and an attempt per job. A job is claimed unless it ended, a cancel was asked before it
-    /// ran, or another instance with a live lease holds the same (or a later) attempt.
+    /// channel, where the id starts in a job's key (1-based), the lease (ms; renewed here, so that
+    /// no claim is ever held under a lease that does not exist), then a name, an attempt and a replayed
+    /// flag (1: run it even if it ended) per job. A job is claimed unless it ended, a cancel was
+    /// asked before it ran, or another instance with a live lease holds the same (or a later) attempt.
     static let claimScript = """
         local instance, now, leases, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
         local done, prefix = ARGV[5], tonumber(ARGV[6])
+        redis.call('SET', leases .. instance, '1', 'PX', ARGV[7])
         local answers = {}
         for i, key in ipairs(KEYS) do
-          local name, attempt = ARGV[5 + 2 * i], tonumber(ARGV[6 + 2 * i])
+          local name, attempt, replayed = ARGV[5 + 3 * i], tonumber(ARGV[6 + 3 * i]), ARGV[7 + 3 * i] == '1'
           local s = redis.call('HMGET', key, 'status', 'instance', 'cancel', 'attempt')
           local status, holder, cancel, held = s[1], s[2], s[3], tonumber(s[4]) or 0
-          local alive = holder and holder ~= instance and redis.call('EXISTS', leases .. holder) == 1
-          if status == 'completed' or status == 'dead_lettered' or status == 'cancelled' then
+          local alive = holder and holder ~= '' and holder ~= instance and redis.call('EXISTS', leases .. holder) == 1
+          local ended = status == 'completed' or status == 'dead_lettered' or status == 'cancelled'
+          if replayed and ended and not (alive and held >= attempt) then
+            redis.call('HDEL', key, 'cancel', 'result', 'result_truncated', 'error', 'finished_at', 'started_at')
+            status, cancel, ended = nil, nil, false
+          end
+          if ended then
             answers[i] = 'finished:' .. status
           elseif cancel == '1' then
             if status == 'running' and alive then
@@ -239,6 +257,24 @@ package final class RedisJobStore: Sendable {
           end
         end
         return answers
+        """
+
+    /// KEYS: the job's key. ARGV: retention (ms), then field-value pairs, written unless the job ended.
+    static let progressScript = """
+        local status = redis.call('HGET', KEYS[1], 'status')
+        if status == 'completed' or status == 'dead_lettered' or status == 'cancelled' then return 0 end
+        redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+        redis.call('PEXPIRE', KEYS[1], ARGV[1])
+        return 1
+        """
+
+    /// KEYS: the job's key. ARGV: instance, now (ms). Back to queued and held by nobody, when this
+    /// instance holds it and it has not ended.
+    static let releaseScript = """
+        local s = redis.call('HMGET', KEYS[1], 'status', 'instance')
+        if s[2] ~= ARGV[1] or s[1] == 'completed' or s[1] == 'dead_lettered' or s[1] == 'cancelled' then return 0 end
+        redis.call('HSET', KEYS[1], 'status', 'queued', 'instance', '', 'updated_at', ARGV[2])
+        return 1
         """
 
     /// KEYS: the job's key. ARGV: now (ms), retention (ms), the cancel channel, the job id.

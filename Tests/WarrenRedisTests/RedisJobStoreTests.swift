@@ -33,15 +33,15 @@ struct RedisJobStoreTests {
             try await a.renewLease()
             try await b.renewLease()
             let id = JobID("job-1")
-            #expect(try await a.claim([(id, "email", 1)]) == [.claimed])
-            #expect(try await b.claim([(id, "email", 1)]) == [.heldElsewhere(instance: "a")])
+            #expect(try await a.claim([StoreClaimRequest(id: id, name: "email", attempt: 1)]) == [.claimed])
+            #expect(try await b.claim([StoreClaimRequest(id: id, name: "email", attempt: 1)]) == [.heldElsewhere(instance: "a")])
             // Its own redelivered copy: the process's own dedup decides.
-            #expect(try await a.claim([(id, "email", 1)]) == [.claimed])
+            #expect(try await a.claim([StoreClaimRequest(id: id, name: "email", attempt: 1)]) == [.claimed])
             try await a.record([(id, .started(attempt: 1))])
-            #expect(try await b.claim([(id, "email", 1)]) == [.heldElsewhere(instance: "a")])
+            #expect(try await b.claim([StoreClaimRequest(id: id, name: "email", attempt: 1)]) == [.heldElsewhere(instance: "a")])
             try await a.record([(id, .completed(result: Array(#"{"sent":true}"#.utf8)))])
-            #expect(try await b.claim([(id, "email", 1)]) == [.finished(.completed)])
-            #expect(try await a.claim([(id, "email", 1)]) == [.finished(.completed)])
+            #expect(try await b.claim([StoreClaimRequest(id: id, name: "email", attempt: 1)]) == [.finished(.completed)])
+            #expect(try await a.claim([StoreClaimRequest(id: id, name: "email", attempt: 1)]) == [.finished(.completed)])
             let record = try #require(try await b.job(id))
             #expect(record.status == .completed && record.instance == "a" && record.attempt == 1 && record.name == "email")
             #expect(record.result == Array(#"{"sent":true}"#.utf8) && !record.resultTruncated && record.progress == 100)
@@ -63,18 +63,18 @@ struct RedisJobStoreTests {
             let ttl = try await client.command(RedisCommand("PTTL", "warren:\(a.configuration.queue):instance:a")).integer ?? -1
             #expect(ttl > 0 && ttl <= 30_000, "a lease lives as long as configured: PTTL \(ttl)")
             let id = JobID("job-lease")
-            #expect(try await a.claim([(id, "report", 1)]) == [.claimed])
+            #expect(try await a.claim([StoreClaimRequest(id: id, name: "report", attempt: 1)]) == [.claimed])
             try await a.record([(id, .started(attempt: 1))])
-            #expect(try await b.claim([(id, "report", 1)]) == [.heldElsewhere(instance: "a")])
+            #expect(try await b.claim([StoreClaimRequest(id: id, name: "report", attempt: 1)]) == [.heldElsewhere(instance: "a")])
             try await a.releaseLease()
-            #expect(try await b.claim([(id, "report", 1)]) == [.claimed])
+            #expect(try await b.claim([StoreClaimRequest(id: id, name: "report", attempt: 1)]) == [.claimed])
             #expect(try await b.job(id)?.instance == "b")
 
             let retried = JobID("job-retry")
             try await a.renewLease()
-            #expect(try await a.claim([(retried, "report", 1)]) == [.claimed])
+            #expect(try await a.claim([StoreClaimRequest(id: retried, name: "report", attempt: 1)]) == [.claimed])
             try await a.record([(retried, .retrying(attempt: 1, error: "timeout"))])
-            #expect(try await b.claim([(retried, "report", 2)]) == [.claimed])
+            #expect(try await b.claim([StoreClaimRequest(id: retried, name: "report", attempt: 2)]) == [.claimed])
             await client.close()
         }
     }
@@ -96,17 +96,17 @@ struct RedisJobStoreTests {
 
             let early = JobID("not-yet-arrived")
             #expect(try await b.requestCancel(early) == .requested(status: nil, instance: nil))
-            #expect(try await a.claim([(early, "email", 1)]) == [.cancelled])
+            #expect(try await a.claim([StoreClaimRequest(id: early, name: "email", attempt: 1)]) == [.cancelled])
             #expect(try await a.job(early)?.status == .cancelled)
             #expect(try await b.requestCancel(early) == .finished(.cancelled))
 
             let running = JobID("running")
-            #expect(try await a.claim([(running, "email", 1)]) == [.claimed])
+            #expect(try await a.claim([StoreClaimRequest(id: running, name: "email", attempt: 1)]) == [.claimed])
             try await a.record([(running, .started(attempt: 1))])
             #expect(try await b.requestCancel(running) == .requested(status: .running, instance: "a"))
-            #expect(try await b.claim([(running, "email", 1)]) == [.heldElsewhere(instance: "a")])
+            #expect(try await b.claim([StoreClaimRequest(id: running, name: "email", attempt: 1)]) == [.heldElsewhere(instance: "a")])
             try await a.record([(running, .cancelled)])
-            #expect(try await b.claim([(running, "email", 1)]) == [.finished(.cancelled)])
+            #expect(try await b.claim([StoreClaimRequest(id: running, name: "email", attempt: 1)]) == [.finished(.cancelled)])
 
             try await waitUntil("the channels carried the cancels and the ends", within: 5) {
                 let seen = heard.withLock { $0 }
@@ -124,7 +124,7 @@ struct RedisJobStoreTests {
             let (client, stores) = try await Self.stores(["a"], resultLimit: 16)
             let a = stores[0]
             let id = JobID("big-result")
-            #expect(try await a.claim([(id, "export", 1)]) == [.claimed])
+            #expect(try await a.claim([StoreClaimRequest(id: id, name: "export", attempt: 1)]) == [.claimed])
             try await a.record([(id, .started(attempt: 1)), (id, .progress(42.5))])
             #expect(try await a.job(id)?.progress == 42.5)
             #expect(try await a.job(id)?.status == .running)
@@ -136,7 +136,7 @@ struct RedisJobStoreTests {
             let ttl = try await client.command(RedisCommand("PTTL", "warren:\(a.configuration.queue):job:\(id.rawValue)")).integer ?? -1
             #expect(ttl > 0 && ttl <= 24 * 3_600_000, "the record expires after the retention: PTTL \(ttl)")
             let dead = JobID("dead")
-            #expect(try await a.claim([(dead, "export", 1)]) == [.claimed])
+            #expect(try await a.claim([StoreClaimRequest(id: dead, name: "export", attempt: 1)]) == [.claimed])
             try await a.record([(dead, .deadLettered(reason: "retries_exhausted: boom"))])
             #expect(try await a.job(dead)?.status == .deadLettered)
             #expect(try await a.job(dead)?.error == "retries_exhausted: boom")
@@ -185,9 +185,9 @@ struct RedisJobStoreTests {
                 switch roll {
                 case 0..<40:
                     let instance = alive[Int.random(in: 0..<alive.count, using: &random)]
-                    let claim = try await stores[instance]!.claim([(id, "work", job.attempt)])[0]
+                    let claim = try await stores[instance]!.claim([StoreClaimRequest(id: id, name: "work", attempt: job.attempt)])[0]
                     let othersHold = holderAlive && job.holder != instance
-                    let expected: RedisJobStore.Claim
+                    let expected: StoreClaim
                     if job.finished {
                         guard case .finished = claim else {
                             Issue.record("seed \(seed) step \(step): \(id) ended, yet \(instance) got \(claim); \(history.suffix(8))")
@@ -210,7 +210,7 @@ struct RedisJobStoreTests {
                     job.running = true
                     history.append("\(job.holder!) starts \(id)")
                 case 55..<70 where holderAlive && job.running && !job.finished:
-                    let end: RedisJobStore.Change = [.completed(result: [1]), .deadLettered(reason: "x"), .cancelled][Int.random(in: 0..<3, using: &random)]
+                    let end: JobChange = [.completed(result: [1]), .deadLettered(reason: "x"), .cancelled][Int.random(in: 0..<3, using: &random)]
                     try await stores[job.holder!]!.record([(id, end)])
                     (job.finished, job.running) = (true, false)
                     history.append("\(job.holder!) ends \(id): \(end)")

@@ -1,0 +1,128 @@
+#if canImport(FoundationEssentials)
+public import FoundationEssentials
+#else
+public import Foundation
+#endif
+
+/// What every instance consuming one queue shares about its jobs (the Redis store in `WarrenRedis`
+/// is one): who runs a job, whether it ended, its record, and cancels asked from anywhere. A broker
+/// given one claims each arriving job before running it (so a job that ended, or runs on another
+/// live instance, is not run again), records the job as it moves, and hears cancels.
+///
+/// Every call may fail (the store is down): a broker then goes on with what one process knows,
+/// and counts it (`AMQPBroker.stateStoreHealth`). Nothing waits on the store for longer than one call.
+public protocol JobStateStore: Sendable {
+    /// This process's name among the instances.
+    var instance: String { get }
+    /// Renews (or takes) this instance's lease: while it lives, its jobs are its own.
+    func renewLease() async throws
+    /// Gives the lease up (a clean stop): jobs it still held may run elsewhere at once.
+    func releaseLease() async throws
+    /// Claims arriving jobs for this instance, all together; an answer per job, in order.
+    func claim(_ jobs: [StoreClaimRequest]) async throws -> [StoreClaim]
+    /// Gives claimed jobs up without ending them (handed back to the broker, unstarted).
+    func release(_ ids: [JobID]) async throws
+    /// Records changes, in order. A change that says a job runs never overwrites its ending.
+    func record(_ changes: [(id: JobID, change: JobChange)]) async throws
+    /// Asks for a job to be cancelled, wherever it is or will be.
+    func requestCancel(_ id: JobID) async throws -> StoreCancelOutcome
+    /// The job as the store knows it; nil when it has no record (never seen, or past retention).
+    func job(_ id: JobID) async throws -> StoredJob?
+    /// Calls `handler` with the id of every job whose cancel is asked from now on, anywhere (at
+    /// most once each; a cancel asked while the store is unreachable is seen when the job arrives).
+    func watchCancels(_ handler: @escaping @Sendable (JobID) -> Void)
+    /// Stops what the store runs for this process (watches); the store is not used after.
+    func close() async
+}
+
+/// A job to claim: its id, name and the attempt that is about to run.
+public struct StoreClaimRequest: Sendable, Equatable {
+    public var id: JobID
+    public var name: String
+    public var attempt: Int
+    /// Claimed even when the store says it ended: a dead letter replayed on purpose.
+    public var replayed: Bool
+
+    public init(id: JobID, name: String, attempt: Int, replayed: Bool = false) {
+        (self.id, self.name, self.attempt, self.replayed) = (id, name, attempt, replayed)
+    }
+}
+
+/// What a claim found.
+public enum StoreClaim: Sendable, Equatable {
+    /// Taken by this instance: run it.
+    case claimed
+    /// It ended already (completed, dead-lettered or cancelled): a duplicate.
+    case finished(JobStatus)
+    /// Queued or running on another instance whose lease is alive: a duplicate for now.
+    case heldElsewhere(instance: String)
+    /// A cancel was asked before it ran: it is recorded cancelled; settle it so, never run it.
+    case cancelled
+}
+
+/// What a cancel found.
+public enum StoreCancelOutcome: Sendable, Equatable {
+    /// Marked: the instance holding it (if any) was told, and one that takes it later will not run it.
+    case requested(status: JobStatus?, instance: String?)
+    /// It had ended already.
+    case finished(JobStatus)
+}
+
+/// A change to a job's record.
+public enum JobChange: Sendable, Equatable {
+    case started(attempt: Int)
+    case progress(Double)
+    case retrying(attempt: Int, error: String)
+    case completed(result: [UInt8])
+    case deadLettered(reason: String)
+    case cancelled
+
+    /// The status a job has once it ended this way; nil for changes of a job still going.
+    public var ending: JobStatus? {
+        switch self {
+        case .completed: .completed
+        case .deadLettered: .deadLettered
+        case .cancelled: .cancelled
+        case .started, .progress, .retrying: nil
+        }
+    }
+}
+
+/// A job as the store knows it.
+public struct StoredJob: Sendable, Equatable {
+    public var id: JobID
+    public var name: String?
+    public var status: JobStatus?
+    public var attempt: Int
+    public var progress: Double
+    /// The instance that holds (or last held) it.
+    public var instance: String?
+    public var result: [UInt8]?
+    /// The result was longer than the store keeps: `result` is its beginning.
+    public var resultTruncated: Bool
+    public var error: String?
+    public var cancelRequested: Bool
+    public var createdAt: Date?
+    public var startedAt: Date?
+    public var finishedAt: Date?
+
+    public init(
+        id: JobID, name: String? = nil, status: JobStatus? = nil, attempt: Int = 0, progress: Double = 0, instance: String? = nil,
+        result: [UInt8]? = nil, resultTruncated: Bool = false, error: String? = nil, cancelRequested: Bool = false,
+        createdAt: Date? = nil, startedAt: Date? = nil, finishedAt: Date? = nil
+    ) {
+        self.id = id
+        self.name = name
+        self.status = status
+        self.attempt = attempt
+        self.progress = progress
+        self.instance = instance
+        self.result = result
+        self.resultTruncated = resultTruncated
+        self.error = error
+        self.cancelRequested = cancelRequested
+        self.createdAt = createdAt
+        self.startedAt = startedAt
+        self.finishedAt = finishedAt
+    }
+}

@@ -1,0 +1,153 @@
+import CoreMetrics
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+@_spi(Transport) import Warren
+
+/// The AMQP broker's use of a job-state store (`JobStateStore`): claims arriving jobs, keeps the
+/// lease alive, records how jobs move, and says whether the store answers. When a call fails the
+/// broker goes on as if there were no store (what one process knows: at-least-once, dedup per
+/// process), counts a fall-back, and uses the store again as soon as a call succeeds.
+final class StoreLink: Sendable {
+    private struct Notes {
+        var pending: [(id: JobID, change: JobChange)] = []
+        var flushing = false
+    }
+
+    let store: any JobStateStore
+    private let state = Locked(StateStoreHealth())
+    private let notes = Locked(Notes())
+    private let fallbackCounter: Counter
+    private let renewal = Locked<Task<Void, Never>?>(nil)
+
+    init(store: any JobStateStore, queue: String) {
+        self.store = store
+        fallbackCounter = Counter(label: "warren_state_store_fallbacks_total", dimensions: [("queue", queue)])
+    }
+
+    var health: StateStoreHealth { state.withLock { $0 } }
+
+    /// Renews the lease every `every` until `stop` (the claims renew it too, while jobs arrive).
+    func keepLease(every interval: Duration) {
+        let store = self.store
+        let task = Task { [weak self] in
+            while !Task.isCancelled {
+                do {
+                    try await store.renewLease()
+                    self?.succeeded()
+                } catch {
+                    self?.failed(error)
+                }
+                try? await Task.sleep(for: interval)
+            }
+        }
+        renewal.withLock { $0 = task }
+    }
+
+    /// Claims `jobs` for this instance; nil when the store did not answer (run them all: what one
+    /// process knows decides).
+    func claim(_ jobs: [Job]) async -> [StoreClaim]? {
+        let requests = jobs.map { job in
+            StoreClaimRequest(id: job.id, name: job.name, attempt: job.attempt, replayed: job.metadata[WireFormat.replayedKey] != nil)
+        }
+        do {
+            let answers = try await store.claim(requests)
+            guard answers.count == jobs.count else { throw StoreLinkError("the store answered \(answers.count) claims for \(jobs.count) jobs") }
+            succeeded()
+            return answers
+        } catch {
+            failed(error)
+            return nil
+        }
+    }
+
+    /// Records changes and returns once the store has them (or did not answer): endings are
+    /// recorded before their messages are acked, so a copy that arrives later is known as a duplicate.
+    func record(_ changes: [(id: JobID, change: JobChange)]) async {
+        guard !changes.isEmpty else { return }
+        do {
+            try await store.record(changes)
+            succeeded()
+        } catch {
+            failed(error)
+        }
+    }
+
+    /// Records a change soon, together with others (starts, progress): nothing waits for it.
+    func note(_ id: JobID, _ change: JobChange) {
+        let start = notes.withLock { notes in
+            notes.pending.append((id, change))
+            defer { notes.flushing = true }
+            return !notes.flushing
+        }
+        guard start else { return }
+        Task { await flushNotes() }
+    }
+
+    private func flushNotes() async {
+        while true {
+            let batch = notes.withLock { notes in
+                defer { notes.pending.removeAll(keepingCapacity: true) }
+                if notes.pending.isEmpty { notes.flushing = false }
+                return notes.pending
+            }
+            guard !batch.isEmpty else { return }
+            await record(batch)
+        }
+    }
+
+    /// Gives claimed jobs up (handed back unstarted), so another instance need not wait for this
+    /// one's lease to run out.
+    func release(_ ids: [JobID]) async {
+        guard !ids.isEmpty else { return }
+        do {
+            try await store.release(ids)
+            succeeded()
+        } catch {
+            failed(error)
+        }
+    }
+
+    /// Stops renewing, records what is noted, gives the lease up (a clean stop: what this
+    /// instance held may run elsewhere at once) and closes the store's watches.
+    func stop() async {
+        renewal.withLock { task in
+            task?.cancel()
+            task = nil
+        }
+        await flushNotes()
+        do { try await store.releaseLease() } catch { failed(error) }
+        await store.close()
+    }
+
+    private func succeeded() {
+        state.withLock { health in
+            health.available = true
+            health.lastError = nil
+        }
+    }
+
+    private func failed(_ error: any Error) {
+        state.withLock { health in
+            health.available = false
+            health.fallbacks += 1
+            health.lastError = "\(error)"
+        }
+        fallbackCounter.increment()
+    }
+}
+
+struct StoreLinkError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Whether a broker's job-state store answers, as its last call found.
+public struct StateStoreHealth: Sendable, Equatable {
+    public var available = true
+    /// Calls that failed, the broker going on without the store each time (`warren_state_store_fallbacks_total`).
+    public var fallbacks = 0
+    public var lastError: String?
+}

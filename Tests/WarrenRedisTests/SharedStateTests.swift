@@ -1,0 +1,163 @@
+import Foundation
+import Synchronization
+import Testing
+import Warren
+@testable import WarrenAMQP
+@testable import WarrenRedis
+import WarrenTestSupport
+
+/// Several AMQP brokers on one queue sharing the Redis job-state store, as instances of `warren
+/// serve` on several machines would: the private RabbitMQ and Redis of `make test`.
+@Suite("instances sharing the job-state store")
+struct SharedStateTests {
+    struct Instance {
+        let broker: AMQPBroker
+        let store: RedisJobStore
+        let client: RedisClient
+        /// nil: a process that uses the store without running jobs (a producer, a tool).
+        let pool: WorkerPool?
+        let runner: Task<Void, Never>?
+
+        func stop() async {
+            pool?.shutdown()
+            await runner?.value
+            await broker.close()
+            await client.close()
+        }
+    }
+
+    static func amqpURL() throws -> AMQPURL {
+        guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_AMQP_URL"] else {
+            throw TestRedis.NotConfigured()
+        }
+        return try AMQPURL(text)
+    }
+
+    /// An instance named `name` consuming `queue`, running `registry` with `concurrency` workers.
+    static func instance(_ name: String, queue: String, registry: HandlerRegistry?, concurrency: Int = 8) async throws -> Instance {
+        let client = try await TestRedis.client(name)
+        let store = RedisJobStore(client: client, configuration: .init(queue: queue, instance: name))
+        var configuration = AMQPBroker.Configuration(url: try amqpURL(), queue: queue, prefetch: 50)
+        configuration.stateStore = store
+        let broker = AMQPBroker(configuration)
+        try await broker.waitUntilReady(timeout: .seconds(20))
+        guard let registry else { return Instance(broker: broker, store: store, client: client, pool: nil, runner: nil) }
+        let pool = WorkerPool(broker: broker, registry: registry, configuration: WorkerPoolConfiguration(concurrency: concurrency))
+        return Instance(broker: broker, store: store, client: client, pool: pool, runner: Task { await pool.run() })
+    }
+
+    static func producer(_ queue: String) async throws -> AMQPBroker {
+        let broker = AMQPBroker(AMQPBroker.Configuration(url: try amqpURL(), queue: queue))
+        try await broker.waitUntilReady(timeout: .seconds(20))
+        return broker
+    }
+
+    static func deleteQueues(_ queue: String) throws {
+        let cleaner = try RawConnection(url: try amqpURL())
+        defer { cleaner.close() }
+        let topology = Topology(queue: queue)
+        for priority in JobPriority.allCases { try cleaner.deleteQueue(topology.brokerQueue(priority)) }
+        try cleaner.deleteQueue(topology.deadQueue)
+    }
+
+    static func queueName(_ base: String) -> String { "t-\(base)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))" }
+
+    @Test(.timeLimit(.minutes(2)))
+    func eachIdRunsOnceAcrossInstancesThoughPublishedTwice() async throws {
+        try await ServerAccess.redis.using {
+            try await ServerAccess.rabbitMQ.using {
+                let queue = Self.queueName("twice")
+                defer { try? Self.deleteQueues(queue) }
+                let count = 2_000
+                let runs = Mutex<[JobID: Int]>([:])
+                var registry = HandlerRegistry()
+                try registry.registerRaw("work") { _, context in
+                    runs.withLock { $0[context.id, default: 0] += 1 }
+                    // Long enough that copies arrive while the first runs.
+                    try await Task.sleep(for: .milliseconds(2))
+                    return Data(#"{"ok":true}"#.utf8)
+                }
+                let a = try await Self.instance("a", queue: queue, registry: registry)
+                let b = try await Self.instance("b", queue: queue, registry: registry)
+                // Two producers (each one's own dedup would refuse the second copy): the same ids
+                // into the normal and the high priority queue.
+                let first = try await Self.producer(queue), second = try await Self.producer(queue)
+                let ids = (0..<count).map { JobID("twice-\($0)") }
+                for chunk in stride(from: 0, to: count, by: 200) {
+                    let slice = ids[chunk..<min(count, chunk + 200)]
+                    try await first.enqueue(slice.map { Job(id: $0, name: "work", priority: .normal) })
+                    try await second.enqueue(slice.map { Job(id: $0, name: "work", priority: .high) })
+                }
+                try await waitUntil("every id ran", within: 60) { runs.withLock { $0.count } == count }
+                // Every copy settled: nothing left in the queues, nothing unacked.
+                try await waitUntil("the queues are empty", within: 30) {
+                    guard let raw = try? RawConnection(url: try Self.amqpURL()) else { return false }
+                    defer { raw.close() }
+                    let topology = Topology(queue: queue)
+                    return JobPriority.allCases.allSatisfy { priority in
+                        ((try? raw.declareQueue(topology.brokerQueue(priority), passive: true))?.messages ?? 1) == 0
+                    }
+                }
+                let ranTwice = runs.withLock { $0.filter { $0.value > 1 } }
+                #expect(ranTwice.isEmpty, "ran more than once: \(ranTwice.prefix(10))")
+                let record = try #require(try await a.store.job(ids[0]))
+                #expect(record.status == .completed)
+                #expect(record.result == Array(#"{"ok":true}"#.utf8))
+                #expect(a.broker.stateStoreHealth?.fallbacks == 0)
+                #expect(b.broker.stateStoreHealth?.fallbacks == 0)
+                await first.close()
+                await second.close()
+                await a.stop()
+                await b.stop()
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aCancelFromAnotherInstanceStopsARunningJobWithinASecond() async throws {
+        try await ServerAccess.redis.using {
+            try await ServerAccess.rabbitMQ.using {
+                let queue = Self.queueName("cancel")
+                defer { try? Self.deleteQueues(queue) }
+                let started = Mutex<Set<JobID>>([])
+                let stopped = Mutex<[JobID: ContinuousClock.Instant]>([:])
+                var registry = HandlerRegistry()
+                try registry.registerRaw("long") { _, context in
+                    started.withLock { _ = $0.insert(context.id) }
+                    do {
+                        try await Task.sleep(for: .seconds(30))
+                    } catch {
+                        stopped.withLock { $0[context.id] = .now }
+                        throw error
+                    }
+                    return Data()
+                }
+                let runner = try await Self.instance("runner", queue: queue, registry: registry, concurrency: 1)
+                // Another process: no workers, the store only.
+                let other = try await Self.instance("other", queue: queue, registry: nil)
+                let producer = try await Self.producer(queue)
+                let running = Job(id: "cancel-running", name: "long")
+                let queued = Job(id: "cancel-queued", name: "long")
+                try await producer.enqueue([running])
+                try await waitUntil("the first job runs", within: 20) { started.withLock { $0.contains(running.id) } }
+                try await producer.enqueue([queued])
+                // The queued one waits behind the running one (one worker) and is cancelled first.
+                try await waitUntil("the second job is held", within: 20) { runner.broker.received(queued.id) != nil }
+                #expect(await other.broker.cancel(queued.id) == .cancelled)
+                let asked = ContinuousClock.now
+                #expect(await other.broker.cancel(running.id) == .cancelling)
+                try await waitUntil("the running job stops", within: 5) { stopped.withLock { $0[running.id] != nil } }
+                let latency = try #require(stopped.withLock { $0[running.id] }) - asked
+                #expect(latency < .seconds(1), "stopped \(latency) after the cancel")
+                try await waitUntil("both are recorded cancelled", within: 10) {
+                    let records = [try? await other.store.job(running.id), try? await other.store.job(queued.id)]
+                    return records.allSatisfy { $0?.status == .cancelled }
+                }
+                #expect(!started.withLock { $0.contains(queued.id) }, "the cancelled queued job never ran")
+                await producer.close()
+                await runner.stop()
+                await other.stop()
+            }
+        }
+    }
+}
