@@ -104,7 +104,7 @@ let package = Package(
         .target(
             name: "WarrenService",
             dependencies: [
-                "Warren", "WarrenAMQP",
+                "Warren", "WarrenAMQP", "WarrenRedis",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -126,7 +126,7 @@ let package = Package(
         .executableTarget(
             name: "warren",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService",
+                "Warren", "WarrenAMQP", "WarrenRedis", "WarrenService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: glue

@@ -63,6 +63,35 @@ package final class RedisJobStore: JobStateStore {
         }
     }
 
+    /// Waits until the job ends, or `timeout` passes: its record then (nil if it has none). A
+    /// subscriber on the done channel wakes the wait at once; the record is read again every
+    /// second too, so an ending announced while the subscriber (re)connected is not missed.
+    package func waitUntilEnded(_ id: JobID, within timeout: Duration) async throws -> StoredJob? {
+        let ended = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let prefix = Array("\(id.rawValue) ".utf8)
+        let subscriber = RedisClient(url: client.url, name: "\(configuration.instance)-wait", subscribingTo: [doneChannel]) { _, message in
+            if message.starts(with: prefix) { ended.continuation.yield() }
+        }
+        defer { Task { await subscriber.close() } }
+        try? await subscriber.waitUntilConnected(within: .seconds(2))
+        let deadline = ContinuousClock.now + timeout
+        let ticker = Task {
+            while !Task.isCancelled, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: min(.seconds(1), max(.zero, deadline - .now)))
+                ended.continuation.yield()
+            }
+            ended.continuation.finish()
+        }
+        defer { ticker.cancel() }
+        var record = try await record(of: id)
+        if record?.status?.isTerminal == true { return record }
+        for await _ in ended.stream {
+            record = try await self.record(of: id)
+            if record?.status?.isTerminal == true || ContinuousClock.now >= deadline { return record }
+        }
+        return record
+    }
+
     /// Stops the cancel subscriber, if one runs (the command client is the caller's to close).
     package func close() async {
         let subscriber = cancelWatch.withLock { state in

@@ -15,7 +15,8 @@ enum OperationsServer {
             text("ok\n")
         }
         router.get("readyz") { _, _ in
-            service.isReady ? text("ready\n") : text("not ready: \(service.notReadyReason)\n", status: .serviceUnavailable)
+            guard service.isReady else { return text("not ready: \(service.notReadyReason)\n", status: .serviceUnavailable) }
+            return text(service.stateStoreDegraded.map { "ready; \($0)\n" } ?? "ready\n")
         }
         router.get("metrics") { _, _ in
             text(service.observer.metricsText(), contentType: "text/plain; version=0.0.4; charset=utf-8")

@@ -4,6 +4,7 @@ import Foundation
 public import Logging
 public import Warren
 public import WarrenAMQP
+package import WarrenRedis
 import Yams
 
 /// Everything `warren serve` needs, read once at start-up from (highest first) command-line flags,
@@ -43,6 +44,14 @@ public struct ServiceConfiguration: Sendable {
     public var recentJobs: Int
     /// What is hidden when a URL or an error is shown (`log.redact_params`).
     public var redactor: Redactor
+    /// The job-state store shared by every instance on the queue; nil: none (per-process guarantees).
+    package var stateURL: RedisURL?
+    /// How long an instance's lease in the store lasts without renewal.
+    public var stateLease: Duration
+    /// How long a job's record is kept after its last change.
+    public var stateRetention: Duration
+    /// Results longer than this are stored cut to it, flagged truncated.
+    public var stateResultLimit: Int
 
     /// Every key, its default and what it takes: the reference `warren config check --keys` prints
     /// and the README repeats.
@@ -78,6 +87,14 @@ public struct ServiceConfiguration: Sendable {
         Key("jobs.recent", "10000", "jobs /jobs/{id} remembers, 0 to 10000000"),
         Key("log.redact_params", Redactor.defaultParameters.joined(separator: ","),
             "URL query parameters whose values are hidden wherever a URL is shown (a name containing one of them); none for none"),
+        Key("state.url", nil, unset: "none: dedup, status, results and cancel hold per process",
+            "redis://[user:password@]host:port/db of the job-state store (Redis or Valkey) every instance on the queue shares: "
+                + "cluster-wide dedup, status, results and cancel"),
+        Key("state.password", nil, unset: "from the URL", "overrides the state store URL's password; best kept in a secret file", secret: true),
+        Key("state.password_file", nil, "a file holding the state store password (Docker and Kubernetes secrets)"),
+        Key("state.lease", "10s", "how long an instance that stopped renewing (it died) holds its jobs before other instances may run them, 1s to 1h"),
+        Key("state.retention", "24h", "how long a job's record (status, result) is kept after its last change"),
+        Key("state.result_limit", "1048576", "longest result stored, in bytes, 0 to 67108864; a longer one is stored cut to it and flagged truncated"),
     ]
 
     /// A duration as the keys table shows it: `25s`, `5m`, `1h` or `500ms`.
@@ -145,13 +162,13 @@ public struct ServiceConfiguration: Sendable {
     public static func load(_ sources: Sources) async throws -> ServiceConfiguration {
         var providers: [any ConfigProvider] = []
         let flagValues = Dictionary(uniqueKeysWithValues: sources.flags.map { key, value in
-            (AbsoluteConfigKey(key.split(separator: ".").map(String.init)), ConfigValue(.string(value), isSecret: key == "broker.password"))
+            (AbsoluteConfigKey(key.split(separator: ".").map(String.init)), ConfigValue(.string(value), isSecret: key == "broker.password" || key == "state.password"))
         })
         providers.append(InMemoryProvider(name: "flags", values: flagValues))
         providers.append(
             EnvironmentVariablesProvider(
                 environmentVariables: sources.environment,
-                secretsSpecifier: .specific(["WARREN_BROKER_PASSWORD"])
+                secretsSpecifier: .specific(["WARREN_BROKER_PASSWORD", "WARREN_STATE_PASSWORD"])
             ).prefixKeys(with: ["warren"]))
         let configFile = sources.flags["config"] ?? sources.environment["WARREN_CONFIG"] ?? sources.configFile
         if let configFile {
@@ -309,6 +326,30 @@ public struct ServiceConfiguration: Sendable {
         guard let events = Self.boolean(eventsText) else { throw invalid("events.enabled", eventsText, "true or false (or yes/no, on/off, 1/0)") }
         publishesEvents = events
         recentJobs = try integer("jobs.recent", 0...10_000_000)
+        if let stateText = values.string("state.url") {
+            do {
+                stateURL = try RedisURL(stateText)
+            } catch {
+                throw invalid("state.url", RedisURL.redacted(stateText), "redis://[user:password@]host:port/db (\(error))")
+            }
+            var statePassword = values.string("state.password", secret: true)
+            if statePassword == nil, let file = values.string("state.password_file") {
+                do {
+                    statePassword = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                } catch {
+                    throw invalid("state.password_file", file, "a readable file holding the password")
+                }
+            }
+            if let statePassword { stateURL?.password = statePassword }
+        } else {
+            stateURL = nil
+        }
+        stateLease = try duration("state.lease")
+        guard stateLease >= .seconds(1), stateLease <= .seconds(3_600) else {
+            throw invalid("state.lease", values.value("state.lease") ?? "\(stateLease)", "from 1s to 1h")
+        }
+        stateRetention = try duration("state.retention")
+        stateResultLimit = try integer("state.result_limit", 0...(64 << 20))
         guard reservedForCritical < concurrency || reservedForCritical == 0 else {
             throw invalid("worker.reserved_critical", "\(reservedForCritical)", "less than worker.concurrency (\(concurrency))")
         }
@@ -366,6 +407,8 @@ public struct ServiceConfiguration: Sendable {
             ("log.format", logFormat.rawValue), ("log.level", logLevel.rawValue),
             ("events.enabled", "\(publishesEvents)"), ("jobs.recent", "\(recentJobs)"),
             ("log.redact_params", redactor.parameters.isEmpty ? "none" : redactor.parameters.joined(separator: ",")),
+            ("state.url", stateURL.map(\.description) ?? "none"),
+            ("state.lease", "\(stateLease)"), ("state.retention", "\(stateRetention)"), ("state.result_limit", "\(stateResultLimit)"),
         ]
     }
 }

@@ -9,6 +9,7 @@ import Tracing
 import UnixSignals
 public import Warren
 public import WarrenAMQP
+package import WarrenRedis
 
 /// `warren serve`: a worker on RabbitMQ running the handlers of a handlers file (and any registered
 /// in code), with the operations HTTP server, until SIGTERM or SIGINT; then it drains: consumers
@@ -21,6 +22,8 @@ public final class WorkerService: Sendable {
     let logger: Logger
     let httpClient: HTTPClient
     let handlerNames: [String]
+    /// The job-state store's connection, when `state.url` is set.
+    let stateClient: RedisClient?
 
     /// Builds the worker. `registry` may already hold handlers registered in Swift; the handlers
     /// file's entries are added to it (a name in both is an error).
@@ -61,6 +64,14 @@ public final class WorkerService: Sendable {
         brokerConfiguration.jobDefaults = defaults
         brokerConfiguration.retryPolicies = policies
         brokerConfiguration.publishesEvents = configuration.publishesEvents
+        if let stateURL = configuration.stateURL {
+            let store = Self.stateStore(configuration, url: stateURL)
+            stateClient = store.client
+            brokerConfiguration.stateStore = store.store
+            brokerConfiguration.leaseRenewal = configuration.stateLease / 3
+        } else {
+            stateClient = nil
+        }
         broker = AMQPBroker(brokerConfiguration)
         observer = JobObserver(
             queue: configuration.queue, handlerNames: Set(registry.names), recentJobs: configuration.recentJobs, logger: logger)
@@ -73,6 +84,18 @@ public final class WorkerService: Sendable {
         // handlers; through an exporting tracer when the process bootstrapped one.
         poolConfiguration.tracer = InstrumentationSystem.tracer is NoOpTracer ? TraceContextTracer() : nil
         pool = WorkerPool(broker: broker, registry: registry, configuration: poolConfiguration)
+    }
+
+    /// The job-state store of `configuration` at `url`, for this process: its instance name is
+    /// the host's and the process id.
+    package static func stateStore(_ configuration: ServiceConfiguration, url: RedisURL) -> (client: RedisClient, store: RedisJobStore) {
+        let instance = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
+        let client = RedisClient(url: url, name: "warren-\(instance)")
+        var storeConfiguration = RedisJobStore.Configuration(queue: configuration.queue, instance: instance)
+        storeConfiguration.lease = configuration.stateLease
+        storeConfiguration.retention = configuration.stateRetention
+        storeConfiguration.resultLimit = configuration.stateResultLimit
+        return (client, RedisJobStore(client: client, configuration: storeConfiguration))
     }
 
     /// Runs until SIGTERM or SIGINT, then drains and returns.
@@ -96,6 +119,17 @@ public final class WorkerService: Sendable {
         ])
         if handlerNames.isEmpty {
             logger.warning("no handlers are configured: every job will be dead-lettered as unknown_job_name (set handlers.file)")
+        }
+        if let stateClient {
+            // Jobs that arrive before the store answers run on what this process knows: wait a little for it.
+            do {
+                try await stateClient.waitUntilConnected(within: .seconds(5))
+                logger.info("using the job-state store", metadata: ["state": "\(stateClient.url)"])
+            } catch {
+                logger.warning(
+                    "the job-state store does not answer; going on with what this process knows until it does",
+                    metadata: ["state": "\(stateClient.url)", "reason": "\(error)"])
+            }
         }
         let events = broker.events()
         let observing = Task { await observer.follow(events) }
@@ -141,6 +175,7 @@ public final class WorkerService: Sendable {
         consumers.cancel()
         await observing.value
         try? await httpClient.shutdown()
+        await stateClient?.close()
     }
 
     private func logConnected() {
@@ -164,6 +199,13 @@ public final class WorkerService: Sendable {
         if broker.isDraining { return "draining: shutting down, finishing running jobs" }
         if broker.isReady { return "not consuming yet" }
         return "not connected to RabbitMQ" + (broker.disconnectReason.map { " (\($0))" } ?? "")
+    }
+
+    /// The job-state store, for `/readyz`: nil when there is none or it answers; otherwise why it is
+    /// degraded (jobs keep flowing on what this process knows).
+    var stateStoreDegraded: String? {
+        guard let health = broker.stateStoreHealth, !health.available else { return nil }
+        return "state store degraded (\(health.lastError ?? "not answering")): jobs run at least once, dedup and cancel per process, until it answers"
     }
 }
 
