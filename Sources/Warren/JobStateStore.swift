@@ -28,6 +28,8 @@ public protocol JobStateStore: Sendable {
     func requestCancel(_ id: JobID) async throws -> StoreCancelOutcome
     /// The job as the store knows it; nil when it has no record (never seen, or past retention).
     func job(_ id: JobID) async throws -> StoredJob?
+    /// Waits until the job ends, or `timeout` passes: its record then (nil when it has none).
+    func waitUntilEnded(_ id: JobID, within timeout: Duration) async throws -> StoredJob?
     /// Calls `handler` with the id of every job whose cancel is asked from now on, anywhere (at
     /// most once each; a cancel asked while the store is unreachable is seen when the job arrives).
     func watchCancels(_ handler: @escaping @Sendable (JobID) -> Void)
@@ -35,16 +37,17 @@ public protocol JobStateStore: Sendable {
     func close() async
 }
 
-/// A job to claim: its id, name and the attempt that is about to run.
+/// A job to claim: its id, name, priority and the attempt that is about to run.
 public struct StoreClaimRequest: Sendable, Equatable {
     public var id: JobID
     public var name: String
+    public var priority: JobPriority
     public var attempt: Int
     /// Claimed even when the store says it ended: a dead letter replayed on purpose.
     public var replayed: Bool
 
-    public init(id: JobID, name: String, attempt: Int, replayed: Bool = false) {
-        (self.id, self.name, self.attempt, self.replayed) = (id, name, attempt, replayed)
+    public init(id: JobID, name: String, priority: JobPriority = .normal, attempt: Int, replayed: Bool = false) {
+        (self.id, self.name, self.priority, self.attempt, self.replayed) = (id, name, priority, attempt, replayed)
     }
 }
 
@@ -74,7 +77,8 @@ public enum JobChange: Sendable, Equatable {
     case progress(Double)
     case retrying(attempt: Int, error: String)
     case completed(result: [UInt8])
-    case deadLettered(reason: String)
+    /// `reason`: what it says; `code`: `DeadLetterReason.code`.
+    case deadLettered(reason: String, code: String? = nil)
     case cancelled
 
     /// The status a job has once it ended this way; nil for changes of a job still going.
@@ -92,6 +96,7 @@ public enum JobChange: Sendable, Equatable {
 public struct StoredJob: Sendable, Equatable {
     public var id: JobID
     public var name: String?
+    public var priority: JobPriority?
     public var status: JobStatus?
     public var attempt: Int
     public var progress: Double
@@ -101,18 +106,21 @@ public struct StoredJob: Sendable, Equatable {
     /// The result was longer than the store keeps: `result` is its beginning.
     public var resultTruncated: Bool
     public var error: String?
+    /// How a dead-lettered job ended: `DeadLetterReason.code`.
+    public var deadLetterCode: String?
     public var cancelRequested: Bool
     public var createdAt: Date?
     public var startedAt: Date?
     public var finishedAt: Date?
 
     public init(
-        id: JobID, name: String? = nil, status: JobStatus? = nil, attempt: Int = 0, progress: Double = 0, instance: String? = nil,
-        result: [UInt8]? = nil, resultTruncated: Bool = false, error: String? = nil, cancelRequested: Bool = false,
+        id: JobID, name: String? = nil, priority: JobPriority? = nil, status: JobStatus? = nil, attempt: Int = 0, progress: Double = 0, instance: String? = nil,
+        result: [UInt8]? = nil, resultTruncated: Bool = false, error: String? = nil, deadLetterCode: String? = nil, cancelRequested: Bool = false,
         createdAt: Date? = nil, startedAt: Date? = nil, finishedAt: Date? = nil
     ) {
         self.id = id
         self.name = name
+        self.priority = priority
         self.status = status
         self.attempt = attempt
         self.progress = progress
@@ -120,9 +128,34 @@ public struct StoredJob: Sendable, Equatable {
         self.result = result
         self.resultTruncated = resultTruncated
         self.error = error
+        self.deadLetterCode = deadLetterCode
         self.cancelRequested = cancelRequested
         self.createdAt = createdAt
         self.startedAt = startedAt
         self.finishedAt = finishedAt
+    }
+}
+
+extension StoredJob {
+    /// How the job ended, as a producer's `JobHandle.result()` reports it; nil while it has not.
+    /// A dead letter's reason is rebuilt from its code and text (the attempts' errors stay with
+    /// the dead letter itself, in `<queue>.dead`).
+    public var outcome: JobOutcome? {
+        switch status {
+        case .completed?: return .completed(Data(result ?? []))
+        case .cancelled?: return .cancelled
+        case .deadLettered?:
+            let text = error ?? "dead-lettered"
+            let reason: DeadLetterReason = switch deadLetterCode {
+            case "retries_exhausted": .retriesExhausted(attempts: attempt, lastError: text)
+            case "deadline": .deadline(finishedAt ?? Date())
+            case "unknown_job_name": .unknownJobName(name ?? "")
+            case "undecodable_payload": .undecodablePayload(text)
+            case "rejected": .rejected(text)
+            default: .malformedMessage(text)
+            }
+            return .deadLettered(reason, errors: [])
+        default: return nil
+        }
     }
 }

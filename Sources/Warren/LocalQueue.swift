@@ -250,6 +250,9 @@ import Synchronization
         state.withLock { $0.core.statistics() }
     }
 
+    /// Whether `close` was called.
+    public var isClosed: Bool { state.withLock { $0.closed } }
+
     public func close() {
         let effects = state.withLock { state -> Effects in
             state.closed = true

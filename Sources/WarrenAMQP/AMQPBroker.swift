@@ -357,8 +357,31 @@ public final class AMQPBroker: Broker {
     /// `snapshot` answers from what was published).
     public func received(_ id: JobID) -> Job? { local.snapshot(id) }
 
+    /// Waits until the job ends. With a state store, a job this process does not hold is
+    /// followed there, whichever instance runs it; nil when no one knows it (or the broker closes).
     public func outcome(of id: JobID) async -> JobOutcome? {
-        await local.outcome(of: id, waitIfUnknown: published.isKnown(id))
+        guard let store, local.snapshot(id) == nil else { return await local.outcome(of: id, waitIfUnknown: published.isKnown(id)) }
+        if let finishedHere = await local.outcome(of: id, waitIfUnknown: false) { return finishedHere }
+        while !Task.isCancelled, !local.isClosed {
+            do {
+                let record = try await store.store.job(id)
+                if let outcome = record?.outcome { return outcome }
+                // Not taken by any instance yet: worth waiting for only if it was published here.
+                if record == nil, !published.isKnown(id) { return nil }
+                if let outcome = try await store.store.waitUntilEnded(id, within: .seconds(30))?.outcome { return outcome }
+            } catch {
+                // The store does not answer: ask again in a moment.
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        return nil
+    }
+
+    /// The job as the state store knows it (whichever instance holds or held it); nil without a
+    /// store, when it does not answer, or when it has no record.
+    public func storedJob(_ id: JobID) async -> StoredJob? {
+        guard let store else { return nil }
+        return try? await store.store.job(id)
     }
 
     public func statistics() async -> QueueStatistics { local.statistics() }

@@ -55,7 +55,8 @@ final class Settlement: Sendable {
             case let .completed(job): (job.id, .completed(result: Array(job.result ?? Data())))
             case let .cancelled(job): (job.id, .cancelled)
             case let .retry(job): (job.id, .retrying(attempt: job.attempt, error: job.errors.last?.message ?? "failed"))
-            case let .deadLettered(job): (job.id, .deadLettered(reason: (job.deadLetterReason ?? .malformedMessage("unknown")).description))
+            case let .deadLettered(job):
+                (job.id, .deadLettered(reason: (job.deadLetterReason ?? .malformedMessage("unknown")).description, code: job.deadLetterReason?.code))
             }
         }
         settling.add()

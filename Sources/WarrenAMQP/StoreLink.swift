@@ -50,7 +50,7 @@ final class StoreLink: Sendable {
     /// process knows decides).
     func claim(_ jobs: [Job]) async -> [StoreClaim]? {
         let requests = jobs.map { job in
-            StoreClaimRequest(id: job.id, name: job.name, attempt: job.attempt, replayed: job.metadata[WireFormat.replayedKey] != nil)
+            StoreClaimRequest(id: job.id, name: job.name, priority: job.priority, attempt: job.attempt, replayed: job.metadata[WireFormat.replayedKey] != nil)
         }
         do {
             let answers = try await store.claim(requests)

@@ -130,7 +130,7 @@ package final class RedisJobStore: JobStateStore {
             configuration.instance, Self.millis(now), prefix + "instance:", retentionMillis, doneChannel, (prefix + "job:").utf8.count + 1,
             max(1, configuration.lease.wholeMilliseconds),
         ]
-        for job in jobs { arguments += [job.name, job.attempt, job.replayed ? 1 : 0] }
+        for job in jobs { arguments += [job.name, job.attempt, job.replayed ? 1 : 0, job.priority.name] }
         let reply = try await client.command(RedisCommand("EVAL", arguments: arguments))
         guard case let .array(answers) = reply, answers.count == jobs.count else {
             throw .reply("unexpected answer to the claim script: \(reply)")
@@ -168,8 +168,8 @@ package final class RedisJobStore: JobStateStore {
                 fields += ["status", JobStatus.completed.rawValue, "result", Array(result.prefix(configuration.resultLimit)),
                            "result_truncated", truncated ? 1 : 0, "finished_at", at, "progress", "100"]
                 ended = .completed
-            case let .deadLettered(reason):
-                fields += ["status", JobStatus.deadLettered.rawValue, "error", reason, "finished_at", at]
+            case let .deadLettered(reason, code):
+                fields += ["status", JobStatus.deadLettered.rawValue, "error", reason, "reason", code ?? "", "finished_at", at]
                 ended = .deadLettered
             case .cancelled:
                 fields += ["status", JobStatus.cancelled.rawValue, "finished_at", at]
@@ -237,9 +237,9 @@ package final class RedisJobStore: JobStateStore {
         let attempt = fields["attempt"]?.integer.flatMap { (0...1_000_000).contains($0) ? Int($0) : nil } ?? 0
         let progress = fields["progress"]?.text.flatMap(Double.init).flatMap { $0.isFinite ? min(100, max(0, $0)) : nil } ?? 0
         return StoredJob(
-            id: id, name: fields["name"]?.text, status: fields["status"]?.text.flatMap(JobStatus.init(rawValue:)), attempt: attempt,
+            id: id, name: fields["name"]?.text, priority: fields["priority"]?.text.flatMap(JobPriority.init(name:)), status: fields["status"]?.text.flatMap(JobStatus.init(rawValue:)), attempt: attempt,
             progress: progress, instance: fields["instance"]?.text, result: result, resultTruncated: fields["result_truncated"]?.text == "1",
-            error: fields["error"]?.text, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
+            error: fields["error"]?.text, deadLetterCode: fields["reason"]?.text.flatMap { $0.isEmpty ? nil : $0 }, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
             startedAt: date("started_at"), finishedAt: date("finished_at"))
     }
 
@@ -247,8 +247,8 @@ package final class RedisJobStore: JobStateStore {
 
     /// KEYS: the jobs' keys. ARGV: instance, now (ms), lease key prefix, retention (ms), the done
     /// channel, where the id starts in a job's key (1-based), the lease (ms; renewed here, so that
-    /// no claim is ever held under a lease that does not exist), then a name, an attempt and a replayed
-    /// flag (1: run it even if it ended) per job. A job is claimed unless it ended, a cancel was
+    /// no claim is ever held under a lease that does not exist), then a name, an attempt, a replayed
+    /// flag (1: run it even if it ended) and a priority per job. A job is claimed unless it ended, a cancel was
     /// asked before it ran, or another instance with a live lease holds the same (or a later) attempt.
     static let claimScript = """
         local instance, now, leases, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -256,7 +256,7 @@ package final class RedisJobStore: JobStateStore {
         redis.call('SET', leases .. instance, '1', 'PX', ARGV[7])
         local answers = {}
         for i, key in ipairs(KEYS) do
-          local name, attempt, replayed = ARGV[5 + 3 * i], tonumber(ARGV[6 + 3 * i]), ARGV[7 + 3 * i] == '1'
+          local name, attempt, replayed, priority = ARGV[4 + 4 * i], tonumber(ARGV[5 + 4 * i]), ARGV[6 + 4 * i] == '1', ARGV[7 + 4 * i]
           local s = redis.call('HMGET', key, 'status', 'instance', 'cancel', 'attempt')
           local status, holder, cancel, held = s[1], s[2], s[3], tonumber(s[4]) or 0
           local alive = holder and holder ~= '' and holder ~= instance and redis.call('EXISTS', leases .. holder) == 1
@@ -279,7 +279,7 @@ package final class RedisJobStore: JobStateStore {
           elseif alive and status ~= 'retrying' and held >= attempt then
             answers[i] = 'held:' .. holder
           else
-            redis.call('HSET', key, 'status', 'queued', 'instance', instance, 'name', name, 'attempt', attempt, 'updated_at', now)
+            redis.call('HSET', key, 'status', 'queued', 'instance', instance, 'name', name, 'priority', priority, 'attempt', attempt, 'updated_at', now)
             redis.call('HSETNX', key, 'created_at', now)
             redis.call('PEXPIRE', key, retention)
             answers[i] = 'claimed'

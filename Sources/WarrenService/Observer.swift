@@ -29,9 +29,11 @@ public final class JobObserver: Sendable {
         public var error: String?
         public var deadLetterReason: String?
         public var progress: Double?
+        /// With a job-state store: the instance that holds (or held) it.
+        public var instance: String?
 
         enum CodingKeys: String, CodingKey {
-            case id, name, priority, status, attempt, error, progress
+            case id, name, priority, status, attempt, error, progress, instance
             case startedAt = "started_at", finishedAt = "finished_at", deadLetterReason = "dead_letter_reason"
         }
     }

@@ -34,9 +34,25 @@ enum OperationsServer {
                 current.progress = live.progress
                 current.startedAt = live.startedAt ?? current.startedAt
                 summary = current
+            } else if let stored = await service.broker.storedJob(jobID), stored.status != nil {
+                // Whichever instance holds or held it: the job-state store knows it as it is now.
+                var current = summary ?? JobObserver.JobSummary(
+                    id: id, name: stored.name ?? "", priority: stored.priority?.name ?? "", status: "", attempt: stored.attempt)
+                current.status = stored.status?.rawValue ?? current.status
+                current.attempt = stored.attempt
+                current.progress = stored.progress
+                current.startedAt = stored.startedAt ?? current.startedAt
+                current.finishedAt = stored.finishedAt ?? current.finishedAt
+                current.error = stored.error ?? current.error
+                if stored.status == .deadLettered { current.deadLetterReason = stored.deadLetterCode ?? current.deadLetterReason }
+                current.instance = stored.instance.flatMap { $0.isEmpty ? nil : $0 }
+                summary = current
             }
             guard let summary else {
-                return text("job \(id) is not known to this worker (it remembers its \(service.configuration.recentJobs) most recent jobs)\n", status: .notFound)
+                let scope = service.configuration.stateURL == nil
+                    ? "this worker (it remembers its \(service.configuration.recentJobs) most recent jobs; set state.url to see every instance's)"
+                    : "this worker or the job-state store (never taken by an instance, or past state.retention)"
+                return text("job \(id) is not known to \(scope)\n", status: .notFound)
             }
             let encoder = JSONEncoder()
             encoder.dateEncodingStrategy = .iso8601

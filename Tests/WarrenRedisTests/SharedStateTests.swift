@@ -160,4 +160,44 @@ struct SharedStateTests {
             }
         }
     }
+
+    @Test(.timeLimit(.minutes(1)))
+    func aProducerProcessGetsResultsOfJobsAnotherInstanceRan() async throws {
+        try await ServerAccess.redis.using {
+            try await ServerAccess.rabbitMQ.using {
+                let queue = Self.queueName("results")
+                defer { try? Self.deleteQueues(queue) }
+                var registry = HandlerRegistry()
+                try registry.registerRaw("double") { payload, context in
+                    await context.progress(50)
+                    let number = try JSONDecoder().decode(Int.self, from: payload)
+                    return Data("\(number * 2)".utf8)
+                }
+                try registry.registerRaw("fail") { _, _ in throw JobRejected("no such order") }
+                let worker = try await Self.instance("worker", queue: queue, registry: registry)
+                // The producer: a process of its own that runs no jobs, with the store.
+                let producer = try await Self.instance("producer", queue: queue, registry: nil)
+                let jobs = JobQueue(broker: producer.broker)
+                let doubled = try await jobs.submit(Job(name: "double", payload: Data("21".utf8)))
+                let failing = try await jobs.submit(Job(name: "fail", payload: Data("{}".utf8), maxRetries: 0))
+                #expect(try await doubled.result() == Data("42".utf8))
+                let failure = await #expect(throws: JobFailure.self) { try await failing.result() }
+                if case let .deadLettered(id, reason, _)? = failure {
+                    #expect(id == failing.id)
+                    #expect(reason.code == "rejected", "\(reason)")
+                } else {
+                    Issue.record("expected a dead letter, got \(String(describing: failure))")
+                }
+                // Known to both through the store, though only one ran it.
+                let stored = try #require(await producer.broker.storedJob(doubled.id))
+                #expect(stored.status == .completed)
+                #expect(stored.priority == .normal)
+                #expect(stored.instance == "worker")
+                // A job no one published or ran: unknown at once, no wait.
+                #expect(await producer.broker.outcome(of: JobID("never-\(UUID())")) == nil)
+                await producer.stop()
+                await worker.stop()
+            }
+        }
+    }
 }
