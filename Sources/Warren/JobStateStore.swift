@@ -30,6 +30,11 @@ public protocol JobStateStore: Sendable {
     func job(_ id: JobID) async throws -> StoredJob?
     /// Waits until the job ends, or `timeout` passes: its record then (nil when it has none).
     func waitUntilEnded(_ id: JobID, within timeout: Duration) async throws -> StoredJob?
+    /// The statuses of jobs, in order (nil: the store has no record of it).
+    func statuses(_ ids: [JobID]) async throws -> [JobStatus?]
+    /// Calls `handler` with each job that ends from now on, anywhere, and how. At most once each,
+    /// and none while the store is unreachable: a caller that must not miss one reads `statuses` too.
+    func watchEndings(_ handler: @escaping @Sendable (JobID, JobStatus) -> Void)
     /// Calls `handler` with the id of every job whose cancel is asked from now on, anywhere (at
     /// most once each; a cancel asked while the store is unreachable is seen when the job arrives).
     func watchCancels(_ handler: @escaping @Sendable (JobID) -> Void)

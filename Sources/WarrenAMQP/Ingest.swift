@@ -23,9 +23,14 @@ final class Ingest: Sendable {
     /// Copies of jobs another live instance holds: unacked here, claimed again every `recheck`
     /// until that instance ends them (then acked as duplicates) or its lease runs out (then run here).
     private let parked = Locked<[JobID: (job: Job, message: IncomingMessage)]>([:])
+    /// Every `storeRecheck` while copies are parked or jobs wait for dependencies: claims the
+    /// parked copies again and asks the store how the awaited dependencies stand (endings are
+    /// heard over pub/sub at once; this catches the ones said while the store was unreachable).
     private let recheck: Alarm
     private let clock: any WarrenClock
-    static let parkedRecheck: Duration = .milliseconds(500)
+    static let storeRecheck: Duration = .milliseconds(500)
+    /// Whether the endings of jobs anywhere are followed (from the first dependency held with a store).
+    private let watchingEndings = Locked(false)
 
     init(
         configuration: AMQPBroker.Configuration, local: LocalQueue, settlement: Settlement, deliveries: Deliveries,
@@ -33,11 +38,10 @@ final class Ingest: Sendable {
     ) {
         self.store = store
         self.clock = clock
-        let parked = self.parked
-        let claimAgain = Locked<(@Sendable () -> Void)?>(nil)
-        recheck = Alarm(clock: clock) { _ in
-            if !parked.withLock({ $0.isEmpty }) { claimAgain.withLock { $0 }?() }
-            return nil
+        let tick = Locked<(@Sendable () -> Bool)?>(nil)
+        recheck = Alarm(clock: clock) { now in
+            let waiting = tick.withLock { $0 }?() ?? false
+            return waiting ? now.addingTimeInterval(Self.storeRecheck.timeInterval) : nil
         }
         self.configuration = configuration
         self.local = local
@@ -47,16 +51,20 @@ final class Ingest: Sendable {
         self.link = link
         let wait = configuration.dependencyWait
         holds = DependencyHolds(clock: clock) { overdue in
-            // Dependencies that never came: their jobs are dead-lettered saying which.
+            // Dependencies that never came (or, with a store, never ended): their jobs are dead-lettered saying which.
             for (dependency, entry) in overdue {
                 guard let origins = deliveries.take(entry.job.id) else { continue }
+                let reason = DeadLetterReason.malformedMessage(
+                    store == nil
+                        ? "its dependency \(dependency) did not arrive at this worker within \(wait)"
+                        : "its dependency \(dependency) did not end within \(wait)")
+                store?.note(entry.job.id, .deadLettered(reason: reason.description, code: reason.code))
                 settlement.deadLetter(
-                    properties: entry.message.properties, body: entry.message.body,
-                    reason: .malformedMessage("its dependency \(dependency) did not arrive at this worker within \(wait)"),
+                    properties: entry.message.properties, body: entry.message.body, reason: reason,
                     errors: entry.job.errors, attempts: entry.job.attempt - 1, origins: origins)
             }
         }
-        claimAgain.withLock { $0 = { [weak self] in self?.claimParked() } }
+        tick.withLock { $0 = { [weak self] in self?.recheckStore() ?? false } }
     }
 
     /// Messages that were not valid jobs, dead-lettered on arrival.
@@ -149,8 +157,8 @@ final class Ingest: Sendable {
         // Not in the local queue until their dependencies are: the window remembers them meanwhile.
         let cancelled = published.arrived(arrived, holding: waiting.map { jobs[$0].id })
         let anyHeld = !holds.isEmpty
-        for position in waiting {
-            admit(jobs[position], messages[position], cancelled: cancelled.contains(jobs[position].id))
+        if !waiting.isEmpty {
+            resolve(waiting.map { (jobs[$0], messages[$0], cancelled.contains(jobs[$0].id)) })
         }
         // Usually every job goes in: the arrays are passed on as they are.
         var ready = jobs, readyMessages = messages
@@ -202,7 +210,7 @@ final class Ingest: Sendable {
             }
             if !parking.isEmpty {
                 parked.withLock { parked in for entry in parking { parked[entry.job.id] = entry } }
-                recheck.arm(at: clock.now().addingTimeInterval(Self.parkedRecheck.timeInterval))
+                recheck.arm(at: clock.now().addingTimeInterval(Self.storeRecheck.timeInterval))
             }
             guard !run.isEmpty else { return }
             if link.withLock({ $0.handingBack }) {
@@ -215,13 +223,82 @@ final class Ingest: Sendable {
         }
     }
 
-    /// Claims the parked copies again.
-    private func claimParked() {
+    /// Claims the parked copies again, and asks how the dependencies held jobs wait for stand;
+    /// whether anything still waits.
+    private func recheckStore() -> Bool {
         let entries = parked.withLock { parked in
             defer { parked.removeAll() }
             return Array(parked.values)
         }
         claim(entries.map(\.job), entries.map(\.message))
+        let awaited = holds.dependencies
+        if let store, !awaited.isEmpty {
+            Task {
+                guard let statuses = await store.statuses(awaited) else { return }
+                for (dependency, status) in zip(awaited, statuses) where status?.isTerminal == true { release(waitingFor: dependency) }
+            }
+        }
+        return !entries.isEmpty || !awaited.isEmpty
+    }
+
+    /// With a store: a job waiting for dependencies this process does not hold learns there how
+    /// they stand. One that failed or was cancelled dead-letters it (as in memory); one not ended
+    /// holds it here (its message unacked, woken when that dependency ends anywhere, for at most
+    /// `dependencyWait`); completed ones are done with. The rest is as without a store: the
+    /// dependencies held here order it. If the store does not answer: as without a store.
+    private func resolve(_ waiting: [(job: Job, message: IncomingMessage, cancelled: Bool)]) {
+        guard let store else {
+            for entry in waiting { admit(entry.job, entry.message, cancelled: entry.cancelled) }
+            return
+        }
+        Task {
+            let remote = Array(Set(waiting.flatMap { $0.job.dependencies.filter { local.snapshot($0) == nil } }))
+            var statuses: [JobID: JobStatus] = [:]
+            if !remote.isEmpty {
+                guard let answers = await store.statuses(remote) else {
+                    for entry in waiting { admit(entry.job, entry.message, cancelled: entry.cancelled) }
+                    return
+                }
+                for (id, status) in zip(remote, answers) { statuses[id] = status }
+                followEndings(store)
+            }
+            for entry in waiting {
+                var job = entry.job
+                if let failed = job.dependencies.first(where: { statuses[$0] == .deadLettered || statuses[$0] == .cancelled }),
+                   let status = statuses[failed] {
+                    failDependent(job, entry.message, dependency: failed, status: status)
+                    continue
+                }
+                if let pending = job.dependencies.first(where: { local.snapshot($0) == nil && statuses[$0] != .completed }) {
+                    holds.hold(job, entry.message, cancelled: entry.cancelled, waitingFor: pending, atMost: configuration.dependencyWait)
+                    recheck.arm(at: clock.now().addingTimeInterval(Self.storeRecheck.timeInterval))
+                    continue
+                }
+                // Completed elsewhere: nothing to wait for here.
+                job.dependencies.removeAll { local.snapshot($0) == nil }
+                admit(job, entry.message, cancelled: entry.cancelled)
+            }
+        }
+    }
+
+    /// From the first dependency held with a store: jobs that end anywhere release what waits for them.
+    private func followEndings(_ store: StoreLink) {
+        guard watchingEndings.withLock({ watching in
+            defer { watching = true }
+            return !watching
+        }) else { return }
+        store.store.watchEndings { [weak self] id, _ in self?.release(waitingFor: id) }
+    }
+
+    /// Dead-letters a job whose dependency failed or was cancelled elsewhere, naming it.
+    private func failDependent(_ job: Job, _ message: IncomingMessage, dependency: JobID, status: JobStatus) {
+        guard let origins = deliveries.take(job.id) else { return }
+        let reason = DeadLetterReason.dependencyFailed(dependency, status: status)
+        store?.note(job.id, .deadLettered(reason: reason.description, code: reason.code))
+        local.recordRejected(job, reason)
+        settlement.announce(.deadLettered, job, reason: reason)
+        settlement.deadLetter(
+            properties: message.properties, body: message.body, reason: reason, errors: job.errors, attempts: job.attempt - 1, origins: origins)
     }
 
     // MARK: Dependencies
@@ -244,7 +321,9 @@ final class Ingest: Sendable {
     }
 
     private func release(waitingFor id: JobID) {
-        for entry in holds.release(waitingFor: id) { admit(entry.job, entry.message, cancelled: entry.cancelled) }
+        let entries = holds.release(waitingFor: id)
+        guard !entries.isEmpty else { return }
+        resolve(entries.map { ($0.job, $0.message, $0.cancelled) })
     }
 
     private func refuse(_ job: Job, _ message: IncomingMessage, _ error: EnqueueRefusal) {
@@ -339,6 +418,9 @@ final class DependencyHolds: Sendable {
 
     /// The jobs that waited for `dependency`.
     func release(waitingFor dependency: JobID) -> [Held] { held.withLock { $0.removeValue(forKey: dependency) } ?? [] }
+
+    /// The dependencies held jobs wait for.
+    var dependencies: [JobID] { held.withLock { Array($0.keys) } }
 
     /// Every held job (a graceful stop hands them back); the timer stops.
     func releaseAll() -> [Held] {

@@ -63,6 +63,19 @@ final class StoreLink: Sendable {
         }
     }
 
+    /// The statuses of `ids` (nil: no record); nil when the store did not answer.
+    func statuses(_ ids: [JobID]) async -> [JobStatus?]? {
+        do {
+            let answers = try await store.statuses(ids)
+            guard answers.count == ids.count else { throw StoreLinkError("the store answered \(answers.count) statuses for \(ids.count) jobs") }
+            succeeded()
+            return answers
+        } catch {
+            failed(error)
+            return nil
+        }
+    }
+
     /// Records changes and returns once the store has them (or did not answer): endings are
     /// recorded before their messages are acked, so a copy that arrives later is known as a duplicate.
     func record(_ changes: [(id: JobID, change: JobChange)]) async {

@@ -38,8 +38,9 @@ package final class RedisJobStore: JobStateStore {
     package let configuration: Configuration
     private let client: RedisClient
     private let prefix: String
-    /// Told of cancels asked anywhere, on the subscriber's thread; the subscriber starts with the first.
-    private let cancelWatch = Locked<(client: RedisClient?, handlers: [@Sendable (JobID) -> Void])>((nil, []))
+    /// Subscribers by channel (cancel, done), each started with its first handler; handlers are
+    /// called on the subscriber's thread with each message's text.
+    private let watches = Locked<[String: (client: RedisClient, handlers: [@Sendable (String) -> Void])]>([:])
 
     package init(client: RedisClient, configuration: Configuration) {
         self.client = client
@@ -52,15 +53,43 @@ package final class RedisJobStore: JobStateStore {
     /// Calls `handler` with the id of every job whose cancel is asked from now on, anywhere. A
     /// client of its own subscribes to the cancel channel (and again after each reconnection).
     package func watchCancels(_ handler: @escaping @Sendable (JobID) -> Void) {
-        let url = client.url, channel = cancelChannel, watch = cancelWatch
-        cancelWatch.withLock { state in
-            state.handlers.append(handler)
-            guard state.client == nil else { return }
-            state.client = RedisClient(url: url, name: "\(configuration.instance)-cancels", subscribingTo: [channel]) { _, message in
-                guard let text = String(validating: message, as: UTF8.self), !text.isEmpty, text.utf8.count <= 255 else { return }
-                for handler in watch.withLock({ $0.handlers }) { handler(JobID(text)) }
-            }
+        watch(cancelChannel, as: "cancels") { text in
+            // An AMQP message id is a short string: at most 255 bytes.
+            guard !text.isEmpty, text.utf8.count <= 255 else { return }
+            handler(JobID(text))
         }
+    }
+
+    /// Calls `handler` with each job that ends from now on, anywhere, and how (at most once each:
+    /// pub/sub, so a caller that must not miss one reads the records too).
+    package func watchEndings(_ handler: @escaping @Sendable (JobID, JobStatus) -> Void) {
+        watch(doneChannel, as: "endings") { text in
+            guard let space = text.lastIndex(of: " "), let status = JobStatus(rawValue: String(text[text.index(after: space)...])),
+                  status.isTerminal, text.utf8.count <= 300 else { return }
+            handler(JobID(String(text[..<space])), status)
+        }
+    }
+
+    private func watch(_ channel: String, as role: String, _ handler: @escaping @Sendable (String) -> Void) {
+        let url = client.url, name = "\(configuration.instance)-\(role)", registry = watches
+        registry.withLock { watches in
+            if watches[channel] != nil {
+                watches[channel]?.handlers.append(handler)
+                return
+            }
+            let subscriber = RedisClient(url: url, name: name, subscribingTo: [channel]) { channel, message in
+                guard let text = String(validating: message, as: UTF8.self) else { return }
+                for handler in registry.withLock({ $0[channel]?.handlers ?? [] }) { handler(text) }
+            }
+            watches[channel] = (subscriber, [handler])
+        }
+    }
+
+    /// The statuses of `ids`, in order (nil: no record), pipelined.
+    package func statuses(_ ids: [JobID]) async throws -> [JobStatus?] {
+        guard !ids.isEmpty else { return [] }
+        let replies = try await client.pipeline(ids.map { RedisCommand("HGET", jobKey($0), "status") })
+        return replies.map { $0.text.flatMap(JobStatus.init(rawValue:)) }
     }
 
     /// Waits until the job ends, or `timeout` passes: its record then (nil if it has none). A
@@ -92,13 +121,13 @@ package final class RedisJobStore: JobStateStore {
         return record
     }
 
-    /// Stops the cancel subscriber, if one runs (the command client is the caller's to close).
+    /// Stops the subscribers, if any run (the command client is the caller's to close).
     package func close() async {
-        let subscriber = cancelWatch.withLock { state in
-            defer { state = (nil, []) }
-            return state.client
+        let subscribers = watches.withLock { watches in
+            defer { watches = [:] }
+            return watches.values.map(\.client)
         }
-        await subscriber?.close()
+        for subscriber in subscribers { await subscriber.close() }
     }
 
     package var cancelChannel: String { prefix + "cancel" }

@@ -4,6 +4,7 @@ import Testing
 import Warren
 @testable import WarrenAMQP
 @testable import WarrenRedis
+import WarrenConformance
 import WarrenTestSupport
 
 /// Several AMQP brokers on one queue sharing the Redis job-state store, as instances of `warren
@@ -197,6 +198,80 @@ struct SharedStateTests {
                 #expect(await producer.broker.outcome(of: JobID("never-\(UUID())")) == nil)
                 await producer.stop()
                 await worker.stop()
+            }
+        }
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func dependenciesHoldAcrossInstancesAndFailuresReachDependentsElsewhere() async throws {
+        try await ServerAccess.redis.using {
+            try await ServerAccess.rabbitMQ.using {
+                let queue = Self.queueName("deps")
+                defer { try? Self.deleteQueues(queue) }
+                let ranOn = Mutex<[JobID: (instance: String, started: ContinuousClock.Instant, ended: ContinuousClock.Instant)]>([:])
+                func registry(_ instance: String) throws -> HandlerRegistry {
+                    var registry = HandlerRegistry()
+                    try registry.registerRaw("step") { _, context in
+                        let started = ContinuousClock.now
+                        try await Task.sleep(for: .milliseconds(3))
+                        ranOn.withLock { $0[context.id] = (instance, started, .now) }
+                        return Data()
+                    }
+                    try registry.registerRaw("break") { _, _ in throw JobRejected("broken on purpose") }
+                    return registry
+                }
+                let a = try await Self.instance("a", queue: queue, registry: try registry("a"), concurrency: 4)
+                let b = try await Self.instance("b", queue: queue, registry: try registry("b"), concurrency: 4)
+                let producer = try await Self.instance("producer", queue: queue, registry: nil)
+                // A binary tree of 200 steps (each depends on its parent), published together: the
+                // five queues and two instances deliver them in any order, to either instance.
+                var random = SplitMix64(seed: 15)
+                let count = 200
+                let ids = (0..<count).map { JobID("step-\($0)-\(UUID())") }
+                var tree: [Job] = []
+                for index in 0..<count {
+                    let priority = JobPriority.allCases[Int.random(in: 0..<JobPriority.allCases.count, using: &random)]
+                    tree.append(Job(id: ids[index], name: "step", priority: priority, dependencies: index == 0 ? [] : [ids[(index - 1) / 2]]))
+                }
+                // And 20 pairs whose first fails: the second is dead-lettered naming it, wherever it lands.
+                var broken: [(parent: JobID, child: JobID)] = []
+                var pairs: [Job] = []
+                for index in 0..<20 {
+                    let parent = JobID("broken-\(index)-\(UUID())"), child = JobID("orphan-\(index)-\(UUID())")
+                    broken.append((parent, child))
+                    pairs.append(Job(id: parent, name: "break", priority: index % 2 == 0 ? .low : .high, maxRetries: 0))
+                    pairs.append(Job(id: child, name: "step", priority: index % 2 == 0 ? .high : .low, dependencies: [parent]))
+                }
+                let jobs = JobQueue(broker: producer.broker)
+                _ = try await jobs.submit(batch: tree + pairs)
+                try await waitUntil("the tree ran", within: 60) { ranOn.withLock { $0.count } == count }
+                let runs = ranOn.withLock { $0 }
+                var crossed = 0
+                for index in 1..<count {
+                    let child = try #require(runs[ids[index]]), parent = try #require(runs[ids[(index - 1) / 2]])
+                    #expect(child.started >= parent.ended, "step \(index) started before its parent ended")
+                    if child.instance != parent.instance { crossed += 1 }
+                }
+                #expect(crossed > 0, "no dependency crossed instances: the test proves nothing")
+                print("shared state: \(crossed) of \(count - 1) dependencies crossed instances; a ran \(runs.values.filter { $0.instance == "a" }.count)")
+                for (parent, child) in broken {
+                    let outcome = await producer.broker.outcome(of: child)
+                    guard case let .deadLettered(reason, _)? = outcome else {
+                        Issue.record("\(child): expected a dead letter, got \(String(describing: outcome))")
+                        continue
+                    }
+                    #expect(reason.code == "dependency_failed" || reason.description.contains(parent.rawValue), "\(reason)")
+                    #expect(runs[child] == nil, "a dependent of a failed job ran")
+                }
+                // Nothing dead-lettered from the tree: the dead queue holds the 20 pairs only.
+                try await waitUntil("40 dead letters", within: 20) {
+                    guard let raw = try? RawConnection(url: try Self.amqpURL()) else { return false }
+                    defer { raw.close() }
+                    return (try? raw.declareQueue(Topology(queue: queue).deadQueue, passive: true))?.messages == 40
+                }
+                await producer.stop()
+                await a.stop()
+                await b.stop()
             }
         }
     }
