@@ -16,11 +16,16 @@ final class Fleet: Sendable {
     private let processes = Locked<[Int: ChildProcess]>([:])
     private let extra: [String: String]
 
-    init(queue: String, queueType: QueueType, environment extra: [String: String] = [:], handlerDelay: Duration = .zero) async throws {
+    /// `respond`, when given, answers the handlers' calls instead of the default (`{}` after `handlerDelay`).
+    init(
+        queue: String, queueType: QueueType, environment extra: [String: String] = [:], handlerDelay: Duration = .zero,
+        respond: (@Sendable (FakeService.Call) async -> (Int, String))? = nil
+    ) async throws {
         self.queue = queue
         self.queueType = queueType
         self.extra = extra
-        service = try await FakeService { _ in
+        service = try await FakeService { call in
+            if let respond { return await respond(call) }
             if handlerDelay > .zero { try? await Task.sleep(for: handlerDelay) }
             return (200, "{}")
         }
@@ -57,6 +62,8 @@ final class Fleet: Sendable {
         guard let process = process(index) else { return }
         process.signal(SIGKILL)
         _ = try await process.exit(within: 10)
+        // Gone: `stopAll` has nothing to wait for (a relaunch takes the index again).
+        processes.withLock { $0[index] = nil }
     }
 
     /// SIGTERM, and waits for the drain.
