@@ -82,8 +82,7 @@ public enum JobChange: Sendable, Equatable {
     case progress(Double)
     case retrying(attempt: Int, error: String)
     case completed(result: [UInt8])
-    /// `reason`: what it says; `code`: `DeadLetterReason.code`.
-    case deadLettered(reason: String, code: String? = nil)
+    case deadLettered(DeadLetterReason)
     case cancelled
 
     /// The status a job has once it ended this way; nil for changes of a job still going.
@@ -111,8 +110,8 @@ public struct StoredJob: Sendable, Equatable {
     /// The result was longer than the store keeps: `result` is its beginning.
     public var resultTruncated: Bool
     public var error: String?
-    /// How a dead-lettered job ended: `DeadLetterReason.code`.
-    public var deadLetterCode: String?
+    /// Why a dead-lettered job was (`error` says it in words).
+    public var deadLetterReason: DeadLetterReason?
     public var cancelRequested: Bool
     public var createdAt: Date?
     public var startedAt: Date?
@@ -120,7 +119,7 @@ public struct StoredJob: Sendable, Equatable {
 
     public init(
         id: JobID, name: String? = nil, priority: JobPriority? = nil, status: JobStatus? = nil, attempt: Int = 0, progress: Double = 0, instance: String? = nil,
-        result: [UInt8]? = nil, resultTruncated: Bool = false, error: String? = nil, deadLetterCode: String? = nil, cancelRequested: Bool = false,
+        result: [UInt8]? = nil, resultTruncated: Bool = false, error: String? = nil, deadLetterReason: DeadLetterReason? = nil, cancelRequested: Bool = false,
         createdAt: Date? = nil, startedAt: Date? = nil, finishedAt: Date? = nil
     ) {
         self.id = id
@@ -133,7 +132,7 @@ public struct StoredJob: Sendable, Equatable {
         self.result = result
         self.resultTruncated = resultTruncated
         self.error = error
-        self.deadLetterCode = deadLetterCode
+        self.deadLetterReason = deadLetterReason
         self.cancelRequested = cancelRequested
         self.createdAt = createdAt
         self.startedAt = startedAt
@@ -143,23 +142,52 @@ public struct StoredJob: Sendable, Equatable {
 
 extension StoredJob {
     /// How the job ended, as a producer's `JobHandle.result()` reports it; nil while it has not.
-    /// A dead letter's reason is rebuilt from its code and text (the attempts' errors stay with
-    /// the dead letter itself, in `<queue>.dead`).
+    /// The attempts' errors stay with the dead letter itself, in `<queue>.dead`.
     public var outcome: JobOutcome? {
         switch status {
-        case .completed?: return .completed(Data(result ?? []))
-        case .cancelled?: return .cancelled
-        case .deadLettered?:
-            let text = error ?? "dead-lettered"
-            let reason: DeadLetterReason = switch deadLetterCode {
-            case "retries_exhausted": .retriesExhausted(attempts: attempt, lastError: text)
-            case "deadline": .deadline(finishedAt ?? Date())
-            case "unknown_job_name": .unknownJobName(name ?? "")
-            case "undecodable_payload": .undecodablePayload(text)
-            case "rejected": .rejected(text)
-            default: .malformedMessage(text)
-            }
-            return .deadLettered(reason, errors: [])
+        case .completed?: .completed(Data(result ?? []))
+        case .cancelled?: .cancelled
+        case .deadLettered?: .deadLettered(deadLetterReason ?? .malformedMessage(error ?? "dead-lettered elsewhere"), errors: [])
+        default: nil
+        }
+    }
+}
+
+extension DeadLetterReason {
+    /// What the reason holds besides its code, as one string (a store keeps the two).
+    public var detail: String {
+        switch self {
+        case let .retriesExhausted(attempts, lastError): "\(attempts) \(lastError)"
+        case let .deadline(date): "\(Int64((date.timeIntervalSince1970 * 1_000).rounded()))"
+        case let .dependencyFailed(id, status): "\(status.rawValue) \(id.rawValue)"
+        case let .unknownJobName(name): name
+        case let .undecodablePayload(text), let .malformedMessage(text), let .rejected(text): text
+        case let .noCapableWorker(required): required.joined(separator: ",")
+        }
+    }
+
+    /// The reason of `code` with `detail` (as `detail` wrote it); nil when they do not fit.
+    public init?(code: String, detail: String) {
+        func split() -> (String, String)? {
+            guard let space = detail.firstIndex(of: " ") else { return nil }
+            return (String(detail[..<space]), String(detail[detail.index(after: space)...]))
+        }
+        switch code {
+        case "retries_exhausted":
+            guard let (count, last) = split(), let attempts = Int(count), attempts >= 0 else { return nil }
+            self = .retriesExhausted(attempts: attempts, lastError: last)
+        case "deadline":
+            // 1970 to the end of 9999, as every date of the wire format.
+            guard let millis = Int64(detail), (0...253_402_300_799_999).contains(millis) else { return nil }
+            self = .deadline(Date(timeIntervalSince1970: Double(millis) / 1_000))
+        case "dependency_failed":
+            guard let (statusText, id) = split(), let status = JobStatus(rawValue: statusText) else { return nil }
+            self = .dependencyFailed(JobID(id), status: status)
+        case "unknown_job_name": self = .unknownJobName(detail)
+        case "undecodable_payload": self = .undecodablePayload(detail)
+        case "malformed_message": self = .malformedMessage(detail)
+        case "rejected": self = .rejected(detail)
+        case "no_capable_worker": self = .noCapableWorker(required: detail.split(separator: ",").map(String.init))
         default: return nil
         }
     }

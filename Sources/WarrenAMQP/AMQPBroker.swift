@@ -360,8 +360,23 @@ public final class AMQPBroker: Broker {
     /// Waits until the job ends. With a state store, a job this process does not hold is
     /// followed there, whichever instance runs it; nil when no one knows it (or the broker closes).
     public func outcome(of id: JobID) async -> JobOutcome? {
-        guard let store, local.snapshot(id) == nil else { return await local.outcome(of: id, waitIfUnknown: published.isKnown(id)) }
+        let publishedHere = published.isKnown(id)
+        guard let store, local.snapshot(id) == nil else { return await local.outcome(of: id, waitIfUnknown: publishedHere) }
         if let finishedHere = await local.outcome(of: id, waitIfUnknown: false) { return finishedHere }
+        guard publishedHere else { return await outcome(of: id, in: store) }
+        // Published here: it may arrive here or anywhere else; whichever says first.
+        return await withTaskGroup(of: JobOutcome?.self) { group in
+            group.addTask { await self.local.outcome(of: id, waitIfUnknown: true) }
+            group.addTask { await self.outcome(of: id, in: store) }
+            defer { group.cancelAll() }
+            for await outcome in group where outcome != nil { return outcome }
+            return nil
+        }
+    }
+
+    /// Follows the job in the store until it ends there; nil when the store has no record of a
+    /// job not published here, or the broker closes.
+    private func outcome(of id: JobID, in store: StoreLink) async -> JobOutcome? {
         while !Task.isCancelled, !local.isClosed {
             do {
                 let record = try await store.store.job(id)

@@ -58,7 +58,7 @@ final class Ingest: Sendable {
                     store == nil
                         ? "its dependency \(dependency) did not arrive at this worker within \(wait)"
                         : "its dependency \(dependency) did not end within \(wait)")
-                store?.note(entry.job.id, .deadLettered(reason: reason.description, code: reason.code))
+                store?.note(entry.job.id, .deadLettered(reason))
                 settlement.deadLetter(
                     properties: entry.message.properties, body: entry.message.body, reason: reason,
                     errors: entry.job.errors, attempts: entry.job.attempt - 1, origins: origins)
@@ -141,7 +141,7 @@ final class Ingest: Sendable {
 
     /// Enqueues arrived jobs in the local engine, together: those whose dependencies have not all
     /// arrived wait (rare). `messages` are the jobs' own; `copies` says which are copies of jobs held here.
-    private func admit(_ jobs: [Job], _ messages: [IncomingMessage], copies: [Bool]? = nil) {
+    private func admit(_ jobs: [Job], _ messages: [IncomingMessage], copies: [Bool]? = nil, cancelling: Set<JobID> = []) {
         var setAside: [Int] = [], waiting: [Int] = [], arrived: [JobID] = []
         for position in jobs.indices {
             if copies?[position] == true {
@@ -155,7 +155,8 @@ final class Ingest: Sendable {
             }
         }
         // Not in the local queue until their dependencies are: the window remembers them meanwhile.
-        let cancelled = published.arrived(arrived, holding: waiting.map { jobs[$0].id })
+        var cancelled = published.arrived(arrived, holding: waiting.map { jobs[$0].id })
+        cancelled.formUnion(cancelling)
         let anyHeld = !holds.isEmpty
         if !waiting.isEmpty {
             resolve(waiting.map { (jobs[$0], messages[$0], cancelled.contains(jobs[$0].id)) })
@@ -192,18 +193,21 @@ final class Ingest: Sendable {
         guard let store, !jobs.isEmpty else { return }
         Task {
             let answers = await store.claim(jobs)
-            var run: [Job] = [], runMessages: [IncomingMessage] = []
+            var run: [Job] = [], runMessages: [IncomingMessage] = [], cancelled: Set<JobID> = []
             var parking: [(job: Job, message: IncomingMessage)] = []
             for (position, job) in jobs.enumerated() {
                 switch answers?[position] ?? .claimed {
                 case .claimed:
                     run.append(job)
                     runMessages.append(messages[position])
+                case .cancelled:
+                    // Cancelled before it ran: in, and out at once as cancelled (known here so,
+                    // its message acked), as a job cancelled here before it arrived.
+                    run.append(job)
+                    runMessages.append(messages[position])
+                    cancelled.insert(job.id)
                 case .finished:
                     if let origins = deliveries.take(job.id) { settlement.ack(origins) }
-                case .cancelled:
-                    if let origins = deliveries.take(job.id) { settlement.ack(origins) }
-                    settlement.announce(.cancelled, job)
                 case .heldElsewhere:
                     parking.append((job, messages[position]))
                 }
@@ -219,7 +223,7 @@ final class Ingest: Sendable {
                 handBack(run)
                 return
             }
-            admit(run, runMessages)
+            admit(run, runMessages, cancelling: cancelled)
         }
     }
 
@@ -294,7 +298,7 @@ final class Ingest: Sendable {
     private func failDependent(_ job: Job, _ message: IncomingMessage, dependency: JobID, status: JobStatus) {
         guard let origins = deliveries.take(job.id) else { return }
         let reason = DeadLetterReason.dependencyFailed(dependency, status: status)
-        store?.note(job.id, .deadLettered(reason: reason.description, code: reason.code))
+        store?.note(job.id, .deadLettered(reason))
         local.recordRejected(job, reason)
         settlement.announce(.deadLettered, job, reason: reason)
         settlement.deadLetter(

@@ -55,8 +55,7 @@ final class Settlement: Sendable {
             case let .completed(job): (job.id, .completed(result: Array(job.result ?? Data())))
             case let .cancelled(job): (job.id, .cancelled)
             case let .retry(job): (job.id, .retrying(attempt: job.attempt, error: job.errors.last?.message ?? "failed"))
-            case let .deadLettered(job):
-                (job.id, .deadLettered(reason: (job.deadLetterReason ?? .malformedMessage("unknown")).description, code: job.deadLetterReason?.code))
+            case let .deadLettered(job): (job.id, .deadLettered(job.deadLetterReason ?? .malformedMessage("unknown")))
             }
         }
         settling.add()

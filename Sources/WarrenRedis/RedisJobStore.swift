@@ -197,8 +197,11 @@ package final class RedisJobStore: JobStateStore {
                 fields += ["status", JobStatus.completed.rawValue, "result", Array(result.prefix(configuration.resultLimit)),
                            "result_truncated", truncated ? 1 : 0, "finished_at", at, "progress", "100"]
                 ended = .completed
-            case let .deadLettered(reason, code):
-                fields += ["status", JobStatus.deadLettered.rawValue, "error", reason, "reason", code ?? "", "finished_at", at]
+            case let .deadLettered(reason):
+                fields += [
+                    "status", JobStatus.deadLettered.rawValue, "error", reason.description, "reason", reason.code, "reason_detail", reason.detail,
+                    "finished_at", at,
+                ]
                 ended = .deadLettered
             case .cancelled:
                 fields += ["status", JobStatus.cancelled.rawValue, "finished_at", at]
@@ -268,7 +271,8 @@ package final class RedisJobStore: JobStateStore {
         return StoredJob(
             id: id, name: fields["name"]?.text, priority: fields["priority"]?.text.flatMap(JobPriority.init(name:)), status: fields["status"]?.text.flatMap(JobStatus.init(rawValue:)), attempt: attempt,
             progress: progress, instance: fields["instance"]?.text, result: result, resultTruncated: fields["result_truncated"]?.text == "1",
-            error: fields["error"]?.text, deadLetterCode: fields["reason"]?.text.flatMap { $0.isEmpty ? nil : $0 }, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
+            error: fields["error"]?.text,
+            deadLetterReason: fields["reason"]?.text.flatMap { code in DeadLetterReason(code: code, detail: fields["reason_detail"]?.text ?? "") }, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
             startedAt: date("started_at"), finishedAt: date("finished_at"))
     }
 

@@ -44,7 +44,7 @@ enum OperationsServer {
                 current.startedAt = stored.startedAt ?? current.startedAt
                 current.finishedAt = stored.finishedAt ?? current.finishedAt
                 current.error = stored.error ?? current.error
-                if stored.status == .deadLettered { current.deadLetterReason = stored.deadLetterCode ?? current.deadLetterReason }
+                if stored.status == .deadLettered { current.deadLetterReason = stored.deadLetterReason?.code ?? current.deadLetterReason }
                 current.instance = stored.instance.flatMap { $0.isEmpty ? nil : $0 }
                 summary = current
             }

@@ -137,9 +137,22 @@ struct RedisJobStoreTests {
             #expect(ttl > 0 && ttl <= 24 * 3_600_000, "the record expires after the retention: PTTL \(ttl)")
             let dead = JobID("dead")
             #expect(try await a.claim([StoreClaimRequest(id: dead, name: "export", attempt: 1)]) == [.claimed])
-            try await a.record([(dead, .deadLettered(reason: "retries_exhausted: boom"))])
+            try await a.record([(dead, .deadLettered(.retriesExhausted(attempts: 1, lastError: "boom")))])
             #expect(try await a.job(dead)?.status == .deadLettered)
-            #expect(try await a.job(dead)?.error == "retries_exhausted: boom")
+            #expect(try await a.job(dead)?.error == "retries exhausted after 1 attempt(s); last error: boom")
+            // Every reason comes back as it was recorded, so a producer elsewhere sees what happened.
+            let reasons: [DeadLetterReason] = [
+                .retriesExhausted(attempts: 4, lastError: "timed out: 30 s"), .deadline(Date(timeIntervalSince1970: 1_700_000_000.25)),
+                .dependencyFailed("parent 1", status: .cancelled), .unknownJobName("x y"), .undecodablePayload("bad"),
+                .malformedMessage("m"), .noCapableWorker(required: ["gpu", "tpu"]), .rejected("no"),
+            ]
+            for (index, reason) in reasons.enumerated() {
+                let id = JobID("dead-\(index)")
+                _ = try await a.claim([StoreClaimRequest(id: id, name: "export", attempt: 1)])
+                try await a.record([(id, .deadLettered(reason))])
+                #expect(try await a.job(id)?.deadLetterReason == reason)
+                #expect(try await a.job(id)?.outcome == .deadLettered(reason, errors: []))
+            }
             await client.close()
         }
     }
@@ -210,7 +223,7 @@ struct RedisJobStoreTests {
                     job.running = true
                     history.append("\(job.holder!) starts \(id)")
                 case 55..<70 where holderAlive && job.running && !job.finished:
-                    let end: JobChange = [.completed(result: [1]), .deadLettered(reason: "x"), .cancelled][Int.random(in: 0..<3, using: &random)]
+                    let end: JobChange = [.completed(result: [1]), .deadLettered(.rejected("x")), .cancelled][Int.random(in: 0..<3, using: &random)]
                     try await stores[job.holder!]!.record([(id, end)])
                     (job.finished, job.running) = (true, false)
                     history.append("\(job.holder!) ends \(id): \(end)")
