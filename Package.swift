@@ -136,7 +136,7 @@ let package = Package(
         .executableTarget(
             name: "WarrenBench",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenIO",
+                "Warren", "WarrenAMQP", "WarrenIO", "WarrenRedis",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict

@@ -59,8 +59,8 @@ final class Settlement: Sendable {
             }
         }
         settling.add()
-        Task {
-            await store.record(changes)
+        let settling = self.settling
+        store.write(changes) { [self] in
             settleMessages(departures)
             settling.countDown()
         }

@@ -11,14 +11,16 @@ import Foundation
 /// broker goes on as if there were no store (what one process knows: at-least-once, dedup per
 /// process), counts a fall-back, and uses the store again as soon as a call succeeds.
 final class StoreLink: Sendable {
-    private struct Notes {
-        var pending: [(id: JobID, change: JobChange)] = []
+    /// Changes waiting to be written, and what to do once each batch is recorded.
+    private struct Writes {
+        var changes: [(id: JobID, change: JobChange)] = []
+        var then: [@Sendable () -> Void] = []
         var flushing = false
     }
 
     let store: any JobStateStore
     private let state = Locked(StateStoreHealth())
-    private let notes = Locked(Notes())
+    private let writes = Locked(Writes())
     private let fallbackCounter: Counter
     private let renewal = Locked<Task<Void, Never>?>(nil)
 
@@ -89,25 +91,35 @@ final class StoreLink: Sendable {
     }
 
     /// Records a change soon, together with others (starts, progress): nothing waits for it.
-    func note(_ id: JobID, _ change: JobChange) {
-        let start = notes.withLock { notes in
-            notes.pending.append((id, change))
-            defer { notes.flushing = true }
-            return !notes.flushing
+    func note(_ id: JobID, _ change: JobChange) { write([(id, change)], then: nil) }
+
+    /// Records `changes` together with whatever else is waiting (one pipeline a batch, one
+    /// writer), then calls `then`, whether the store took them or did not answer: endings are
+    /// recorded before their messages are acked, so a copy that arrives later is known as a duplicate.
+    func write(_ changes: [(id: JobID, change: JobChange)], then: (@Sendable () -> Void)?) {
+        let start = writes.withLock { writes in
+            writes.changes.append(contentsOf: changes)
+            if let then { writes.then.append(then) }
+            defer { writes.flushing = true }
+            return !writes.flushing
         }
         guard start else { return }
-        Task { await flushNotes() }
+        Task { await flush() }
     }
 
-    private func flushNotes() async {
+    private func flush() async {
         while true {
-            let batch = notes.withLock { notes in
-                defer { notes.pending.removeAll(keepingCapacity: true) }
-                if notes.pending.isEmpty { notes.flushing = false }
-                return notes.pending
+            let (changes, then) = writes.withLock { writes in
+                defer {
+                    writes.changes.removeAll(keepingCapacity: true)
+                    writes.then.removeAll(keepingCapacity: true)
+                }
+                if writes.changes.isEmpty && writes.then.isEmpty { writes.flushing = false }
+                return (writes.changes, writes.then)
             }
-            guard !batch.isEmpty else { return }
-            await record(batch)
+            guard !changes.isEmpty || !then.isEmpty else { return }
+            await record(changes)
+            for action in then { action() }
         }
     }
 
@@ -130,7 +142,7 @@ final class StoreLink: Sendable {
             task?.cancel()
             task = nil
         }
-        await flushNotes()
+        await flush()
         do { try await store.releaseLease() } catch { failed(error) }
         await store.close()
     }

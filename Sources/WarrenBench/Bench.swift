@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import Warren
 import WarrenAMQP
+import WarrenRedis
 
 @main
 struct Bench: AsyncParsableCommand {
@@ -21,6 +22,8 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Queue type of both the raw loop's queue and Warren's: classic or quorum.") var amqpQueueType = "classic"
     @Flag(help: "Only Warren's drains, each round on its own (no raw loop, no events or latency run): to profile Warren.")
     var amqpWarrenOnly = false
+    @Option(help: "With --amqp-url: compare Warren without and with the job-state store on this Redis (redis://…), side by side.")
+    var redisURL: String?
 
     func validate() throws {
         guard amqpRounds >= 1 else { throw ValidationError("--amqp-rounds must be 1 or more") }
@@ -30,6 +33,10 @@ struct Bench: AsyncParsableCommand {
     var queueType: QueueType { QueueType(rawValue: amqpQueueType) ?? .classic }
 
     func run() async throws {
+        if let amqpURL, let redisURL {
+            try await store(url: try AMQPURL(amqpURL), redis: try RedisURL(redisURL), count: amqpMessages, rounds: amqpRounds)
+            return
+        }
         if let amqpURL {
             try await amqp(url: try AMQPURL(amqpURL), count: amqpMessages, rounds: amqpRounds)
             return
@@ -79,6 +86,35 @@ struct Bench: AsyncParsableCommand {
         try await latency(url: url, rate: 1_000, seconds: 5)
     }
 
+    /// Warren draining `count` no-op jobs without and then with the job-state store, `rounds`
+    /// times: each round's rates, the ratio, and the store's round trips and commands per job.
+    func store(url: AMQPURL, redis: RedisURL, count: Int, rounds: Int) async throws {
+        print("warren bench — job-state store on Redis \(redis.host):\(redis.port), RabbitMQ at \(url.host):\(url.port), "
+              + "\(queueType.rawValue) queues, \(count) no-op jobs per run, \(rounds) rounds")
+        let client = RedisClient(url: redis, name: "warren-bench")
+        try await client.waitUntilConnected(within: .seconds(5))
+        func commandsProcessed() async throws -> Int {
+            let info = try await client.command(RedisCommand("INFO", "stats")).text ?? ""
+            let line = info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_commands_processed:") }
+            return line.flatMap { Int($0.dropFirst("total_commands_processed:".count)) } ?? 0
+        }
+        var ratios: [Double] = []
+        for round in 1...rounds {
+            let (off, offCPU) = try await warrenDrain(url: url, count: count, events: false)
+            let store = RedisJobStore(client: client, configuration: .init(queue: "warren-bench", instance: "bench"))
+            let (tripsBefore, commandsBefore) = (client.roundTrips, try await commandsProcessed())
+            let (on, cpu) = try await warrenDrain(url: url, count: count, events: false, store: store)
+            // Less the INFO call itself.
+            let trips = Double(client.roundTrips - tripsBefore - 1) / Double(count)
+            let commands = Double(try await commandsProcessed() - commandsBefore - 1) / Double(count)
+            ratios.append(on / off)
+            print(String(format: "round %d: store off %6.0f jobs/s, %.1f µs CPU a job; store on %6.0f jobs/s, %.1f µs CPU, %.3f round trips and %.2f commands a job: %.2f×",
+                         round, off, offCPU * 1e6, on, cpu * 1e6, trips, commands, on / off))
+        }
+        print(String(format: "store on / store off, median of %d rounds: %.2f×", rounds, median(ratios)))
+        await client.close()
+    }
+
     static let benchBody = Array(#"{"n":0,"padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.utf8)
 
     /// Fills a plain queue with persistent ~100-byte JSON messages and drains it with the raw
@@ -96,19 +132,22 @@ struct Bench: AsyncParsableCommand {
 
     /// Fills Warren's normal queue with the same messages as no-op jobs and drains it through a
     /// worker pool: jobs per second and the whole process's CPU seconds per job.
-    func warrenDrain(url: AMQPURL, count: Int, events: Bool) async throws -> (rate: Double, cpu: Double) {
+    func warrenDrain(url: AMQPURL, count: Int, events: Bool, store: (any JobStateStore)? = nil) async throws -> (rate: Double, cpu: Double) {
         let name = queueType == .classic ? "warren-bench" : "warren-bench-\(queueType.rawValue)"
         let topology = Topology(queue: name, queueType: queueType)
         try AMQPBenchmarks.prepare(url: url, topology: topology)
         var configuration = AMQPBroker.Configuration(url: url, queue: name, queueType: queueType, prefetch: 1_000)
         configuration.publishesEvents = events
+        configuration.stateStore = store
         // Connected before the fill, so consumption starts as soon after it as the raw loop's does:
         // how fast RabbitMQ serves a freshly filled queue depends on how long ago it was filled.
         let broker = AMQPBroker(configuration)
         try await broker.waitUntilReady()
         _ = try AMQPBenchmarks.fill(
             url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
-            properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "bench", type: "noop"),
+            // Ids of this run's own: a store remembers the last run's as completed.
+            properties: MessageProperties(
+                contentType: "application/json", deliveryMode: 2, messageID: "bench-\(UInt64.random(in: 0...UInt64.max))", type: "noop"),
             body: { _ in Self.benchBody })
         let done = Latch(count)
         // Timed from the first job's start, as the raw loop is timed from its first message.

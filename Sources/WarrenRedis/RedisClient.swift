@@ -35,6 +35,8 @@ package final class RedisClient: Sendable {
         /// `waitUntilConnected` callers, by id: told true once connected, false once closed.
         var statusWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
         var nextWaiter: UInt64 = 0
+        /// Writes that sent commands (each a round trip, however many commands it carried).
+        var roundTrips = 0
     }
 
     package let url: RedisURL
@@ -75,6 +77,10 @@ package final class RedisClient: Sendable {
     }
 
     package var status: Status { inbox.withLock { $0.status } }
+
+    /// Round trips so far: writes of one or more commands, each answered before the next is
+    /// needed (what pipelining per burst keeps low).
+    package var roundTrips: Int { inbox.withLock { $0.roundTrips } }
 
     /// Sends `commands` together and returns their replies in order. An error reply is a value
     /// here (`.error`), so that one failed command does not hide the others' results.
@@ -297,6 +303,7 @@ private final class IOLoop: @unchecked Sendable {
             }
             if wrote {
                 try connection.flush()
+                inbox.withLock { $0.roundTrips += 1 }
                 lastActivity = .now
                 if waitingSince == nil { waitingSince = .now }
             }

@@ -64,9 +64,16 @@ package final class RedisJobStore: JobStateStore {
     /// pub/sub, so a caller that must not miss one reads the records too).
     package func watchEndings(_ handler: @escaping @Sendable (JobID, JobStatus) -> Void) {
         watch(doneChannel, as: "endings") { text in
-            guard let space = text.lastIndex(of: " "), let status = JobStatus(rawValue: String(text[text.index(after: space)...])),
-                  status.isTerminal, text.utf8.count <= 300 else { return }
-            handler(JobID(String(text[..<space])), status)
+            for (id, status) in Self.endings(in: text) { handler(id, status) }
+        }
+    }
+
+    /// The endings a done-channel message names: a line `<id> <status>` each.
+    static func endings(in text: String) -> [(JobID, JobStatus)] {
+        text.split(separator: "\n").compactMap { line in
+            guard let space = line.lastIndex(of: " "), line.utf8.count <= 300,
+                  let status = JobStatus(rawValue: String(line[line.index(after: space)...])), status.isTerminal else { return nil }
+            return (JobID(String(line[..<space])), status)
         }
     }
 
@@ -97,9 +104,9 @@ package final class RedisJobStore: JobStateStore {
     /// second too, so an ending announced while the subscriber (re)connected is not missed.
     package func waitUntilEnded(_ id: JobID, within timeout: Duration) async throws -> StoredJob? {
         let ended = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let prefix = Array("\(id.rawValue) ".utf8)
         let subscriber = RedisClient(url: client.url, name: "\(configuration.instance)-wait", subscribingTo: [doneChannel]) { _, message in
-            if message.starts(with: prefix) { ended.continuation.yield() }
+            let text = String(decoding: message, as: UTF8.self)
+            if Self.endings(in: text).contains(where: { $0.0 == id }) { ended.continuation.yield() }
         }
         defer { Task { await subscriber.close() } }
         try? await subscriber.waitUntilConnected(within: .seconds(2))
@@ -181,9 +188,19 @@ package final class RedisJobStore: JobStateStore {
         guard !changes.isEmpty else { return }
         let at = Self.millis(now)
         var commands: [RedisCommand] = []
+        // A job that starts and ends within one batch (most short jobs) is written once, its
+        // ending saying when it started: a write a job, not two.
+        let ending = Set(changes.lazy.filter { $0.change.ending != nil }.map(\.id))
+        var startedHere = Set<JobID>()
+        var endings: [String] = []
         for (id, change) in changes {
+            if ending.contains(id), change.ending == nil {
+                if case .started = change { startedHere.insert(id) }
+                continue
+            }
             let key = jobKey(id)
             var fields: [any RedisArgument] = ["updated_at", at, "instance", configuration.instance]
+            if startedHere.remove(id) != nil { fields += ["started_at", at] }
             var ended: JobStatus?
             switch change {
             case let .started(attempt):
@@ -210,12 +227,14 @@ package final class RedisJobStore: JobStateStore {
             if let ended {
                 commands.append(RedisCommand("HSET", arguments: [key] + fields))
                 commands.append(RedisCommand("PEXPIRE", key, retentionMillis))
-                commands.append(RedisCommand("PUBLISH", doneChannel, "\(id.rawValue) \(ended.rawValue)"))
+                endings.append("\(id.rawValue) \(ended.rawValue)")
             } else {
                 // Never over an ending: the events that say a job runs may come after it ended.
                 commands.append(RedisCommand("EVAL", arguments: [Self.progressScript, 1, key, retentionMillis] + fields))
             }
         }
+        // The batch's endings in one message, a line each.
+        if !endings.isEmpty { commands.append(RedisCommand("PUBLISH", doneChannel, endings.joined(separator: "\n"))) }
         let replies = try await client.pipeline(commands)
         if let failure = replies.first(where: { if case .error = $0 { true } else { false } }), case let .error(text) = failure {
             throw .reply(text)

@@ -140,6 +140,13 @@ struct RedisJobStoreTests {
             try await a.record([(dead, .deadLettered(.retriesExhausted(attempts: 1, lastError: "boom")))])
             #expect(try await a.job(dead)?.status == .deadLettered)
             #expect(try await a.job(dead)?.error == "retries exhausted after 1 attempt(s); last error: boom")
+            // Started and ended in one batch: one write, which says when it started.
+            let quick = JobID("quick")
+            _ = try await a.claim([StoreClaimRequest(id: quick, name: "export", attempt: 1)])
+            try await a.record([(quick, .started(attempt: 1)), (quick, .progress(10)), (quick, .completed(result: [0x31]))])
+            let record = try #require(try await a.job(quick))
+            #expect(record.status == .completed && record.progress == 100 && record.result == [0x31])
+            #expect(record.startedAt != nil && record.startedAt == record.finishedAt)
             // Every reason comes back as it was recorded, so a producer elsewhere sees what happened.
             let reasons: [DeadLetterReason] = [
                 .retriesExhausted(attempts: 4, lastError: "timed out: 30 s"), .deadline(Date(timeIntervalSince1970: 1_700_000_000.25)),
