@@ -144,9 +144,9 @@ struct RedisJobStoreTests {
             let quick = JobID("quick")
             _ = try await a.claim([StoreClaimRequest(id: quick, name: "export", attempt: 1)])
             try await a.record([(quick, .started(attempt: 1)), (quick, .progress(10)), (quick, .completed(result: [0x31]))])
-            let record = try #require(try await a.job(quick))
-            #expect(record.status == .completed && record.progress == 100 && record.result == [0x31])
-            #expect(record.startedAt != nil && record.startedAt == record.finishedAt)
+            let quickRecord = try #require(try await a.job(quick))
+            #expect(quickRecord.status == .completed && quickRecord.progress == 100 && quickRecord.result == [0x31])
+            #expect(quickRecord.startedAt != nil && quickRecord.startedAt == quickRecord.finishedAt)
             // Every reason comes back as it was recorded, so a producer elsewhere sees what happened.
             let reasons: [DeadLetterReason] = [
                 .retriesExhausted(attempts: 4, lastError: "timed out: 30 s"), .deadline(Date(timeIntervalSince1970: 1_700_000_000.25)),
