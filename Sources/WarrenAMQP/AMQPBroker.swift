@@ -450,6 +450,7 @@ public final class AMQPBroker: Broker {
     /// to their queues: the broker requeues them when the channel closes.
     public func close() async {
         local.close()
+        ingest.stop()
         await settlement.settling.wait()
         await store?.stop()
         await connection.close()

@@ -353,6 +353,9 @@ final class Ingest: Sendable {
         }
     }
 
+    /// Stops the store rechecks (the broker closes; what is still held goes back with the channel).
+    func stop() { recheck.stop() }
+
     // MARK: Handing back
 
     /// Returns unstarted jobs' messages (and their redelivered copies) to the broker, and every

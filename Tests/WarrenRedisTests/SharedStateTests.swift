@@ -69,7 +69,7 @@ struct SharedStateTests {
             try await ServerAccess.rabbitMQ.using {
                 let queue = Self.queueName("twice")
                 defer { try? Self.deleteQueues(queue) }
-                let count = 2_000
+                let count = 10_000
                 let runs = Mutex<[JobID: Int]>([:])
                 var registry = HandlerRegistry()
                 try registry.registerRaw("work") { _, context in
@@ -84,8 +84,8 @@ struct SharedStateTests {
                 // into the normal and the high priority queue.
                 let first = try await Self.producer(queue), second = try await Self.producer(queue)
                 let ids = (0..<count).map { JobID("twice-\($0)") }
-                for chunk in stride(from: 0, to: count, by: 200) {
-                    let slice = ids[chunk..<min(count, chunk + 200)]
+                for chunk in stride(from: 0, to: count, by: 500) {
+                    let slice = ids[chunk..<min(count, chunk + 500)]
                     try await first.enqueue(slice.map { Job(id: $0, name: "work", priority: .normal) })
                     try await second.enqueue(slice.map { Job(id: $0, name: "work", priority: .high) })
                 }
