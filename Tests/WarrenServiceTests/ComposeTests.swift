@@ -91,13 +91,18 @@ struct ComposeTests {
         try await validate(profile: "cluster")
         let file = try compose()
         let services = file.services(in: nil)
-        #expect(Set(services.keys) == ["rabbitmq", "orders", "warren", "producer"], "the default profile: \(services.keys.sorted())")
+        #expect(Set(services.keys) == ["rabbitmq", "redis", "orders", "warren", "producer"], "the default profile: \(services.keys.sorted())")
         let warren = try #require(services["warren"])
         #expect(warren.dependsOn?["rabbitmq"]?["condition"] == "service_healthy", "Warren waits for a healthy RabbitMQ")
         let grace = ServiceConfiguration.duration(warren.environment?["WARREN_WORKER_SHUTDOWN_GRACE"] ?? "") ?? .zero
         let stop = ServiceConfiguration.duration(warren.stopGracePeriod ?? "") ?? .zero
         #expect(grace > .zero && stop > grace, "docker's stop grace period (\(stop)) is longer than Warren's drain (\(grace))")
-        #expect(warren.secrets == ["broker-password"], "the broker password comes from a secret file")
+        #expect(warren.secrets == ["broker-password", "state-password"], "the broker's and the store's passwords come from secret files")
+        // The job-state store: Redis, its password from the same secret, and Warren waits for it.
+        let redis = try #require(services["redis"])
+        #expect(redis.image?.hasPrefix("redis:7.") == true && redis.secrets == ["state-password"], "\(String(describing: redis.image))")
+        #expect(warren.environment?["WARREN_STATE_URL"] == "redis://redis:6379/0")
+        #expect(warren.dependsOn?["redis"]?["condition"] == "service_healthy", "Warren waits for a healthy Redis")
         #expect(warren.environment?["WARREN_QUEUE_TYPE"] == "quorum", "Warren's queues are quorum queues")
         #expect(services["rabbitmq"]?.ports?.contains("127.0.0.1:5672:5672") == true, "producers outside compose reach AMQP")
 
@@ -175,7 +180,8 @@ struct ComposeTests {
             let passwords = list.split(separator: ",").filter { url in
                 AMQPURL.userInfo(in: String(url)).map { String(url)[$0].contains(":") } ?? false
             }
-            #expect(passwords.isEmpty && worker.secrets == ["broker-password"], "the secret's password applies to each URL")
+            #expect(passwords.isEmpty && worker.secrets?.contains("broker-password") == true, "the secret's password applies to each URL")
+            #expect(worker.environment?["WARREN_STATE_URL"] == "redis://redis:6379/0", "\(name) shares the job-state store")
             #expect(worker.environment?["WARREN_QUEUE_TYPE"] == "quorum", "\(name)'s queues are replicated")
         }
         // The cluster's own Warren starts once every node has joined.
@@ -189,7 +195,7 @@ struct ComposeTests {
 
     @Test(.timeLimit(.minutes(4)))
     func theComposeConfigurationRunsNativelyAndDrainsOnSIGTERM() async throws {
-        try await usingBroker { try await runTheComposeConfigurationNatively() }
+        try await ServerAccess.redis.using { try await usingBroker { try await runTheComposeConfigurationNatively() } }
     }
 
     func runTheComposeConfigurationNatively() async throws {
@@ -214,6 +220,13 @@ struct ComposeTests {
         try FileManager.default.createDirectory(atPath: secrets, withIntermediateDirectories: true)
         try "\(password)\n".write(toFile: secrets + "/broker-password", atomically: false, encoding: .utf8)
         environment["WARREN_BROKER_URL"] = "amqp://\(url.user)@\(url.host):\(url.port)/"
+        // The test Redis for the file's redis service, its password in the state-password secret.
+        #expect(environment["WARREN_STATE_URL"] == "redis://redis:6379/0")
+        let redis = try TestEnvironment.redisURL
+        let scheme = try #require(redis.range(of: "://")), at = try #require(redis.lastIndex(of: "@"))
+        let statePassword = redis[scheme.upperBound..<at].split(separator: ":", omittingEmptySubsequences: false).last ?? ""
+        try "\(statePassword)\n".write(toFile: secrets + "/state-password", atomically: false, encoding: .utf8)
+        environment["WARREN_STATE_URL"] = "redis://" + redis[redis.index(after: at)...]
         environment["WARREN_SECRETS_DIR"] = secrets
         environment["WARREN_HANDLERS_FILE"] = TestEnvironment.root.appendingPathComponent("compose/handlers.yaml").path
         environment["WARREN_HTTP_ADDRESS"] = "127.0.0.1:0"
@@ -265,6 +278,10 @@ struct ComposeTests {
             environment: environment)
         #expect(try await submit.exit(within: 30) == .exited(0))
         #expect(submit.output.contains(#"{"confirmed": 77}"#), "submit --wait prints the result: \(submit.output)")
+        #expect(warrenProcess.output.contains("using the job-state store"), "serve uses the compose file's store")
+        let status = try ChildProcess(TestEnvironment.binary("warren"), ["status", quick[0]], environment: environment)
+        #expect(try await status.exit(within: 30) == .exited(0))
+        #expect(status.output.contains("status: completed"), "warren status reads the store: \(status.output)")
         let queues = try ChildProcess(TestEnvironment.binary("warren"), ["queues"], environment: environment)
         #expect(try await queues.exit(within: 30) == .exited(0))
         #expect(queues.output.contains("\(queue).normal") && queues.output.contains("\(queue).dead"), "\(queues.output)")

@@ -10,20 +10,11 @@ import Glibc
 /// tools in processes of their own: the private RabbitMQ and Redis of `make test`.
 @Suite("serve instances sharing the job-state store")
 struct SharedStateFleetTests {
-    struct NoRedis: Error, CustomStringConvertible {
-        var description: String { "WARREN_TEST_REDIS_URL is not set: run the tests with `make test`, which starts a private Redis" }
-    }
-
-    static var redisURL: String {
-        get throws {
-            guard let url = ProcessInfo.processInfo.environment["WARREN_TEST_REDIS_URL"] else { throw NoRedis() }
-            return url
-        }
-    }
+    static var redisURL: String { get throws { try TestEnvironment.redisURL } }
 
     /// Runs `scripts/redis.sh verb` (stop, start) on the test Redis.
     static func redis(_ verb: String) async throws {
-        guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_REDIS_DIR"] else { throw NoRedis() }
+        guard let dir = ProcessInfo.processInfo.environment["WARREN_TEST_REDIS_DIR"] else { throw TestEnvironment.RedisNotConfigured() }
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let script = try ChildProcess("/bin/bash", [root.appendingPathComponent("scripts/redis.sh").path, verb, dir])
         #expect(try await script.exit(within: 30) == .exited(0), "scripts/redis.sh \(verb): \(script.output)")

@@ -18,9 +18,21 @@ enum TestEnvironment {
         var description: String { "WARREN_TEST_AMQP_URL is not set: run the tests with `make test`, which starts a private RabbitMQ" }
     }
 
+    struct RedisNotConfigured: Error, CustomStringConvertible {
+        var description: String { "WARREN_TEST_REDIS_URL is not set: run the tests with `make test`, which starts a private Redis" }
+    }
+
     static var amqpURL: String {
         get throws {
             guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_AMQP_URL"] else { throw NotConfigured() }
+            return text
+        }
+    }
+
+    /// The private Redis of `make test` (scripts/redis.sh): `redis://:password@127.0.0.1:port/0`.
+    static var redisURL: String {
+        get throws {
+            guard let text = ProcessInfo.processInfo.environment["WARREN_TEST_REDIS_URL"] else { throw RedisNotConfigured() }
             return text
         }
     }
