@@ -159,4 +159,51 @@ struct SharedStateFleetTests {
             }
         }
     }
+
+    /// Two instances and a batch of 200 jobs whose dependencies are spread over the five priority
+    /// queues (a binary tree: each depends on its parent), so that many dependents reach the other
+    /// instance than their dependency: all run, each after its dependency ended, none dead-lettered.
+    @Test(.timeLimit(.minutes(2)))
+    func dependenciesSpreadOverTwoInstancesRunInOrder() async throws {
+        try await ServerAccess.redis.using {
+            try await usingBroker {
+                let url = try TestEnvironment.amqpURL
+                let runs = Locked<[String: (instance: String, started: ContinuousClock.Instant, ended: ContinuousClock.Instant)]>([:])
+                let fleet = try await Fleet(
+                    queue: TestEnvironment.unique(), queueType: .classic, environment: ["WARREN_STATE_URL": try Self.redisURL]
+                ) { call in
+                    let started = ContinuousClock.now
+                    try? await Task.sleep(for: .milliseconds(5))
+                    if let id = call.headers["x-warren-job-id"] { runs.withLock { $0[id] = (call.path, started, .now) } }
+                    return (200, "{}")
+                }
+                try await fleet.launch(1, urls: [url])
+                try await fleet.launch(2, urls: [url])
+                let producer = AMQPBroker(AMQPBroker.Configuration(url: try AMQPURL(url), queue: fleet.queue))
+                try await producer.waitUntilReady(timeout: .seconds(30))
+                let count = 200
+                let ids = (0..<count).map { JobID("tree-\($0)-\(UUID())") }
+                let jobs = (0..<count).map { index in
+                    Job(id: ids[index], name: "work", priority: JobPriority.allCases[(index * 7) % JobPriority.allCases.count],
+                        dependencies: index == 0 ? [] : [ids[(index - 1) / 2]])
+                }
+                try await producer.enqueue(jobs)
+                await producer.close()
+                try await waitUntil("the 200 jobs ran", within: 90) { runs.withLock { $0.count } == count }
+                let done = runs.withLock { $0 }
+                var crossed = 0
+                for index in 1..<count {
+                    let child = try #require(done[ids[index].rawValue]), parent = try #require(done[ids[(index - 1) / 2].rawValue])
+                    #expect(child.started >= parent.ended, "job \(index) started before its dependency ended")
+                    if child.instance != parent.instance { crossed += 1 }
+                }
+                print("shared state fleet: 200 jobs in a dependency tree, \(crossed) of 199 dependencies crossed instances")
+                #expect(crossed > 0, "no dependency crossed instances: the test proves nothing")
+                await fleet.stopAll()
+                let left = try fleet.leftInQueues(url: url)
+                #expect(left.ready == 0 && left.dead == 0, "none dead-lettered, none left: \(left)")
+                fleet.deleteQueues(url: url)
+            }
+        }
+    }
 }
