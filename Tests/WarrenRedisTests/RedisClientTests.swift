@@ -61,7 +61,7 @@ struct RedisURLTests {
 
 @Suite("Redis client against Redis")
 struct RedisClientTests {
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func commandsRoundTripBinarySafeAndPipelinedInOrder() async throws {
         try await ServerAccess.redis.using {
             let client = try await TestRedis.client()
@@ -91,7 +91,7 @@ struct RedisClientTests {
     }
 
     /// Many tasks at once, each with its own keys: every reply goes to the request that asked.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func concurrentRequestsGetTheirOwnReplies() async throws {
         try await ServerAccess.redis.using {
             let client = try await TestRedis.client("concurrent")
@@ -113,7 +113,7 @@ struct RedisClientTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func aWrongPasswordSaysSoAndKeepsTrying() async throws {
         try await ServerAccess.redis.using {
             var url = try TestRedis.url
@@ -138,7 +138,7 @@ struct RedisClientTests {
 
     /// The server goes away and comes back: requests fail at once meanwhile (nothing waits on a
     /// dead server), the client reconnects by itself, and a subscriber subscribes again.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func survivesARestartAndResubscribes() async throws {
         try await ServerAccess.redis.using(exclusive: true) {
             let statuses = Mutex<[RedisClient.Status]>([])

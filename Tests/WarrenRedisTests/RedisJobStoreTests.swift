@@ -25,7 +25,7 @@ struct RedisJobStoreTests {
         return (client, stores)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func anIdRunsOnceWhileItsHolderLivesAndNeverAgainOnceEnded() async throws {
         try await ServerAccess.redis.using {
             let (client, stores) = try await Self.stores(["a", "b"])
@@ -54,7 +54,7 @@ struct RedisJobStoreTests {
     /// A holder whose lease expired (its process died) no longer holds its jobs; a retry (the next
     /// attempt) may be taken by any instance. (The lease's expiry is Redis's: here its time to live
     /// is checked, and its end is the key's removal, so that a slow machine cannot fail the test.)
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func aDeadHoldersJobsAndRetriesGoToOthers() async throws {
         try await ServerAccess.redis.using {
             let (client, stores) = try await Self.stores(["a", "b"], lease: .seconds(30))
@@ -81,7 +81,7 @@ struct RedisJobStoreTests {
 
     /// A cancel asked before a job arrives means it never runs; asked while it runs, the holder
     /// hears of it on the cancel channel and nobody else takes it meanwhile.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func cancelsReachQueuedRunningAndNotYetArrivedJobs() async throws {
         try await ServerAccess.redis.using {
             let (client, stores) = try await Self.stores(["a", "b"])
@@ -118,7 +118,7 @@ struct RedisJobStoreTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func recordsProgressCapResultsAndExpire() async throws {
         try await ServerAccess.redis.using {
             let (client, stores) = try await Self.stores(["a"], resultLimit: 16)
@@ -168,7 +168,7 @@ struct RedisJobStoreTests {
     /// instance deaths and births, cancels) checked against the rules after every step: a job
     /// ended never runs again, two live instances never both hold the same attempt, a cancel asked
     /// before a job runs means it never runs, and a dead instance's jobs go to the next to ask.
-    @Test(.timeLimit(.minutes(2)), arguments: [1, 2, 3, 4] as [UInt64])
+    @Test(.timeLimit(.minutes(4)), arguments: [1, 2, 3, 4] as [UInt64])
     func randomHistoriesKeepTheRules(seed: UInt64) async throws {
         try await ServerAccess.redis.using {
             let client = try await TestRedis.client("store-model")

@@ -63,7 +63,7 @@ struct SharedStateTests {
 
     static func queueName(_ base: String) -> String { "t-\(base)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))" }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func eachIdRunsOnceAcrossInstancesThoughPublishedTwice() async throws {
         try await ServerAccess.redis.using {
             try await ServerAccess.rabbitMQ.using {
@@ -114,7 +114,7 @@ struct SharedStateTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func aCancelFromAnotherInstanceStopsARunningJobWithinASecond() async throws {
         try await ServerAccess.redis.using {
             try await ServerAccess.rabbitMQ.using {
@@ -124,6 +124,7 @@ struct SharedStateTests {
                 let stopped = Mutex<[JobID: ContinuousClock.Instant]>([:])
                 var registry = HandlerRegistry()
                 try registry.registerRaw("long") { _, context in
+                    await context.progress(30)
                     started.withLock { _ = $0.insert(context.id) }
                     do {
                         try await Task.sleep(for: .seconds(30))
@@ -141,6 +142,11 @@ struct SharedStateTests {
                 let queued = Job(id: "cancel-queued", name: "long")
                 try await producer.enqueue([running])
                 try await waitUntil("the first job runs", within: 20) { started.withLock { $0.contains(running.id) } }
+                // Its progress, seen from the other process.
+                try await waitUntil("its progress is visible elsewhere", within: 10) {
+                    let record = await other.broker.storedJob(running.id)
+                    return record?.status == .running && record?.progress == 30 && record?.instance == "runner"
+                }
                 try await producer.enqueue([queued])
                 // The queued one waits behind the running one (one worker) and is cancelled first.
                 try await waitUntil("the second job is held", within: 20) { runner.broker.received(queued.id) != nil }
@@ -162,7 +168,7 @@ struct SharedStateTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func aProducerProcessGetsResultsOfJobsAnotherInstanceRan() async throws {
         try await ServerAccess.redis.using {
             try await ServerAccess.rabbitMQ.using {
@@ -202,7 +208,7 @@ struct SharedStateTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func dependenciesHoldAcrossInstancesAndFailuresReachDependentsElsewhere() async throws {
         try await ServerAccess.redis.using {
             try await ServerAccess.rabbitMQ.using {

@@ -11,12 +11,12 @@ import WarrenTestSupport
 /// store. The queue contract must hold exactly as without it.
 @Suite("Conformance: RabbitMQ broker with the job-state store")
 struct StoreConformanceTests {
-    @Test(.timeLimit(.minutes(3)), arguments: ConformanceSuite.cases)
+    @Test(.timeLimit(.minutes(5)), arguments: ConformanceSuite.cases)
     func conformance(_ testCase: ConformanceCase) async throws {
         try await run(testCase, type: .classic)
     }
 
-    @Test(.timeLimit(.minutes(3)), arguments: ConformanceSuite.cases)
+    @Test(.timeLimit(.minutes(5)), arguments: ConformanceSuite.cases)
     func conformanceOnQuorumQueues(_ testCase: ConformanceCase) async throws {
         try await run(testCase, type: .quorum)
     }

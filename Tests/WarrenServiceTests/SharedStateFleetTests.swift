@@ -33,7 +33,7 @@ struct SharedStateFleetTests {
     /// One instance is SIGKILLed while it runs jobs: once its lease (2 s) runs out, the jobs it
     /// held run on the other instance. None is lost, none is refused as a duplicate, and only
     /// those it was running when it died (at most its 8 slots) may run twice.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(5)))
     func aKilledInstancesJobsRunElsewhereOnceItsLeaseRunsOut() async throws {
         try await ServerAccess.redis.using {
             try await usingBroker {
@@ -63,7 +63,7 @@ struct SharedStateFleetTests {
 
     /// Redis stops mid-run and starts again: jobs keep flowing (per process), `/readyz` says the
     /// store is degraded meanwhile and not once it is back, and every job completes.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(5)))
     func jobsFlowWhileTheStoreIsDownAndItIsUsedAgainWhenBack() async throws {
         try await ServerAccess.redis.using(exclusive: true) {
             try await usingBroker {
@@ -104,7 +104,7 @@ struct SharedStateFleetTests {
     /// From a process of its own: `warren cancel` stops a job running on an instance within a
     /// second and one still queued never runs; `warren result --wait` prints a result, `warren
     /// status` and `/jobs/{id}` on either instance show the job as it is, whichever ran it.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(5)))
     func toolsAndEitherInstanceSeeAndCancelJobsWhereverTheyRun() async throws {
         try await ServerAccess.redis.using {
             try await usingBroker {
@@ -163,7 +163,7 @@ struct SharedStateFleetTests {
     /// Two instances and a batch of 200 jobs whose dependencies are spread over the five priority
     /// queues (a binary tree: each depends on its parent), so that many dependents reach the other
     /// instance than their dependency: all run, each after its dependency ended, none dead-lettered.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(5)))
     func dependenciesSpreadOverTwoInstancesRunInOrder() async throws {
         try await ServerAccess.redis.using {
             try await usingBroker {
