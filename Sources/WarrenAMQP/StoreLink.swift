@@ -54,39 +54,37 @@ final class StoreLink: Sendable {
         let requests = jobs.map { job in
             StoreClaimRequest(id: job.id, name: job.name, priority: job.priority, attempt: job.attempt, replayed: job.metadata[WireFormat.replayedKey] != nil)
         }
-        do {
+        return await call { [store] in
             let answers = try await store.claim(requests)
             guard answers.count == jobs.count else { throw StoreLinkError("the store answered \(answers.count) claims for \(jobs.count) jobs") }
-            succeeded()
             return answers
-        } catch {
-            failed(error)
-            return nil
         }
     }
 
     /// The statuses of `ids` (nil: no record); nil when the store did not answer.
     func statuses(_ ids: [JobID]) async -> [JobStatus?]? {
-        do {
+        await call { [store] in
             let answers = try await store.statuses(ids)
             guard answers.count == ids.count else { throw StoreLinkError("the store answered \(answers.count) statuses for \(ids.count) jobs") }
-            succeeded()
             return answers
-        } catch {
-            failed(error)
-            return nil
         }
     }
 
-    /// Records changes and returns once the store has them (or did not answer): endings are
-    /// recorded before their messages are acked, so a copy that arrives later is known as a duplicate.
+    /// Records changes and returns once the store has them (or did not answer).
     func record(_ changes: [(id: JobID, change: JobChange)]) async {
         guard !changes.isEmpty else { return }
+        _ = await call { [store] in try await store.record(changes) }
+    }
+
+    /// Runs a call to the store: its answer, or nil when it failed (counted as a fall-back).
+    private func call<T: Sendable>(_ body: @Sendable () async throws -> T) async -> T? {
         do {
-            try await store.record(changes)
+            let answer = try await body()
             succeeded()
+            return answer
         } catch {
             failed(error)
+            return nil
         }
     }
 
@@ -127,12 +125,7 @@ final class StoreLink: Sendable {
     /// one's lease to run out.
     func release(_ ids: [JobID]) async {
         guard !ids.isEmpty else { return }
-        do {
-            try await store.release(ids)
-            succeeded()
-        } catch {
-            failed(error)
-        }
+        _ = await call { [store] in try await store.release(ids) }
     }
 
     /// Stops renewing, records what is noted, gives the lease up (a clean stop: what this

@@ -243,6 +243,16 @@ public struct ServiceConfiguration: Sendable {
             }
             return number
         }
+        /// The password `key` (a secret), or the contents of the file `<key>_file`; nil when neither is set.
+        func password(_ key: String) throws -> String? {
+            if let password = values.string(key, secret: true) { return password }
+            guard let file = values.string(key + "_file") else { return nil }
+            do {
+                return try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            } catch {
+                throw invalid(key + "_file", file, "a readable file holding the password")
+            }
+        }
         func duration(_ key: String, allowZero: Bool = false) throws -> Duration {
             guard let text = values.value(key) else { preconditionFailure("\(key) has no default") }
             guard let parsed = Self.duration(text), allowZero || parsed > .zero else {
@@ -264,15 +274,7 @@ public struct ServiceConfiguration: Sendable {
             // The URL as given may hold the password: never shown.
             throw invalid("broker.url", redactor.url(urlText), "amqp://user:password@host:port/vhost or amqps://…, or several separated by commas (\(error))")
         }
-        var password = values.string("broker.password", secret: true)
-        if password == nil, let file = values.string("broker.password_file") {
-            do {
-                password = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-            } catch {
-                throw invalid("broker.password_file", file, "a readable file holding the password")
-            }
-        }
-        if let password { for index in brokerURLs.indices { brokerURLs[index].password = password } }
+        if let password = try password("broker.password") { for index in brokerURLs.indices { brokerURLs[index].password = password } }
         queue = values.value("queue.name") ?? ""
         guard queue.utf8.count <= 200, queue.allSatisfy({ $0.isLetter || $0.isNumber || "-_.".contains($0) }) else {
             throw invalid("queue.name", queue, "letters, digits, '-', '_' and '.', at most 200 characters")
@@ -332,15 +334,7 @@ public struct ServiceConfiguration: Sendable {
             } catch {
                 throw invalid("state.url", RedisURL.redacted(stateText), "redis://[user:password@]host:port/db (\(error))")
             }
-            var statePassword = values.string("state.password", secret: true)
-            if statePassword == nil, let file = values.string("state.password_file") {
-                do {
-                    statePassword = try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-                } catch {
-                    throw invalid("state.password_file", file, "a readable file holding the password")
-                }
-            }
-            if let statePassword { stateURL?.password = statePassword }
+            if let statePassword = try password("state.password") { stateURL?.password = statePassword }
         } else {
             stateURL = nil
         }

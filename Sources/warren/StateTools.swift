@@ -4,8 +4,9 @@ import Warren
 import WarrenRedis
 import WarrenService
 
-/// The job-state store of the configuration (`state.url`), for a tool: connected, or a clear error.
-private func stateStore(_ options: ServiceOptions) async throws -> (client: RedisClient, store: RedisJobStore) {
+/// Runs `body` with the job-state store of the configuration (`state.url`), connected, and closes
+/// the connection after; a clear error when there is no store or it does not answer.
+private func usingStateStore<T>(_ options: ServiceOptions, _ body: (RedisJobStore) async throws -> T) async throws -> T {
     let configuration = try await options.load()
     guard let url = configuration.stateURL else {
         throw Failure(
@@ -19,7 +20,14 @@ private func stateStore(_ options: ServiceOptions) async throws -> (client: Redi
         await client.close()
         throw Failure("the job-state store at \(url) does not answer: \(error)")
     }
-    return (client, store)
+    do {
+        let value = try await body(store)
+        await client.close()
+        return value
+    } catch {
+        await client.close()
+        throw error
+    }
 }
 
 /// A job's record as `status` prints it: one `field: value` per line.
@@ -44,9 +52,7 @@ struct Status: AsyncParsableCommand {
     @Argument(help: "The job id.") var id: String
 
     func run() async throws {
-        let (client, store) = try await stateStore(options)
-        defer { Task { await client.close() } }
-        guard let record = try await store.job(JobID(id)) else {
+        guard let record = try await usingStateStore(options, { try await $0.job(JobID(id)) }) else {
             FileHandle.standardError.write(Data("no job \(id) in the job-state store (never taken by an instance, or past state.retention)\n".utf8))
             throw ExitCode(3)
         }
@@ -67,9 +73,9 @@ struct Result: AsyncParsableCommand {
         guard let waitFor = ServiceConfiguration.duration(timeout), waitFor > .zero else {
             throw ValidationError("--timeout '\(timeout)' is not \(ServiceConfiguration.durationForm), more than 0")
         }
-        let (client, store) = try await stateStore(options)
-        defer { Task { await client.close() } }
-        let record = wait ? try await store.waitUntilEnded(JobID(id), within: waitFor) : try await store.job(JobID(id))
+        let record = try await usingStateStore(options) { store in
+            wait ? try await store.waitUntilEnded(JobID(id), within: waitFor) : try await store.job(JobID(id))
+        }
         switch record?.status {
         case .completed?:
             let text = String(decoding: record?.result ?? [], as: UTF8.self)
@@ -99,9 +105,7 @@ struct Cancel: AsyncParsableCommand {
     @Argument(help: "The job id.") var id: String
 
     func run() async throws {
-        let (client, store) = try await stateStore(options)
-        defer { Task { await client.close() } }
-        switch try await store.requestCancel(JobID(id)) {
+        switch try await usingStateStore(options, { try await $0.requestCancel(JobID(id)) }) {
         case let .finished(status):
             print("job \(id) had already ended: \(status.rawValue)")
             throw ExitCode(2)
