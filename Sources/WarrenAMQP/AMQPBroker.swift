@@ -377,17 +377,26 @@ public final class AMQPBroker: Broker {
     /// Follows the job in the store until it ends there; nil when the store has no record of a
     /// job not published here, or the broker closes.
     private func outcome(of id: JobID, in store: StoreLink) async -> JobOutcome? {
+        let published = self.published
         while !Task.isCancelled, !local.isClosed {
-            do {
-                let record = try await store.store.job(id)
-                if let outcome = record?.outcome { return outcome }
-                // Not taken by any instance yet: worth waiting for only if it was published here.
-                if record == nil, !published.isKnown(id) { return nil }
-                if let outcome = try await store.store.waitUntilEnded(id, within: .seconds(30))?.outcome { return outcome }
-            } catch {
-                // The store does not answer: ask again in a moment.
-                try? await Task.sleep(for: .seconds(1))
+            let found = Locked<(outcome: JobOutcome?, unknown: Bool)>((nil, false))
+            // Woken when it ends anywhere; read again every few seconds all the same (pub/sub says
+            // nothing while the store is unreachable; then the read fails and the wait runs out).
+            await store.waitForEnding(of: id, atMost: .seconds(5)) {
+                let stored: StoredJob?
+                do { stored = try await store.store.job(id) } catch { return false }
+                guard let record = stored else {
+                    // Not taken by any instance yet: worth waiting for only if it was published here.
+                    let unknown = !published.isKnown(id)
+                    found.withLock { $0.unknown = unknown }
+                    return unknown
+                }
+                found.withLock { $0.outcome = record.outcome }
+                return record.outcome != nil
             }
+            let (outcome, unknown) = found.withLock { $0 }
+            if let outcome { return outcome }
+            if unknown { return nil }
         }
         return nil
     }

@@ -23,6 +23,8 @@ final class StoreLink: Sendable {
     private let writes = Locked(Writes())
     private let fallbackCounter: Counter
     private let renewal = Locked<Task<Void, Never>?>(nil)
+    /// Callers waiting for jobs to end anywhere, by job and token; one subscription serves them all.
+    private let endingWaiters = Locked<(watching: Bool, next: UInt64, waiters: [JobID: [UInt64: @Sendable () -> Void]])>((false, 0, [:]))
 
     init(store: any JobStateStore, queue: String) {
         self.store = store
@@ -74,6 +76,64 @@ final class StoreLink: Sendable {
     func record(_ changes: [(id: JobID, change: JobChange)]) async {
         guard !changes.isEmpty else { return }
         _ = await call { [store] in try await store.record(changes) }
+    }
+
+    /// Follows the endings of jobs anywhere (one subscription, started once), for `waitForEnding`.
+    func watchEndings() {
+        let waiters = endingWaiters
+        let startWatching = waiters.withLock { state in
+            defer { state.watching = true }
+            return !state.watching
+        }
+        guard startWatching else { return }
+        store.watchEndings { ended, _ in
+            let woken = waiters.withLock { $0.waiters.removeValue(forKey: ended) } ?? [:]
+            for wake in woken.values { wake() }
+        }
+    }
+
+    /// Waits for the job to end anywhere: returns once `ended` (asked after the wait is set up, so
+    /// an ending between the two is not missed) says so, when the store's pub/sub says it ended,
+    /// after `atMost`, or when the calling task is cancelled, whichever is first. Any number of
+    /// callers share one subscription.
+    func waitForEnding(of id: JobID, atMost: Duration, unless ended: @Sendable () async -> Bool) async {
+        watchEndings()
+        let waiters = endingWaiters
+        // Whichever comes first resumes the wait, once; one that comes before it began ends it at once.
+        let wait = Locked<(continuation: CheckedContinuation<Void, Never>?, over: Bool)>((nil, false))
+        let wake: @Sendable () -> Void = {
+            let continuation = wait.withLock { wait in
+                defer { wait = (nil, true) }
+                return wait.continuation
+            }
+            continuation?.resume()
+        }
+        let token = waiters.withLock { state in
+            defer { state.next &+= 1 }
+            state.waiters[id, default: [:]][state.next] = wake
+            return state.next
+        }
+        let timer = Task {
+            try? await Task.sleep(for: atMost)
+            wake()
+        }
+        if await ended() { wake() }
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let over = wait.withLock { wait in
+                    if !wait.over { wait.continuation = continuation }
+                    return wait.over
+                }
+                if over { continuation.resume() }
+            }
+        } onCancel: {
+            wake()
+        }
+        timer.cancel()
+        waiters.withLock { state in
+            state.waiters[id]?[token] = nil
+            if state.waiters[id]?.isEmpty == true { state.waiters[id] = nil }
+        }
     }
 
     /// Runs a call to the store: its answer, or nil when it failed (counted as a fall-back).

@@ -195,6 +195,13 @@ struct SharedStateTests {
                 } else {
                     Issue.record("expected a dead letter, got \(String(describing: failure))")
                 }
+                // Many producers' waits at once share one subscription (a thread each would not scale).
+                let many = try await jobs.submit(batch: (0..<300).map { Job(name: "double", payload: Data("\($0)".utf8)) })
+                let results = try await withThrowingTaskGroup(of: Data.self) { group in
+                    for handle in many { group.addTask { try await handle.result() } }
+                    return try await group.reduce(into: Set<Data>()) { $0.insert($1) }
+                }
+                #expect(results == Set((0..<300).map { Data("\($0 * 2)".utf8) }))
                 // Known to both through the store, though only one ran it.
                 let stored = try #require(await producer.broker.storedJob(doubled.id))
                 #expect(stored.status == .completed)
