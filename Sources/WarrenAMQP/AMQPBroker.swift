@@ -142,8 +142,10 @@ public final class AMQPBroker: Broker {
         self.ingest = ingest
         if let store {
             store.keepLease(every: configuration.leaseRenewal)
-            // A cancel asked anywhere: the job stops here if it runs or waits here.
-            store.store.watchCancels { id in _ = local.cancel(id) }
+            // A cancel asked anywhere: the job stops here if it runs, waits or is held here.
+            store.store.watchCancels { id in
+                if local.cancel(id) == .unknown { _ = ingest.cancelHeld(id) }
+            }
         }
         let prefetch = configuration.prefetch
         // swift-metrics, to whatever backend the process bootstrapped (see `JobMetrics`).
@@ -324,6 +326,7 @@ public final class AMQPBroker: Broker {
     /// Cancels the job here and, with a state store, wherever it is or will be.
     public func cancel(_ id: JobID) async -> CancelResult {
         var result = local.cancel(id)
+        if result == .unknown, ingest.cancelHeld(id) { result = .cancelled }
         if result == .unknown, published.isKnown(id) {
             // Published, not received yet: it is cancelled when it arrives here.
             published.tombstone(id)

@@ -353,6 +353,21 @@ final class Ingest: Sendable {
         }
     }
 
+    /// A cancel for a job held here until its dependencies end: it leaves at once, cancelled (known
+    /// here so, its message acked); whether it was held here.
+    func cancelHeld(_ id: JobID) -> Bool {
+        guard let entry = holds.remove(id) else { return false }
+        // It never runs: what it waited for no longer matters.
+        var job = entry.job
+        job.dependencies = []
+        do {
+            try local.enqueue([job], cancelling: [id])
+        } catch {
+            refuse(job, entry.message, error)
+        }
+        return true
+    }
+
     /// Stops the store rechecks (the broker closes; what is still held goes back with the channel).
     func stop() { recheck.stop() }
 
@@ -428,6 +443,20 @@ final class DependencyHolds: Sendable {
 
     /// The dependencies held jobs wait for.
     var dependencies: [JobID] { held.withLock { Array($0.keys) } }
+
+    /// Takes the held job `id` out, whatever it waits for.
+    func remove(_ id: JobID) -> Held? {
+        held.withLock { held in
+            for (dependency, entries) in held {
+                guard let index = entries.firstIndex(where: { $0.job.id == id }) else { continue }
+                var kept = entries
+                let entry = kept.remove(at: index)
+                held[dependency] = kept.isEmpty ? nil : kept
+                return entry
+            }
+            return nil
+        }
+    }
 
     /// Every held job (a graceful stop hands them back); the timer stops.
     func releaseAll() -> [Held] {

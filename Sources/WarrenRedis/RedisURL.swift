@@ -6,7 +6,8 @@ import Foundation
 import Warren
 
 /// Where the job-state store is: `redis://[[user]:password@]host[:port][/db][?timeout=ms]`
-/// (Valkey speaks the same). TLS (`rediss://`) is refused: Debian's hiredis 0.14 has none.
+/// (Valkey speaks the same). A one-part user-info (`redis://secret@host`) is the password, as
+/// `redis-cli -u` reads it. TLS (`rediss://`) is refused: Debian's hiredis 0.14 has none.
 package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     package var host: String
     package var port: Int
@@ -19,7 +20,7 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 
     package init(_ text: String) throws(RedisError) {
         guard let components = URLComponents(string: text.trimmingWhitespace), let scheme = components.scheme?.lowercased() else {
-            throw .invalid("'\(Self.redacted(text))' is not a URL")
+            throw .invalid("it is not a URL")
         }
         guard scheme == "redis" else {
             throw .invalid(scheme == "rediss"
@@ -36,6 +37,10 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         user = try decoded(components.percentEncodedUser, "user")
         password = try decoded(components.percentEncodedPassword, "password")
+        if password == nil, let info = Self.userInfo(in: text), !text[info].contains(":") {
+            // `redis://secret@host`: the password alone.
+            (user, password) = (nil, user)
+        }
         let path = components.percentEncodedPath.drop { $0 == "/" }
         if path.isEmpty {
             database = 0
@@ -60,15 +65,25 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     }
 
     package var description: String {
-        let credentials = user.map { "\($0):***@" } ?? (password == nil ? "" : ":***@")
+        let credentials = user.map { "\($0):***@" } ?? (password == nil ? "" : "***@")
         return "redis://\(credentials)\(host):\(port)/\(database)"
     }
 
-    /// The URL's text with any password replaced by `***`.
+    /// The URL's text with any password replaced by `***` (`user:***@`; `***@` for a one-part
+    /// user-info, which is the password), also when it does not parse.
     package static func redacted(_ text: String) -> String {
-        guard let scheme = text.firstRange(of: "://"), let at = text[scheme.upperBound...].lastIndex(of: "@") else { return text }
-        let userInfo = text[scheme.upperBound..<at]
-        guard let colon = userInfo.firstIndex(of: ":") else { return text }
-        return String(text[..<text.index(after: colon)]) + "***" + String(text[at...])
+        guard let range = userInfo(in: text) else { return text }
+        let info = text[range]
+        let shown = info.firstIndex(of: ":").map { "\(info[..<$0]):***" } ?? "***"
+        return text[..<range.lowerBound] + shown + text[range.upperBound...]
+    }
+
+    /// Where the user-info of a URL's text is: before the last `@` ahead of the query (a password
+    /// holding `/` or `@` is hidden whole).
+    static func userInfo(in text: String) -> Range<String.Index>? {
+        let start = text.firstRange(of: "://")?.upperBound ?? text.startIndex
+        let authorityEnd = text[start...].firstIndex { "?#".contains($0) } ?? text.endIndex
+        guard let at = text[start..<authorityEnd].lastIndex(of: "@") else { return nil }
+        return start..<at
     }
 }

@@ -332,7 +332,8 @@ public struct ServiceConfiguration: Sendable {
             do {
                 stateURL = try RedisURL(stateText)
             } catch {
-                throw invalid("state.url", RedisURL.redacted(stateText), "redis://[user:password@]host:port/db (\(error))")
+                // The URL as given may hold the password (or a secret query value): never shown.
+                throw invalid("state.url", redactor.url(stateText), "redis://[user:password@]host:port/db (\(error))")
             }
             if let statePassword = try password("state.password") { stateURL?.password = statePassword }
         } else {

@@ -56,6 +56,12 @@ struct RedisURLTests {
         }
         #expect(RedisURL.redacted("redis://:secret@h:1/0") == "redis://:***@h:1/0")
         #expect(RedisURL.redacted("redis://u:secret@h") == "redis://u:***@h")
+        // One part is the password (as redis-cli -u reads it), and never shown.
+        let onePart = try RedisURL("redis://s3cret@h:1/0")
+        #expect(onePart.password == "s3cret" && onePart.user == nil)
+        #expect(onePart.description == "redis://***@h:1/0")
+        #expect(RedisURL.redacted("redis://s3cret@h:1/0?x=1") == "redis://***@h:1/0?x=1")
+        #expect(try RedisURL("redis://:p@h").description == "redis://***@h:6379/0")
     }
 }
 

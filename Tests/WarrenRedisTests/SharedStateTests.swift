@@ -288,4 +288,49 @@ struct SharedStateTests {
             }
         }
     }
+
+    /// A job held on one instance until its dependency ends (here one no instance has seen) is
+    /// cancelled from another process: it leaves at once, cancelled, and never runs.
+    @Test(.timeLimit(.minutes(4)))
+    func aCancelReachesAJobHeldForItsDependency() async throws {
+        try await ServerAccess.redis.using {
+            try await ServerAccess.rabbitMQ.using {
+                let queue = Self.queueName("held")
+                defer { try? Self.deleteQueues(queue) }
+                let ran = Mutex<Set<JobID>>([])
+                var registry = HandlerRegistry()
+                try registry.registerRaw("step") { _, context in
+                    ran.withLock { _ = $0.insert(context.id) }
+                    return Data()
+                }
+                let holder = try await Self.instance("holder", queue: queue, registry: registry)
+                let other = try await Self.instance("other", queue: queue, registry: nil)
+                // As a producer in another language would: a plain message naming a dependency.
+                let raw = try RawConnection(url: try Self.amqpURL())
+                defer { raw.close() }
+                let child = JobID("held-\(UUID())")
+                try raw.publish(OutgoingMessage(
+                    exchange: Topology.exchange, routingKey: Topology(queue: queue).routingKey(.normal),
+                    properties: MessageProperties(
+                        contentType: "application/json", headers: [WireFormat.Header.dependencies: .string("ghost-\(UUID())")],
+                        deliveryMode: 2, messageID: child.rawValue, type: "step"),
+                    body: Array("{}".utf8)))
+                try await waitUntil("the job is held for its dependency", within: 20) {
+                    (try? await holder.store.job(child))?.status == .queued
+                }
+                #expect(await other.broker.cancel(child) == .cancelled)
+                try await waitUntil("it is recorded cancelled", within: 10) {
+                    (try? await other.store.job(child))?.status == .cancelled
+                }
+                #expect(await holder.broker.outcome(of: child) == .cancelled, "known cancelled where it was held")
+                #expect(ran.withLock { $0.isEmpty }, "the cancelled job ran")
+                await other.stop()
+                await holder.stop()
+                // Its message was acked: once the holder is gone, nothing came back to the queue.
+                let counter = try RawConnection(url: try Self.amqpURL())
+                defer { counter.close() }
+                #expect(try counter.declareQueue(Topology(queue: queue).brokerQueue(.normal), passive: true).messages == 0)
+            }
+        }
+    }
 }
