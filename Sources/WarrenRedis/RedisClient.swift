@@ -10,7 +10,8 @@ import Glibc
 /// request its replies. When the connection drops, requests in flight fail with `.connection`, the
 /// thread reconnects with backoff (0.1 s doubling to 2 s), and while it is down new requests fail at
 /// once with `.unavailable`: callers decide what to do without Redis (the job-state store falls back
-/// to what one process knows) rather than wait.
+/// to what one process knows) rather than wait. Requests made while the first connection is being
+/// made wait for it.
 ///
 /// In subscriber mode the client subscribes to its channels on every connection and hands each
 /// message to `onMessage` on its thread; it takes no commands.
@@ -90,7 +91,8 @@ package final class RedisClient: Sendable {
             let refusal = inbox.withLock { inbox -> RedisError? in
                 if inbox.closing { return .closed }
                 if case let .down(why) = inbox.status { return .unavailable(why) }
-                if inbox.status == .connecting { return .unavailable("connecting to \(url)") }
+                // While the first connection is being made, requests wait for it (bounded by the
+                // URL's timeout): a process's first calls are not failures.
                 inbox.requests.append(Request(commands: commands, continuation: continuation))
                 return nil
             }

@@ -65,7 +65,29 @@ public final class WorkerService: Sendable {
         brokerConfiguration.retryPolicies = policies
         brokerConfiguration.publishesEvents = configuration.publishesEvents
         if let stateURL = configuration.stateURL {
-            let store = Self.stateStore(configuration, url: stateURL)
+            // Each way it fails said once until it is back, and when it is back.
+            let said = Locked<(down: Bool, reasons: Set<String>)>((false, []))
+            let store = Self.stateStore(configuration, url: stateURL) { [logger] status in
+                switch status {
+                case let .down(reason):
+                    let first = said.withLock { state -> Bool in
+                        state.down = true
+                        return state.reasons.insert(reason).inserted
+                    }
+                    guard first else { return }
+                    logger.warning(
+                        "the job-state store cannot be used; jobs run on what this process knows until it can",
+                        metadata: ["state": "\(stateURL)", "reason": "\(reason)"])
+                case .connected:
+                    let wasDown = said.withLock { state in
+                        defer { state = (false, []) }
+                        return state.down
+                    }
+                    guard wasDown else { return }
+                    logger.info("the job-state store answers again", metadata: ["state": "\(stateURL)"])
+                case .connecting, .closed: break
+                }
+            }
             stateClient = store.client
             brokerConfiguration.stateStore = store.store
             brokerConfiguration.leaseRenewal = configuration.stateLease / 3
@@ -88,9 +110,11 @@ public final class WorkerService: Sendable {
 
     /// The job-state store of `configuration` at `url`, for this process: its instance name is
     /// the host's and the process id.
-    package static func stateStore(_ configuration: ServiceConfiguration, url: RedisURL) -> (client: RedisClient, store: RedisJobStore) {
+    package static func stateStore(
+        _ configuration: ServiceConfiguration, url: RedisURL, onStatus: @escaping @Sendable (RedisClient.Status) -> Void = { _ in }
+    ) -> (client: RedisClient, store: RedisJobStore) {
         let instance = "\(ProcessInfo.processInfo.hostName)-\(ProcessInfo.processInfo.processIdentifier)"
-        let client = RedisClient(url: url, name: "warren-\(instance)")
+        let client = RedisClient(url: url, name: "warren-\(instance)", onStatus: onStatus)
         var storeConfiguration = RedisJobStore.Configuration(queue: configuration.queue, instance: instance)
         storeConfiguration.lease = configuration.stateLease
         storeConfiguration.retention = configuration.stateRetention
@@ -120,15 +144,12 @@ public final class WorkerService: Sendable {
         if handlerNames.isEmpty {
             logger.warning("no handlers are configured: every job will be dead-lettered as unknown_job_name (set handlers.file)")
         }
-        if let stateClient {
-            // Jobs that arrive before the store answers run on what this process knows: wait a little for it.
-            do {
-                try await stateClient.waitUntilConnected(within: .seconds(5))
-                logger.info("using the job-state store", metadata: ["state": "\(stateClient.url)"])
-            } catch {
-                logger.warning(
-                    "the job-state store does not answer; going on with what this process knows until it does",
-                    metadata: ["state": "\(stateClient.url)", "reason": "\(error)"])
+        if let stateClient, let instance = broker.configuration.stateStore?.instance {
+            // Its first connection made or failed (at most 5 s): jobs that arrive meanwhile wait for it.
+            let deadline = ContinuousClock.now + .seconds(5)
+            while stateClient.status == .connecting, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
+            if stateClient.status == .connected {
+                logger.info("using the job-state store", metadata: ["state": "\(stateClient.url)", "instance": "\(instance)"])
             }
         }
         let events = broker.events()

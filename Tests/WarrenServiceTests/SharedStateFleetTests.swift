@@ -20,6 +20,12 @@ struct SharedStateFleetTests {
         #expect(try await script.exit(within: 30) == .exited(0), "scripts/redis.sh \(verb): \(script.output)")
     }
 
+    /// `warren_state_store_fallbacks_total` in a /metrics text (0 when absent).
+    static func fallbacks(_ metrics: String) -> Double {
+        metrics.split(separator: "\n").filter { $0.hasPrefix("warren_state_store_fallbacks_total") }
+            .compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+    }
+
     /// A `warren` tool run with the fleet's queue, broker and store.
     static func tool(_ arguments: [String], queue: String) async throws -> (exit: ProcessExit, output: String) {
         var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: "/nonexistent")
@@ -91,8 +97,9 @@ struct SharedStateFleetTests {
                 }
                 try await waitUntil("every job to run", within: 120) { fleet.service.completed.count >= ids.count }
                 #expect(Set(fleet.runs.keys) == Set(ids), "every job ran")
-                let metrics = await get(first + "/metrics")?.1 ?? ""
-                #expect(metrics.contains("warren_state_store_fallbacks_total"), "the fall-backs are counted")
+                #expect(Self.fallbacks(await get(first + "/metrics")?.1 ?? "") > 0, "the fall-backs are counted")
+                let log = fleet.process(1)?.output ?? ""
+                #expect(log.contains("the job-state store cannot be used") && log.contains("the job-state store answers again"), "\(log.suffix(2_000))")
                 await fleet.stopAll()
                 let left = try fleet.leftInQueues(url: url)
                 #expect(left.ready == 0 && left.dead == 0, "\(left)")
@@ -117,6 +124,8 @@ struct SharedStateFleetTests {
                 }
                 let first = try await operationsAddress(of: try await fleet.launch(1, urls: [url]))
                 let second = try await operationsAddress(of: try await fleet.launch(2, urls: [url]))
+                // A healthy start counts no fall-back (the first calls wait for the first connection).
+                for address in [first, second] { #expect(Self.fallbacks(await get(address + "/metrics")?.1 ?? "") == 0, "\(address)") }
                 let queue = fleet.queue
                 let submitted = try await Self.tool(["submit", "work", "--payload", #"{"n":1}"#, "--id", "quick-1"], queue: queue)
                 #expect(submitted.exit == .exited(0), "\(submitted.output)")
