@@ -211,7 +211,7 @@ package final class RedisJobStore: JobStateStore {
                 fields += ["status", JobStatus.retrying.rawValue, "attempt", attempt, "error", error]
             case let .completed(result):
                 let truncated = result.count > configuration.resultLimit
-                fields += ["status", JobStatus.completed.rawValue, "result", Array(result.prefix(configuration.resultLimit)),
+                fields += ["status", JobStatus.completed.rawValue, "result", Self.cut(result, to: configuration.resultLimit),
                            "result_truncated", truncated ? 1 : 0, "finished_at", at, "progress", "100"]
                 ended = .completed
             case let .deadLettered(reason):
@@ -239,6 +239,18 @@ package final class RedisJobStore: JobStateStore {
         if let failure = replies.first(where: { if case .error = $0 { true } else { false } }), case let .error(text) = failure {
             throw .reply(text)
         }
+    }
+
+    /// The first `limit` bytes of `bytes`, less the start of a UTF-8 sequence the cut would split
+    /// (a JSON result cut stays text).
+    static func cut(_ bytes: [UInt8], to limit: Int) -> [UInt8] {
+        guard bytes.count > limit else { return bytes }
+        var end = max(0, limit)
+        // Back over continuation bytes (10xxxxxx) to the start of the sequence the cut falls in.
+        var back = end
+        while back > 0, back > end - 4, bytes[back] & 0xC0 == 0x80 { back -= 1 }
+        if back < end, bytes[back] & 0xC0 == 0xC0 { end = back }
+        return Array(bytes[..<end])
     }
 
     /// Gives claimed jobs up, unstarted (handed back to the broker): another instance may take
@@ -323,7 +335,8 @@ package final class RedisJobStore: JobStateStore {
             if status == 'running' and alive then
               answers[i] = 'held:' .. holder
             else
-              redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'instance', instance)
+              redis.call('HSET', key, 'status', 'cancelled', 'finished_at', now, 'updated_at', now, 'instance', instance,
+                'name', name, 'priority', priority, 'attempt', attempt)
               redis.call('PEXPIRE', key, retention)
               redis.call('PUBLISH', done, string.sub(key, prefix) .. ' cancelled')
               answers[i] = 'cancelled'

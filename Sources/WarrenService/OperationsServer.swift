@@ -33,6 +33,8 @@ enum OperationsServer {
                 current.attempt = live.attempt
                 current.progress = live.progress
                 current.startedAt = live.startedAt ?? current.startedAt
+                // With a store, say which instance this is, as the store's view of a job held elsewhere does.
+                current.instance = service.broker.configuration.stateStore?.instance
                 summary = current
             } else if let stored = await service.broker.storedJob(jobID), stored.status != nil {
                 // Whichever instance holds or held it: the job-state store knows it as it is now.

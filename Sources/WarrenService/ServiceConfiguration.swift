@@ -93,7 +93,9 @@ public struct ServiceConfiguration: Sendable {
         Key("state.password", nil, unset: "from the URL", "overrides the state store URL's password; best kept in a secret file", secret: true),
         Key("state.password_file", nil, "a file holding the state store password (Docker and Kubernetes secrets)"),
         Key("state.lease", "10s", "how long an instance that stopped renewing (it died) holds its jobs before other instances may run them, 1s to 1h"),
-        Key("state.retention", "24h", "how long a job's record (status, result) is kept after its last change"),
+        Key("state.retention", "24h",
+            "how long a job's record (status, result) is kept after its last change, 1m to 720h: longer than your longest job "
+                + "(a running job's record changes only when it starts and reports progress)"),
         Key("state.result_limit", "1048576", "longest result stored, in bytes, 0 to 67108864; a longer one is stored cut to it and flagged truncated"),
     ]
 
@@ -344,6 +346,9 @@ public struct ServiceConfiguration: Sendable {
             throw invalid("state.lease", values.value("state.lease") ?? "\(stateLease)", "from 1s to 1h")
         }
         stateRetention = try duration("state.retention")
+        guard stateRetention >= .seconds(60) else {
+            throw invalid("state.retention", values.value("state.retention") ?? "\(stateRetention)", "from 1m to 720h, longer than your longest job")
+        }
         stateResultLimit = try integer("state.result_limit", 0...(64 << 20))
         guard reservedForCritical < concurrency || reservedForCritical == 0 else {
             throw invalid("worker.reserved_critical", "\(reservedForCritical)", "less than worker.concurrency (\(concurrency))")

@@ -34,9 +34,10 @@ private func usingStateStore<T>(_ options: ServiceOptions, _ body: (RedisJobStor
 private func describe(_ record: StoredJob) -> String {
     func time(_ date: Date?) -> String? { date.map { $0.formatted(.iso8601) } }
     var lines: [(String, String?)] = [
-        ("id", record.id.rawValue), ("name", record.name), ("status", record.status?.rawValue ?? "unknown"),
+        ("id", record.id.rawValue), ("name", record.name), ("priority", record.priority?.name),
+        ("status", record.status?.rawValue ?? "not taken by any instance yet"),
         ("attempt", "\(record.attempt)"), ("progress", "\(record.progress)"), ("instance", record.instance.flatMap { $0.isEmpty ? nil : $0 }),
-        ("error", record.error), ("created_at", time(record.createdAt)), ("started_at", time(record.startedAt)),
+        ("error", record.error), ("reason", record.deadLetterReason?.code), ("created_at", time(record.createdAt)), ("started_at", time(record.startedAt)),
         ("finished_at", time(record.finishedAt)),
     ]
     if record.cancelRequested { lines.append(("cancel_requested", "true")) }
@@ -57,6 +58,8 @@ struct Status: AsyncParsableCommand {
             throw ExitCode(3)
         }
         print(describe(record))
+        // Only a cancel was asked for it: no instance knows the job.
+        if record.status == nil { throw ExitCode(3) }
     }
 }
 
@@ -78,13 +81,15 @@ struct Result: AsyncParsableCommand {
         }
         switch record?.status {
         case .completed?:
-            let text = String(decoding: record?.result ?? [], as: UTF8.self)
-            print(text, terminator: text.hasSuffix("\n") ? "" : "\n")
+            // The bytes as the handler returned them; a line of its own.
+            let result = record?.result ?? []
+            FileHandle.standardOutput.write(Data(result.last == UInt8(ascii: "\n") ? result : result + [UInt8(ascii: "\n")]))
             if record?.resultTruncated == true {
                 FileHandle.standardError.write(Data("the result was longer than state.result_limit: this is its beginning\n".utf8))
             }
         case .deadLettered?:
-            FileHandle.standardError.write(Data("job \(id) was dead-lettered: \(record?.error ?? "no reason recorded")\n".utf8))
+            let code = record?.deadLetterReason.map { " (reason \($0.code))" } ?? ""
+            FileHandle.standardError.write(Data("job \(id) was dead-lettered: \(record?.error ?? "no reason recorded")\(code)\n".utf8))
             throw ExitCode(2)
         case .cancelled?:
             FileHandle.standardError.write(Data("job \(id) was cancelled\n".utf8))

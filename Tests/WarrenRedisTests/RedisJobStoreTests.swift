@@ -140,6 +140,11 @@ struct RedisJobStoreTests {
             try await a.record([(dead, .deadLettered(.retriesExhausted(attempts: 1, lastError: "boom")))])
             #expect(try await a.job(dead)?.status == .deadLettered)
             #expect(try await a.job(dead)?.error == "retries exhausted after 1 attempt(s); last error: boom")
+            // A cut result stays UTF-8: the cut never splits a character.
+            let accented = Array(("a" + String(repeating: "é", count: 20)).utf8)
+            let cut = RedisJobStore.cut(accented, to: 16)
+            #expect(cut.count == 15 && String(validating: cut, as: UTF8.self) != nil)
+            #expect(RedisJobStore.cut(Array("abc".utf8), to: 2) == Array("ab".utf8) && RedisJobStore.cut([0xE2, 0x82, 0xAC], to: 2) == [])
             // Started and ended in one batch: one write, which says when it started.
             let quick = JobID("quick")
             _ = try await a.claim([StoreClaimRequest(id: quick, name: "export", attempt: 1)])

@@ -159,6 +159,8 @@ struct SharedStateFleetTests {
                 // A job submitted with a known id after its cancel: it never runs.
                 let early = try await Self.tool(["cancel", "later-1"], queue: queue)
                 #expect(early.output.contains("cancelled when it arrives"), "\(early.output)")
+                let marked = try await Self.tool(["status", "later-1"], queue: queue)
+                #expect(marked.exit == .exited(3) && marked.output.contains("not taken by any instance yet"), "\(marked.output)")
                 _ = try await Self.tool(["submit", "work", "--payload", #"{"n":2}"#, "--id", "later-1"], queue: queue)
                 let late = try await Self.tool(["result", "later-1", "--wait", "--timeout", "20s"], queue: queue)
                 #expect(late.exit == .exited(2) && late.output.contains("was cancelled"), "\(late.output)")
