@@ -449,6 +449,30 @@ package struct JobQueueCore {
         }
     }
 
+    /// A job this queue handed off for a retry ended elsewhere (another instance ran the retry; a
+    /// job-state store says how it ended): the jobs here that wait for it go on, or are
+    /// dead-lettered naming it, as if it had ended here. Nothing happens if its retry came back here.
+    package mutating func endedElsewhere(_ id: JobID, _ status: JobStatus, now: Date) {
+        guard status.isTerminal, let record = records[id], record.handedOff, !record.job.status.isTerminal else { return }
+        // Retired already (when handed off): only what it says, and what waits for it, change.
+        record.job.status = status
+        finishedIDs.insert(id, value: UInt8(status.index))
+        guard status == .completed else {
+            failDependents(of: record, now: now)
+            return
+        }
+        for dependent in record.dependents where dependent.job.status == .pending && !dependent.handedOff {
+            dependent.waitingOn -= 1
+            if dependent.waitingOn == 0 { readyWhenDue(dependent, now: now) }
+        }
+        record.dependents = []
+    }
+
+    /// Jobs handed off for a retry that jobs here still wait for (to ask a store how they ended).
+    package var awaitedElsewhere: [JobID] {
+        records.values.filter { $0.handedOff && !$0.job.status.isTerminal && $0.dependents.contains { !$0.isGone } }.map(\.job.id)
+    }
+
     /// Forgets a finished job's record (its id leaves the dedup window), so that a copy replayed
     /// from the dead-letter queue is taken as new. Unfinished jobs are left alone.
     package mutating func forgetFinished(_ id: JobID) {

@@ -233,6 +233,14 @@ import Synchronization
         change { state, now in state.core.recordRejected(job, reason, now: now) }
     }
 
+    /// See `JobQueueCore.endedElsewhere`.
+    public func endedElsewhere(_ id: JobID, _ status: JobStatus) {
+        change { state, now in state.core.endedElsewhere(id, status, now: now) }
+    }
+
+    /// See `JobQueueCore.awaitedElsewhere`.
+    public var awaitedElsewhere: [JobID] { state.withLock { $0.core.awaitedElsewhere } }
+
     /// See `JobQueueCore.forgetFinished`.
     public func forgetFinished(_ id: JobID) {
         state.withLock { $0.core.forgetFinished(id) }

@@ -105,6 +105,8 @@ public final class AMQPBroker: Broker {
     private let settlement: Settlement
     /// The job-state store, when configured.
     private let store: StoreLink?
+    /// Told when a retry is handed off (jobs here may wait for it to end elsewhere); nil once closed.
+    private let retryWatch = Locked<Ingest?>(nil)
 
     public init(_ configuration: Configuration, clock: any WarrenClock = SystemClock()) {
         self.configuration = configuration
@@ -131,14 +133,21 @@ public final class AMQPBroker: Broker {
             capacity: capacity, finishedWindow: min(10_000, configuration.dedupWindow), dedupWindow: configuration.dedupWindow,
             retryPolicy: configuration.retryPolicy, retries: .handOff)
         queueConfiguration.retryPolicies = configuration.retryPolicies
+        // Made after the engine it feeds; the engine's departures reach it through this (cleared
+        // at close, which ends the cycle engine → departures → ingest → engine).
+        let laterIngest = self.retryWatch
         let local = LocalQueue(
             configuration: queueConfiguration, clock: clock, random: SystemRandomNumberGenerator(),
-            departures: { departures in settlement.settle(departures) })
+            departures: { departures in
+                settlement.settle(departures)
+                if departures.contains(where: { if case .retry = $0 { true } else { false } }) { laterIngest.withLock { $0 }?.handedOffForRetry() }
+            })
         self.local = local
         published = PublishedJobs(window: configuration.dedupWindow)
         let ingest = Ingest(
             configuration: configuration, local: local, settlement: settlement, deliveries: deliveries, published: published, link: link,
             store: store, clock: clock)
+        laterIngest.withLock { $0 = ingest }
         self.ingest = ingest
         if let store {
             store.keepLease(every: configuration.leaseRenewal)
@@ -463,6 +472,7 @@ public final class AMQPBroker: Broker {
     public func close() async {
         local.close()
         ingest.stop()
+        retryWatch.withLock { $0 = nil }
         await settlement.settling.wait()
         await store?.stop()
         await connection.close()

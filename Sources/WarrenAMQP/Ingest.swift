@@ -29,7 +29,7 @@ final class Ingest: Sendable {
     private let recheck: Alarm
     private let clock: any WarrenClock
     static let storeRecheck: Duration = .milliseconds(500)
-    /// Whether the endings of jobs anywhere are followed (from the first dependency held with a store).
+    /// Whether the endings of jobs anywhere are followed (with a store, from the start).
     private let watchingEndings = Locked(false)
 
     init(
@@ -65,6 +65,14 @@ final class Ingest: Sendable {
             }
         }
         tick.withLock { $0 = { [weak self] in self?.recheckStore() ?? false } }
+        if let store { followEndings(store) }
+    }
+
+    /// A job left the engine for a retry that may run on another instance: if jobs here wait for
+    /// it, the store is asked how it ends (besides hearing it over pub/sub).
+    func handedOffForRetry() {
+        guard store != nil else { return }
+        recheck.arm(at: clock.now().addingTimeInterval(Self.storeRecheck.timeInterval))
     }
 
     /// Messages that were not valid jobs, dead-lettered on arrival.
@@ -235,11 +243,15 @@ final class Ingest: Sendable {
             return Array(parked.values)
         }
         claim(entries.map(\.job), entries.map(\.message))
-        let awaited = holds.dependencies
+        // Dependencies of jobs held here, and retries handed off that jobs in the engine wait for.
+        let awaited = Array(Set(holds.dependencies + local.awaitedElsewhere))
         if let store, !awaited.isEmpty {
             Task {
                 guard let statuses = await store.statuses(awaited) else { return }
-                for (dependency, status) in zip(awaited, statuses) where status?.isTerminal == true { release(waitingFor: dependency) }
+                for (dependency, status) in zip(awaited, statuses) {
+                    guard let status, status.isTerminal else { continue }
+                    ended(dependency, status)
+                }
             }
         }
         return !entries.isEmpty || !awaited.isEmpty
@@ -285,13 +297,20 @@ final class Ingest: Sendable {
         }
     }
 
-    /// From the first dependency held with a store: jobs that end anywhere release what waits for them.
+    /// With a store: jobs that end anywhere release what waits for them here.
     private func followEndings(_ store: StoreLink) {
         guard watchingEndings.withLock({ watching in
             defer { watching = true }
             return !watching
         }) else { return }
-        store.store.watchEndings { [weak self] id, _ in self?.release(waitingFor: id) }
+        store.store.watchEndings { [weak self] id, status in self?.ended(id, status) }
+    }
+
+    /// A job ended somewhere: the jobs held here for it, and those in the engine waiting for its
+    /// retry (which ran elsewhere), go on or fail with it.
+    private func ended(_ id: JobID, _ status: JobStatus) {
+        local.endedElsewhere(id, status)
+        release(waitingFor: id)
     }
 
     /// Dead-letters a job whose dependency failed or was cancelled elsewhere, naming it.

@@ -61,6 +61,11 @@ struct SharedStateTests {
         try cleaner.deleteQueue(topology.deadQueue)
     }
 
+    struct Failure: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
     static func queueName(_ base: String) -> String { "t-\(base)-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))" }
 
     @Test(.timeLimit(.minutes(4)))
@@ -330,6 +335,77 @@ struct SharedStateTests {
                 let counter = try RawConnection(url: try Self.amqpURL())
                 defer { counter.close() }
                 #expect(try counter.declareQueue(Topology(queue: queue).brokerQueue(.normal), passive: true).messages == 0)
+            }
+        }
+    }
+
+    /// A dependency fails its first attempt on one instance and its retry runs on another: the jobs
+    /// waiting for it on the first go on once the retry completes there (or are dead-lettered
+    /// naming it once it fails for good), not when their wait runs out.
+    @Test(.timeLimit(.minutes(4)))
+    func dependentsFollowADependencyWhoseRetryRanElsewhere() async throws {
+        try await ServerAccess.redis.using {
+            try await ServerAccess.rabbitMQ.using {
+                let queue = Self.queueName("retried")
+                defer { try? Self.deleteQueues(queue) }
+                let runs = Mutex<[JobID: [(instance: String, attempt: Int, at: ContinuousClock.Instant)]]>([:])
+                func registry(_ instance: String) throws -> HandlerRegistry {
+                    var registry = HandlerRegistry()
+                    try registry.registerRaw("flaky") { _, context in
+                        runs.withLock { $0[context.id, default: []].append((instance, context.attempt, .now)) }
+                        if context.attempt == 1 { throw Failure("the first attempt fails") }
+                        return Data()
+                    }
+                    try registry.registerRaw("broken") { _, context in
+                        runs.withLock { $0[context.id, default: []].append((instance, context.attempt, .now)) }
+                        throw Failure("every attempt fails")
+                    }
+                    try registry.registerRaw("step") { _, context in
+                        runs.withLock { $0[context.id, default: []].append((instance, context.attempt, .now)) }
+                        return Data()
+                    }
+                    return registry
+                }
+                let a = try await Self.instance("a", queue: queue, registry: try registry("a"), concurrency: 4)
+                let b = try await Self.instance("b", queue: queue, registry: try registry("b"), concurrency: 4)
+                let producer = try await Self.instance("producer", queue: queue, registry: nil)
+                var jobs: [Job] = [], children: [(parent: JobID, child: JobID, fails: Bool)] = []
+                for index in 0..<12 {
+                    let fails = index % 3 == 0
+                    let parent = Job(id: JobID("parent-\(index)-\(UUID())"), name: fails ? "broken" : "flaky", maxRetries: 1)
+                    jobs.append(parent)
+                    for child in 0..<4 {
+                        let id = JobID("child-\(index)-\(child)-\(UUID())")
+                        jobs.append(Job(id: id, name: "step", priority: child % 2 == 0 ? .high : .low, dependencies: [parent.id]))
+                        children.append((parent.id, id, fails))
+                    }
+                }
+                let handles = try await JobQueue(broker: producer.broker).submit(batch: jobs)
+                _ = handles
+                for (parent, child, fails) in children {
+                    let outcome = await producer.broker.outcome(of: child)
+                    if fails {
+                        guard case let .deadLettered(reason, _)? = outcome else {
+                            Issue.record("\(child): expected a dead letter, got \(String(describing: outcome))")
+                            continue
+                        }
+                        #expect(reason == .dependencyFailed(parent, status: .deadLettered), "\(reason)")
+                    } else {
+                        #expect(outcome == .completed(Data()), "\(child): \(String(describing: outcome))")
+                        let all = runs.withLock { $0 }
+                        if let started = all[child]?.first?.at, let done = all[parent]?.last(where: { $0.attempt == 2 })?.at {
+                            #expect(started >= done, "\(child) started before its parent's retry ended")
+                        }
+                    }
+                }
+                let crossed = runs.withLock { runs in
+                    runs.values.filter { $0.count == 2 && $0[0].instance != $0[1].instance }.count
+                }
+                print("shared state: \(crossed) of 12 retried dependencies ran their retry on the other instance")
+                #expect(crossed > 0, "no retry crossed instances: the test proves nothing")
+                await producer.stop()
+                await a.stop()
+                await b.stop()
             }
         }
     }

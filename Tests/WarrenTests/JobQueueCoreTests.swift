@@ -189,6 +189,35 @@ struct JobQueueCoreTests {
         #expect(queue.dequeue(now: later)?.id == "child")
     }
 
+    /// The retry ran on another instance (a job-state store says how it ended): what waits for it
+    /// here goes on when it completed, and is dead-lettered naming it when it did not.
+    @Test(arguments: [JobStatus.completed, .deadLettered, .cancelled])
+    func dependentsFollowARetryThatEndedElsewhere(ending: JobStatus) throws {
+        var queue = core(QueueConfiguration(retries: .handOff))
+        queue.recordsDepartures = true
+        try queue.enqueue(Job(id: "parent", name: "x", maxRetries: 1), now: t0)
+        try queue.enqueue(Job(id: "child", name: "x", dependencies: ["parent"]), now: t0)
+        _ = queue.dequeue(now: t0)
+        queue.settle("parent", .failed("once"), now: t0)
+        _ = queue.takeDepartures()
+        #expect(queue.awaitedElsewhere == ["parent"])
+        // Said twice (pub/sub, then a recheck): the second changes nothing.
+        queue.endedElsewhere("parent", ending, now: t0)
+        queue.endedElsewhere("parent", ending, now: t0)
+        #expect(queue.awaitedElsewhere.isEmpty)
+        if ending == .completed {
+            #expect(queue.dequeue(now: t0)?.id == "child")
+        } else {
+            #expect(queue.snapshot("child")?.status == .deadLettered)
+            #expect(queue.snapshot("child")?.deadLetterReason == .dependencyFailed("parent", status: ending))
+            #expect(queue.takeDepartures().count == 1, "the child's dead letter departs, once")
+        }
+        // A job held here, or one that ended here, is not changed by word from elsewhere.
+        try queue.enqueue(Job(id: "here", name: "x"), now: t0)
+        queue.endedElsewhere("here", .completed, now: t0)
+        #expect(queue.snapshot("here")?.status == .queued)
+    }
+
     @Test func recentIDsForgetTheOldestAndSurviveARemoveAndInsert() {
         var ids = RecentIDs(capacity: 3)
         for id in ["a", "b", "c"] { ids.insert(JobID(id), value: 1) }
