@@ -32,6 +32,8 @@ public protocol JobStateStore: Sendable {
     func waitUntilEnded(_ id: JobID, within timeout: Duration) async throws -> StoredJob?
     /// The statuses of jobs, in order (nil: the store has no record of it).
     func statuses(_ ids: [JobID]) async throws -> [JobStatus?]
+    /// Whether a cancel was asked for each job, in order.
+    func cancelRequested(_ ids: [JobID]) async throws -> [Bool]
     /// Calls `handler` with each job that ends from now on, anywhere, and how. At most once each,
     /// and none while the store is unreachable: a caller that must not miss one reads `statuses` too.
     func watchEndings(_ handler: @escaping @Sendable (JobID, JobStatus) -> Void)

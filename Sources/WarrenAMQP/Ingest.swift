@@ -243,10 +243,16 @@ final class Ingest: Sendable {
             return Array(parked.values)
         }
         claim(entries.map(\.job), entries.map(\.message))
-        // Dependencies of jobs held here, and retries handed off that jobs in the engine wait for.
+        // Dependencies of jobs held here, and retries handed off that jobs in the engine wait for;
+        // and the held jobs' own cancel marks (a cancel said while one was between its claim and
+        // its hold, or while the store was unreachable, is not heard again).
         let awaited = Array(Set(holds.dependencies + local.awaitedElsewhere))
+        let held = holds.jobs
         if let store, !awaited.isEmpty {
             Task {
+                if let marks = await store.cancelRequested(held) {
+                    for (id, marked) in zip(held, marks) where marked { _ = cancelHeld(id) }
+                }
                 guard let statuses = await store.statuses(awaited) else { return }
                 for (dependency, status) in zip(awaited, statuses) {
                     guard let status, status.isTerminal else { continue }
@@ -462,6 +468,9 @@ final class DependencyHolds: Sendable {
 
     /// The dependencies held jobs wait for.
     var dependencies: [JobID] { held.withLock { Array($0.keys) } }
+
+    /// The held jobs.
+    var jobs: [JobID] { held.withLock { $0.values.flatMap { $0.map(\.job.id) } } }
 
     /// Takes the held job `id` out, whatever it waits for.
     func remove(_ id: JobID) -> Held? {

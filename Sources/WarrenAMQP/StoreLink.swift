@@ -72,6 +72,15 @@ final class StoreLink: Sendable {
         }
     }
 
+    /// Whether a cancel was asked for each of `ids`; nil when the store did not answer.
+    func cancelRequested(_ ids: [JobID]) async -> [Bool]? {
+        await call { [store] in
+            let answers = try await store.cancelRequested(ids)
+            guard answers.count == ids.count else { throw StoreLinkError("the store answered \(answers.count) cancel marks for \(ids.count) jobs") }
+            return answers
+        }
+    }
+
     /// Records changes and returns once the store has them (or did not answer).
     func record(_ changes: [(id: JobID, change: JobChange)]) async {
         guard !changes.isEmpty else { return }

@@ -92,6 +92,13 @@ package final class RedisJobStore: JobStateStore {
         }
     }
 
+    /// Whether a cancel was asked for each of `ids`, in order, pipelined.
+    package func cancelRequested(_ ids: [JobID]) async throws -> [Bool] {
+        guard !ids.isEmpty else { return [] }
+        let replies = try await client.pipeline(ids.map { RedisCommand("HGET", jobKey($0), "cancel") })
+        return replies.map { $0.text == "1" }
+    }
+
     /// The statuses of `ids`, in order (nil: no record), pipelined.
     package func statuses(_ ids: [JobID]) async throws -> [JobStatus?] {
         guard !ids.isEmpty else { return [] }
@@ -211,7 +218,8 @@ package final class RedisJobStore: JobStateStore {
                 fields += ["status", JobStatus.retrying.rawValue, "attempt", attempt, "error", error]
             case let .completed(result):
                 let truncated = result.count > configuration.resultLimit
-                fields += ["status", JobStatus.completed.rawValue, "result", Self.cut(result, to: configuration.resultLimit),
+                // An earlier attempt's error no longer says anything about it.
+                fields += ["status", JobStatus.completed.rawValue, "error", "", "result", Self.cut(result, to: configuration.resultLimit),
                            "result_truncated", truncated ? 1 : 0, "finished_at", at, "progress", "100"]
                 ended = .completed
             case let .deadLettered(reason):
@@ -227,7 +235,8 @@ package final class RedisJobStore: JobStateStore {
             if let ended {
                 commands.append(RedisCommand("HSET", arguments: [key] + fields))
                 commands.append(RedisCommand("PEXPIRE", key, retentionMillis))
-                endings.append("\(id.rawValue) \(ended.rawValue)")
+                // A line each: an id holding a line break is not announced (its record says it).
+                if !id.rawValue.contains(where: \.isNewline) { endings.append("\(id.rawValue) \(ended.rawValue)") }
             } else {
                 // Never over an ending: the events that say a job runs may come after it ended.
                 commands.append(RedisCommand("EVAL", arguments: [Self.progressScript, 1, key, retentionMillis] + fields))
@@ -302,7 +311,7 @@ package final class RedisJobStore: JobStateStore {
         return StoredJob(
             id: id, name: fields["name"]?.text, priority: fields["priority"]?.text.flatMap(JobPriority.init(name:)), status: fields["status"]?.text.flatMap(JobStatus.init(rawValue:)), attempt: attempt,
             progress: progress, instance: fields["instance"]?.text, result: result, resultTruncated: fields["result_truncated"]?.text == "1",
-            error: fields["error"]?.text,
+            error: fields["error"]?.text.flatMap { $0.isEmpty ? nil : $0 },
             deadLetterReason: fields["reason"]?.text.flatMap { code in DeadLetterReason(code: code, detail: fields["reason_detail"]?.text ?? "") }, cancelRequested: fields["cancel"]?.text == "1", createdAt: date("created_at"),
             startedAt: date("started_at"), finishedAt: date("finished_at"))
     }

@@ -14,11 +14,14 @@ private func usingStateStore<T>(_ options: ServiceOptions, _ body: (RedisJobStor
                 + "Without it a job's status is known only to the instance that ran it (its /jobs/{id})")
     }
     let (client, store) = WorkerService.stateStore(configuration, url: url)
-    do {
-        try await client.waitUntilConnected(within: .seconds(5))
-    } catch {
+    // Its first connection made or failed (refused, a wrong password: at once; silence: the URL's timeout).
+    let deadline = ContinuousClock.now + .seconds(5)
+    while client.status == .connecting, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
+    guard client.status == .connected else {
+        let reason: String
+        if case let .down(why) = client.status { reason = why } else { reason = "no connection within 5 s" }
         await client.close()
-        throw Failure("the job-state store at \(url) does not answer: \(error)")
+        throw Failure("the job-state store at \(url) cannot be used: \(reason)")
     }
     do {
         let value = try await body(store)
@@ -95,7 +98,8 @@ struct Result: AsyncParsableCommand {
             FileHandle.standardError.write(Data("job \(id) was cancelled\n".utf8))
             throw ExitCode(2)
         case let status:
-            let state = status.map { "it is \($0.rawValue)" } ?? "the store has no record of it"
+            let state = status.map { "it is \($0.rawValue)" }
+                ?? (record?.cancelRequested == true ? "no instance has taken it yet; a cancel was asked for it" : "the store has no record of it")
             FileHandle.standardError.write(Data("no result for job \(id)\(wait ? " within \(timeout)" : "") (\(state))\n".utf8))
             throw ExitCode(3)
         }

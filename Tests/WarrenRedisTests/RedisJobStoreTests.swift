@@ -140,6 +140,13 @@ struct RedisJobStoreTests {
             try await a.record([(dead, .deadLettered(.retriesExhausted(attempts: 1, lastError: "boom")))])
             #expect(try await a.job(dead)?.status == .deadLettered)
             #expect(try await a.job(dead)?.error == "retries exhausted after 1 attempt(s); last error: boom")
+            // A retried job that completes keeps no error from its failed attempt.
+            let retried = JobID("retried-then-done")
+            _ = try await a.claim([StoreClaimRequest(id: retried, name: "export", attempt: 1)])
+            try await a.record([(retried, .retrying(attempt: 1, error: "first attempt failed"))])
+            #expect(try await a.job(retried)?.error == "first attempt failed")
+            try await a.record([(retried, .completed(result: [0x31]))])
+            #expect(try await a.job(retried)?.error == nil)
             // A cut result stays UTF-8: the cut never splits a character.
             let accented = Array(("a" + String(repeating: "é", count: 20)).utf8)
             let cut = RedisJobStore.cut(accented, to: 16)

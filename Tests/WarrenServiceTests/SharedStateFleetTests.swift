@@ -27,10 +27,13 @@ struct SharedStateFleetTests {
     }
 
     /// A `warren` tool run with the fleet's queue, broker and store.
-    static func tool(_ arguments: [String], queue: String) async throws -> (exit: ProcessExit, output: String) {
+    static func tool(_ arguments: [String], queue: String, environment extra: [String: String] = [:]) async throws
+        -> (exit: ProcessExit, output: String)
+    {
         var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: "/nonexistent")
         environment["WARREN_HANDLERS_FILE"] = nil
         environment["WARREN_STATE_URL"] = try redisURL
+        environment.merge(extra) { $1 }
         let process = try ChildProcess(TestEnvironment.binary("warren"), arguments, environment: environment)
         let exit = try await process.exit(within: 60)
         return (exit, process.output)
@@ -159,6 +162,9 @@ struct SharedStateFleetTests {
                 // A job submitted with a known id after its cancel: it never runs.
                 let early = try await Self.tool(["cancel", "later-1"], queue: queue)
                 #expect(early.output.contains("cancelled when it arrives"), "\(early.output)")
+                // A store that refuses the connection: the tool says so, and why.
+                let refused = try await Self.tool(["status", "quick-1"], queue: queue, environment: ["WARREN_STATE_URL": "redis://127.0.0.1:1/0"])
+                #expect(refused.exit == .exited(1) && refused.output.contains("cannot be used"), "\(refused.output)")
                 let marked = try await Self.tool(["status", "later-1"], queue: queue)
                 #expect(marked.exit == .exited(3) && marked.output.contains("not taken by any instance yet"), "\(marked.output)")
                 _ = try await Self.tool(["submit", "work", "--payload", #"{"n":2}"#, "--id", "later-1"], queue: queue)
