@@ -127,6 +127,10 @@ struct SharedStateFleetTests {
                 }
                 let first = try await operationsAddress(of: try await fleet.launch(1, urls: [url]))
                 let second = try await operationsAddress(of: try await fleet.launch(2, urls: [url]))
+                // warren submit only checks that the queues exist: serve declares them once connected.
+                for address in [first, second] {
+                    try await waitUntil("\(address) to be ready", within: 30) { await get(address + "/readyz")?.0 == 200 }
+                }
                 // A healthy start counts no fall-back (the first calls wait for the first connection).
                 for address in [first, second] { #expect(Self.fallbacks(await get(address + "/metrics")?.1 ?? "") == 0, "\(address)") }
                 let queue = fleet.queue
