@@ -119,6 +119,21 @@ struct ComposeTests {
 
         // The healthcheck asks /readyz on Warren's own port, with a program the runtime image has.
         let runtimeStage = try text("compose/Dockerfile").components(separatedBy: "\nFROM ").last ?? ""
+        // The C client libraries warren links (rabbitmq-c, hiredis): their headers where it is
+        // built, the libraries where it runs.
+        let stages = try text("compose/Dockerfile").components(separatedBy: "\nFROM ")
+        let buildStage = stages.count > 2 ? stages[1] : ""
+        #expect(buildStage.contains(" librabbitmq-dev ") && buildStage.contains(" libhiredis-dev "), "the build stage installs the headers")
+        let ldd = try ChildProcess("/usr/bin/ldd", [TestEnvironment.binary("warren")])
+        #expect(try await ldd.exit(within: 30) == .exited(0))
+        for line in ldd.lines where line.contains("rabbitmq") || line.contains("hiredis") {
+            // By file name: with a merged /usr, dpkg knows /usr/lib/… where ldd says /lib/….
+            let library = String(line.split(separator: " ").first ?? "").trimmingCharacters(in: .whitespaces)
+            let owner = try ChildProcess("/usr/bin/dpkg", ["-S", library])
+            _ = try await owner.exit(within: 30)
+            let package = owner.output.split(separator: ":").first.map(String.init) ?? "?"
+            #expect(runtimeStage.contains(" \(package) "), "the runtime image installs \(package), which warren links (\(library))")
+        }
         for (name, service) in file.services where service.isWorker {
             let test = service.healthcheck?.test ?? []
             let port = service.environment?["WARREN_HTTP_ADDRESS"]?.split(separator: ":").last.map(String.init) ?? "none"
