@@ -28,8 +28,6 @@ public protocol JobStateStore: Sendable {
     func requestCancel(_ id: JobID) async throws -> StoreCancelOutcome
     /// The job as the store knows it; nil when it has no record (never seen, or past retention).
     func job(_ id: JobID) async throws -> StoredJob?
-    /// Waits until the job ends, or `timeout` passes: its record then (nil when it has none).
-    func waitUntilEnded(_ id: JobID, within timeout: Duration) async throws -> StoredJob?
     /// The statuses of jobs, in order (nil: the store has no record of it).
     func statuses(_ ids: [JobID]) async throws -> [JobStatus?]
     /// Whether a cancel was asked for each job, in order.

@@ -32,3 +32,23 @@ extension StringProtocol {
         }
     }
 }
+
+extension String {
+    /// Where the user-info of this URL text is (before its last `@` ahead of the query), whether
+    /// the URL parses or not: a password holding `:`, `/` or `@` is covered whole.
+    package var urlUserInfo: Range<String.Index>? {
+        let start = firstRange(of: "://")?.upperBound ?? startIndex
+        let authorityEnd = self[start...].firstIndex { "?#".contains($0) } ?? endIndex
+        guard let at = self[start..<authorityEnd].lastIndex(of: "@") else { return nil }
+        return start..<at
+    }
+
+    /// This URL text with its user-info's password hidden: `user:***@`, or `***@` when the
+    /// user-info is one part (for most schemes a secret).
+    package var urlPasswordHidden: String {
+        guard let range = urlUserInfo else { return self }
+        let info = self[range]
+        let shown = info.firstIndex(of: ":").map { "\(info[..<$0]):***" } ?? "***"
+        return self[..<range.lowerBound] + shown + self[range.upperBound...]
+    }
+}

@@ -136,18 +136,8 @@ public struct AMQPURL: Sendable, Equatable, CustomStringConvertible {
     /// `text` with the password of its user-info hidden (`user:***@`; `***@` when the user-info
     /// is one part), also when it does not parse: everything up to the last `@` before the query
     /// counts as user-info, so a password holding `:`, `/` or `@` is hidden whole.
-    public static func redacted(_ text: String) -> String {
-        guard let range = userInfo(in: text) else { return text }
-        let userInfo = text[range]
-        let shown = userInfo.firstIndex(of: ":").map { "\(userInfo[..<$0]):***" } ?? "***"
-        return text[..<range.lowerBound] + shown + text[range.upperBound...]
-    }
+    public static func redacted(_ text: String) -> String { text.urlPasswordHidden }
 
     /// Where the user-info of a URL's text is (before its last `@` ahead of the query), parsed or not.
-    public static func userInfo(in text: String) -> Range<String.Index>? {
-        let start = text.firstRange(of: "://")?.upperBound ?? text.startIndex
-        let authorityEnd = text[start...].firstIndex { "?#".contains($0) } ?? text.endIndex
-        guard let at = text[start..<authorityEnd].lastIndex(of: "@") else { return nil }
-        return start..<at
-    }
+    public static func userInfo(in text: String) -> Range<String.Index>? { text.urlUserInfo }
 }

@@ -33,8 +33,9 @@ package final class RedisClient: Sendable {
         var requests: [Request] = []
         var status: Status = .connecting
         var closing = false
-        /// `waitUntilConnected` callers, by id: told true once connected, false once closed.
-        var statusWaiters: [UInt64: CheckedContinuation<Bool, Never>] = [:]
+        /// `waitUntilConnected` callers, by id: told true once connected, false once closed (or,
+        /// for those that give up at the first failure, once down).
+        var statusWaiters: [UInt64: (continuation: CheckedContinuation<Bool, Never>, untilFirstFailure: Bool)] = [:]
         var nextWaiter: UInt64 = 0
         /// Writes that sent commands (each a round trip, however many commands it carried).
         var roundTrips = 0
@@ -110,8 +111,9 @@ package final class RedisClient: Sendable {
     }
 
     /// Waits until the client is connected, or `timeout` passes (then throws `.unavailable` with
-    /// the last reason it is down).
-    package func waitUntilConnected(within timeout: Duration) async throws(RedisError) {
+    /// the last reason it is down). `untilFirstFailure`: gives up as soon as a connection attempt
+    /// fails (refused, a wrong password), rather than wait through the retries.
+    package func waitUntilConnected(within timeout: Duration, untilFirstFailure: Bool = false) async throws(RedisError) {
         let inbox = self.inbox
         // Started once the wait is registered; cancelled when the wait ends first.
         let expiry = Locked<Task<Void, Never>?>(nil)
@@ -120,9 +122,10 @@ package final class RedisClient: Sendable {
                 switch inbox.status {
                 case .connected: return (true, 0)
                 case .closed: return (false, 0)
-                default:
+                case .down where untilFirstFailure: return (false, 0)
+                case .down, .connecting:
                     inbox.nextWaiter += 1
-                    inbox.statusWaiters[inbox.nextWaiter] = continuation
+                    inbox.statusWaiters[inbox.nextWaiter] = (continuation, untilFirstFailure)
                     return (nil, inbox.nextWaiter)
                 }
             }
@@ -133,7 +136,7 @@ package final class RedisClient: Sendable {
             expiry.withLock {
                 $0 = Task {
                     try? await Task.sleep(for: timeout)
-                    inbox.withLock { $0.statusWaiters.removeValue(forKey: id) }?.resume(returning: false)
+                    inbox.withLock { $0.statusWaiters.removeValue(forKey: id) }?.continuation.resume(returning: false)
                 }
             }
         }
@@ -221,9 +224,9 @@ private final class IOLoop: @unchecked Sendable {
             guard inbox.status != status else { return (false, [], []) }
             inbox.status = status
             var waiters: [CheckedContinuation<Bool, Never>] = []
-            if status == .connected || status == .closed {
-                waiters = Array(inbox.statusWaiters.values)
-                inbox.statusWaiters = [:]
+            for (id, waiter) in inbox.statusWaiters where status == .connected || status == .closed || waiter.untilFirstFailure {
+                waiters.append(waiter.continuation)
+                inbox.statusWaiters[id] = nil
             }
             guard case .down = status else { return (true, [], waiters) }
             // Queued while it was going down: not sent.

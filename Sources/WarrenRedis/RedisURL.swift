@@ -37,7 +37,7 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         user = try decoded(components.percentEncodedUser, "user")
         password = try decoded(components.percentEncodedPassword, "password")
-        if password == nil, let info = Self.userInfo(in: text), !text[info].contains(":") {
+        if password == nil, let info = text.urlUserInfo, !text[info].contains(":") {
             // `redis://secret@host`: the password alone.
             (user, password) = (nil, user)
         }
@@ -71,19 +71,5 @@ package struct RedisURL: Sendable, Equatable, CustomStringConvertible {
 
     /// The URL's text with any password replaced by `***` (`user:***@`; `***@` for a one-part
     /// user-info, which is the password), also when it does not parse.
-    package static func redacted(_ text: String) -> String {
-        guard let range = userInfo(in: text) else { return text }
-        let info = text[range]
-        let shown = info.firstIndex(of: ":").map { "\(info[..<$0]):***" } ?? "***"
-        return text[..<range.lowerBound] + shown + text[range.upperBound...]
-    }
-
-    /// Where the user-info of a URL's text is: before the last `@` ahead of the query (a password
-    /// holding `/` or `@` is hidden whole).
-    static func userInfo(in text: String) -> Range<String.Index>? {
-        let start = text.firstRange(of: "://")?.upperBound ?? text.startIndex
-        let authorityEnd = text[start...].firstIndex { "?#".contains($0) } ?? text.endIndex
-        guard let at = text[start..<authorityEnd].lastIndex(of: "@") else { return nil }
-        return start..<at
-    }
+    package static func redacted(_ text: String) -> String { text.urlPasswordHidden }
 }

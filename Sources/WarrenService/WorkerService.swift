@@ -146,9 +146,8 @@ public final class WorkerService: Sendable {
         }
         if let stateClient, let instance = broker.configuration.stateStore?.instance {
             // Its first connection made or failed (at most 5 s): jobs that arrive meanwhile wait for it.
-            let deadline = ContinuousClock.now + .seconds(5)
-            while stateClient.status == .connecting, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(10)) }
-            if stateClient.status == .connected {
+            // (Why it cannot be used, if it cannot, is logged as its status changes.)
+            if (try? await stateClient.waitUntilConnected(within: .seconds(5), untilFirstFailure: true)) != nil {
                 logger.info("using the job-state store", metadata: ["state": "\(stateClient.url)", "instance": "\(instance)"])
             }
         }

@@ -15,13 +15,11 @@ private func usingStateStore<T>(_ options: ServiceOptions, _ body: (RedisJobStor
     }
     let (client, store) = WorkerService.stateStore(configuration, url: url)
     // Its first connection made or failed (refused, a wrong password: at once; silence: the URL's timeout).
-    let deadline = ContinuousClock.now + .seconds(5)
-    while client.status == .connecting, ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(5)) }
-    guard client.status == .connected else {
-        let reason: String
-        if case let .down(why) = client.status { reason = why } else { reason = "no connection within 5 s" }
+    do {
+        try await client.waitUntilConnected(within: .seconds(5), untilFirstFailure: true)
+    } catch {
         await client.close()
-        throw Failure("the job-state store at \(url) cannot be used: \(reason)")
+        throw Failure("the job-state store at \(url) cannot be used: \(error)")
     }
     do {
         let value = try await body(store)

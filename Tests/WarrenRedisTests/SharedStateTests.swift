@@ -380,8 +380,7 @@ struct SharedStateTests {
                         children.append((parent.id, id, fails))
                     }
                 }
-                let handles = try await JobQueue(broker: producer.broker).submit(batch: jobs)
-                _ = handles
+                _ = try await JobQueue(broker: producer.broker).submit(batch: jobs)
                 for (parent, child, fails) in children {
                     let outcome = await producer.broker.outcome(of: child)
                     if fails {
