@@ -129,6 +129,13 @@ final class Ingest: Sendable {
                 let rejected = Job(id: id, name: name, payload: Data(), priority: priority)
                 local.recordRejected(rejected, reason)
                 settlement.announce(.deadLettered, rejected, reason: reason)
+                if let store, message.properties.messageID?.isEmpty == false {
+                    // Known so everywhere, unless its id belongs to a job that ended or runs elsewhere.
+                    Task {
+                        guard await store.claim([rejected]) == [.claimed] else { return }
+                        store.note(id, .deadLettered(reason))
+                    }
+                }
             }
         }
         guard !jobs.isEmpty else { return }

@@ -329,6 +329,14 @@ struct SharedStateTests {
                 }
                 #expect(await holder.broker.outcome(of: child) == .cancelled, "known cancelled where it was held")
                 #expect(ran.withLock { $0.isEmpty }, "the cancelled job ran")
+                // A message that is not a job, with an id: its dead letter is known everywhere.
+                try raw.publish(OutgoingMessage(
+                    exchange: Topology.exchange, routingKey: Topology(queue: queue).routingKey(.normal),
+                    properties: MessageProperties(contentType: "application/json", deliveryMode: 2, messageID: "not-json-\(child)", type: "step"),
+                    body: Array("not json".utf8)))
+                try await waitUntil("the unreadable message is recorded dead-lettered", within: 10) {
+                    (try? await other.store.job(JobID("not-json-\(child)")))?.status == .deadLettered
+                }
                 await other.stop()
                 await holder.stop()
                 // Its message was acked: once the holder is gone, nothing came back to the queue.
