@@ -118,7 +118,11 @@ public struct MessageProperties: Sendable, Equatable {
 }
 
 /// A message as it came off the wire, copied out of rabbitmq-c's buffers.
-public struct IncomingMessage: Sendable {
+///
+/// A class: a message passes from the I/O thread through decoding, the dedup bookkeeping and
+/// settlement, and every copy of a struct holding this many references (the properties' strings,
+/// their headers, the body) cost some twenty reference-count operations.
+public final class IncomingMessage: Sendable {
     public let deliveryTag: UInt64
     public let redelivered: Bool
     public let exchange: String
@@ -126,6 +130,19 @@ public struct IncomingMessage: Sendable {
     public let consumerTag: String
     public let properties: MessageProperties
     public let body: [UInt8]
+
+    init(
+        deliveryTag: UInt64, redelivered: Bool, exchange: String, routingKey: String, consumerTag: String,
+        properties: MessageProperties, body: [UInt8]
+    ) {
+        self.deliveryTag = deliveryTag
+        self.redelivered = redelivered
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.consumerTag = consumerTag
+        self.properties = properties
+        self.body = body
+    }
 }
 
 /// A message to publish.
