@@ -28,8 +28,11 @@ struct Bench: AsyncParsableCommand {
     var redisURL: String?
 
     func validate() throws {
-        guard amqpRounds >= 1 else { throw ValidationError("--amqp-rounds must be 1 or more") }
-        guard amqpMessages >= 1 else { throw ValidationError("--amqp-messages must be 1 or more") }
+        let counts = [
+            ("--operations", operations), ("--jobs", jobs), ("--concurrency", concurrency), ("--critical-samples", criticalSamples),
+            ("--amqp-messages", amqpMessages), ("--amqp-rounds", amqpRounds),
+        ]
+        for (flag, value) in counts where value < 1 { throw ValidationError("\(flag) must be 1 or more") }
         guard QueueType(rawValue: amqpQueueType) != nil else { throw ValidationError("--amqp-queue-type must be classic or quorum") }
     }
 

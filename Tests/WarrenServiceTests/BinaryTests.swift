@@ -33,6 +33,17 @@ struct BinaryTests {
         #expect(lines.count == 1, "symbols of test or bench code in warren: \(lines.dropFirst())")
     }
 
+    /// A count of 0 is refused, naming the flag (`--critical-samples 0` crashed, and `--jobs 0`
+    /// printed a rate of 0 as if measured).
+    @Test(.timeLimit(.minutes(1)))
+    func theBenchRefusesCountsBelowOne() async throws {
+        for flag in ["--operations", "--jobs", "--concurrency", "--critical-samples", "--amqp-messages", "--amqp-rounds"] {
+            let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), [flag, "0"])
+            #expect(try await bench.exit(within: 30) == .exited(64), "\(flag) 0: \(bench.output)")
+            #expect(bench.output.contains("\(flag) must be 1 or more"), "\(bench.output)")
+        }
+    }
+
     /// Warren and WarrenAMQP import FoundationEssentials only, so a process that embeds them (here
     /// the test worker, built from those two) loads neither full Foundation nor its
     /// internationalization library and ICU, about 10 MiB resident (scripts/memory.py).
