@@ -66,13 +66,7 @@ if [ $# -gt 0 ]; then
 else
     # The soaks load the machine for a minute each and time every job's start to 50 ms: they run
     # after the other tests, one at a time, so neither they nor the timing of the others suffer.
-    # The tests that stop or restart a server need it alone; with one waiting, every later user of
-    # the server waits for all earlier ones, and the wait counts toward its time limit (four tests
-    # once ran out of time that way): they run on their own, after the others, and the main run
-    # refuses an exclusive use (WARREN_TEST_SHARED_ONLY), so a new one cannot hide in it.
-    restarts='aLostConnectionIsCountedAndReadyAgainOnceBack|jobsFlowWhileTheStoreIsDownAndItIsUsedAgainWhenBack|recoversFromABrokerRestart|everyJobCompletesWhenTheBrokerRestartsMidRun|survivesARestartAndResubscribes'
-    WARREN_TEST_SHARED_ONLY=1 swift test --skip-build --skip SoakTests --skip ClusterTests --skip BinaryTests --skip "$restarts" 2>&1 | tee "$log" || status=$?
-    swift test --skip-build --filter "$restarts" 2>&1 | tee -a "$log" || status=$?
+    swift test --skip-build --skip SoakTests --skip ClusterTests --skip BinaryTests 2>&1 | tee "$log" || status=$?
     # Checks that run the built binaries at full speed: alone, like the soaks.
     swift test --skip-build --filter BinaryTests 2>&1 | tee -a "$log" || status=$?
     for soak in InMemorySoakTests AMQPSoakTests; do

@@ -1,11 +1,7 @@
-import Foundation
-
 /// Tests share the servers that `make test` starts (every test target runs in one process): a test
 /// that stops or restarts one needs it alone, and every test that uses it, in any target, says so
-/// here. A test's time limit includes waiting here, and with a restart test waiting, every later
-/// user waits for all earlier ones: `make test` runs the restart tests on their own, after the
-/// others (scripts/test.sh lists them), and a run that must not have any
-/// (`WARREN_TEST_SHARED_ONLY=1`) fails an exclusive use, so a new restart test cannot be left in it.
+/// here. A test's time limit includes waiting here, so the shared tests' limits leave room for the
+/// restart tests.
 public actor ServerAccess {
     /// The RabbitMQ 4.0 node.
     public static let rabbitMQ = ServerAccess()
@@ -43,9 +39,6 @@ public actor ServerAccess {
 
     /// Runs `body` while using the server; `exclusive` when it stops or restarts it.
     public nonisolated func using<T: Sendable>(exclusive: Bool = false, _ body: () async throws -> T) async throws -> T {
-        if exclusive, ProcessInfo.processInfo.environment["WARREN_TEST_SHARED_ONLY"] == "1" {
-            throw ExclusiveUseRefused()
-        }
         await acquire(exclusive: exclusive)
         do {
             let value = try await body()
@@ -55,13 +48,6 @@ public actor ServerAccess {
             await release(exclusive: exclusive)
             throw error
         }
-    }
-}
-
-/// A restart test in a run of shared users only.
-public struct ExclusiveUseRefused: Error, CustomStringConvertible {
-    public var description: String {
-        "this test stops or restarts a server: add its name to the restart tests in scripts/test.sh, which run on their own"
     }
 }
 
