@@ -9,7 +9,7 @@ struct AMQPBrokerTests {
         try await TestBroker.broker(queue, configure)
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func runsTypedJobsEndToEnd() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -34,7 +34,7 @@ struct AMQPBrokerTests {
     /// A worker asks for jobs before the connection is up (as `warren serve` does): the new
     /// channel's setup starts the consumers, and the worker's own request must not start them a
     /// second time, which RabbitMQ answers by closing the connection (a reused consumer tag).
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func consumingBeforeTheConnectionIsUpStartsTheConsumersOnce() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

@@ -7,17 +7,17 @@ import WarrenConformance
 /// quorum queues, and on the legacy node (Debian's RabbitMQ 3.10) with classic queues.
 @Suite("Conformance: RabbitMQ broker")
 struct AMQPConformanceTests {
-    @Test(.timeLimit(.minutes(3)), arguments: ConformanceSuite.cases)
+    @Test(.timeLimit(.minutes(4)), arguments: ConformanceSuite.cases)
     func conformance(_ testCase: ConformanceCase) async throws {
         try await run(testCase, url: try TestBroker.url(), type: .classic)
     }
 
-    @Test(.timeLimit(.minutes(3)), arguments: ConformanceSuite.cases)
+    @Test(.timeLimit(.minutes(4)), arguments: ConformanceSuite.cases)
     func conformanceOnQuorumQueues(_ testCase: ConformanceCase) async throws {
         try await run(testCase, url: try TestBroker.url(), type: .quorum)
     }
 
-    @Test(.timeLimit(.minutes(3)), arguments: ConformanceSuite.cases)
+    @Test(.timeLimit(.minutes(4)), arguments: ConformanceSuite.cases)
     func conformanceOnTheLegacyBroker(_ testCase: ConformanceCase) async throws {
         try await run(testCase, url: try TestBroker.legacyURL(), type: .classic)
     }

@@ -32,7 +32,7 @@ struct AMQPLifecycleTests {
         return try inspector.declareQueue(queue, passive: true)
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func aKilledConsumerLosesNoJobAndRepeatsAtMostItsPrefetchWindow() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

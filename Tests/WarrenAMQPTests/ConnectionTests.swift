@@ -104,7 +104,7 @@ struct AMQPBasicsTests {
 
 @Suite("AMQP connection against RabbitMQ", .serialized)
 struct AMQPConnectionTests {
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func publishesWithConfirmsConsumesAndAcks() async throws {
         try await usingBroker {
             let queue = TestBroker.unique()
@@ -134,7 +134,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func topologyIsIdempotentAndConflictsSayWhatToDo() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -185,7 +185,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func aDelayedMessageWaitsItsTimeInTheCascade() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -213,7 +213,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func unreachableBrokersAndBadLoginsAreNamed() async throws {
         try await usingBroker {
             var nowhere = try TestBroker.url()
@@ -236,7 +236,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func tlsConnectionsVerifyTheServerAndCarryJobs() async throws {
         try await usingBroker {
             let url = try TestBroker.tlsURL()
@@ -271,7 +271,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func anUnroutableMandatoryMessageIsReported() async throws {
         try await usingBroker {
             let connection = AMQPConnection(.init(url: try TestBroker.url()), setup: { _ throws(AMQPError) in }, onMessage: { _, _ in })
@@ -285,7 +285,7 @@ struct AMQPConnectionTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func heartbeatsKeepAnIdleConnection() async throws {
         try await usingBroker {
             let queue = TestBroker.unique()

@@ -17,7 +17,7 @@ struct QuorumTests {
     /// that announce `consumer_cancel_notify` at login). The broker is not consuming meanwhile,
     /// and consumes again once the queue is back, on the same channel: the running job keeps
     /// its delivery and settles once.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aConsumerTheBrokerCancelsIsStartedAgainWhenItsQueueIsBack() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

@@ -20,7 +20,7 @@ struct WireDocumentedTests {
 
     /// Two publishes with one `message_id`, as two producers (or one retrying) would send them:
     /// the job runs once, whether the copy comes while the first runs or just after it finished.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func aDuplicateMessageIDRunsOnce() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -71,7 +71,7 @@ struct WireDocumentedTests {
 
     /// The bare key `<queue>` is normal priority; the name is `type`, else `x-warren-job`, else
     /// the queue's name.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func theBareKeyIsNormalAndTheJobNameFallsBack() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

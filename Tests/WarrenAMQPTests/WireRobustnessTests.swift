@@ -27,7 +27,7 @@ struct WireRobustnessTests {
     /// A job whose dependency never reaches this worker is held (its message unacked) for
     /// `dependencyWait`, then dead-lettered saying which dependency it waited for; a job whose
     /// dependency does arrive runs.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func heldJobsAreGivenUpWhenTheirDependencyNeverArrives() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -65,7 +65,7 @@ struct WireRobustnessTests {
 
     /// One timer serves every held job: each is given up at its own deadline, not before, and not
     /// all at once when the first runs out.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func eachHeldJobIsGivenUpAtItsOwnDeadline() async throws {
         let clock = ManualClock()
         let expired = Locked<[String]>([])
@@ -90,7 +90,7 @@ struct WireRobustnessTests {
     /// The four messages of item 2 (each alone used to kill `warren serve`, again on every
     /// redelivery) and two more malformed ones are dead-lettered on arrival, with a reply where
     /// they asked for one; the worker keeps running and then runs a normal job.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func crashMessagesAreDeadLetteredAndTheWorkerRunsOn() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -154,7 +154,7 @@ struct WireRobustnessTests {
     /// A job retried through the delay cascade and dead-lettered names where it was first sent,
     /// lists every attempt (the end of a long error kept) and counts them; a job its handler
     /// rejects on the first attempt counts one.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func deadLettersSayWhereAndHowManyAttempts() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -196,7 +196,7 @@ struct WireRobustnessTests {
 
     /// `x-warren-delay`: the job goes through the delay cascade and starts no sooner than asked;
     /// a delay of 0 runs at once.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func delayHeaderDelaysTheJob() async throws {
         try await usingBroker {
             let name = TestBroker.unique()
@@ -236,7 +236,7 @@ struct WireRobustnessTests {
     /// Messages leaving the shared delay cascade for a queue that does not exist (deleted since, or
     /// a routing key no Warren queue has) once held every delayed job and retry on the vhost behind
     /// them: at-least-once dead-lettering retries an unroutable message forever.
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func delayedMessagesForAMissingQueueDoNotHoldBackTheCascade() async throws {
         try await usingBroker {
             let name = TestBroker.unique()

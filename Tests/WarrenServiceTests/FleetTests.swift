@@ -102,7 +102,7 @@ struct ShutdownTests {
     /// failed attempt, so rolling restarts dead-lettered long jobs as retries_exhausted), and its
     /// message is settled before the process exits (the settlement once ran after the broker had
     /// begun to close, about one stop in three: the copy went out, the original came back too).
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func aJobStoppedByAShutdownGoesBackOnceWithoutUsingARetry() async throws {
         try await usingBroker {
             let dir = try makeTemporaryDirectory()
@@ -147,7 +147,7 @@ struct ShutdownTests {
     /// blocks the connection): SIGTERM still ends `warren serve` within its grace period. Without
     /// the bound it waited for the consumers' cancel, the job's settlement and the close (over
     /// 20 s here).
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func sigtermEndsTheWorkerWithinItsGraceWhenTheBrokerStopsAnswering() async throws {
         try await usingBroker {
             let url = try AMQPURL(try TestEnvironment.amqpURL)

@@ -48,7 +48,7 @@ struct HandlerEntryTests {
         return child.output.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func retriesBackoffAndCapabilitiesFromTheHandlersFile() async throws {
         try await usingBroker { try await run() }
     }

@@ -11,7 +11,7 @@ import Warren
 /// 4, three jobs ran at once, in arrival order.)
 @Suite("Handler limits from a handlers file")
 struct HandlerLimitTests {
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aHandlersLimitStaysWithinTheWorkersAndPriorityOrderHolds() async throws {
         try await usingBroker {
             let order = Locked<[String]>([])

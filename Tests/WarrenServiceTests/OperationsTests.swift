@@ -53,7 +53,7 @@ struct OperationsTests {
     /// The queues exist as quorum queues and the worker is configured classic: it says so once,
     /// at error level, and `/readyz` gives RabbitMQ's reason (it used to log "lost the RabbitMQ
     /// connection; reconnecting" at every attempt).
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func aWorkerWhoseConfigurationDoesNotMatchTheQueuesSaysSo() async throws {
         try await usingBroker {
             let queue = TestEnvironment.unique()
@@ -77,7 +77,7 @@ struct OperationsTests {
 
     /// A handlers file entry without a timeout takes `worker.default_timeout` (every entry used to
     /// get 30 s of its own, so the key changed nothing under `serve`: found from outside).
-    @Test(.timeLimit(.minutes(2)))
+    @Test(.timeLimit(.minutes(4)))
     func anEntryWithoutATimeoutTakesTheWorkersDefault() async throws {
         try await usingBroker {
             let queue = TestEnvironment.unique()
@@ -99,7 +99,7 @@ struct OperationsTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func metricsReadinessWhileDrainingAndSubmitsMessage() async throws {
         try await usingBroker { try await runMetricsAndDraining() }
     }
@@ -148,7 +148,7 @@ struct OperationsTests {
         try TestBrokerQueues.delete(queue, on: raw)
     }
 
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func notReadyWhileTheBrokerCannotBeReached() async throws {
         let queue = TestEnvironment.unique()
         let (serve, base, _) = try await Self.serve(queue: queue, handlers: Self.handlers, broker: "amqp://guest:guest@127.0.0.1:\(try closedPort())/")
@@ -163,7 +163,7 @@ struct OperationsTests {
 
     /// The broker drops every connection: counted, and ready again once back. (Not ready while
     /// disconnected is checked above; here the reconnection can be quicker than a poll.)
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func aLostConnectionIsCountedAndReadyAgainOnceBack() async throws {
         try await usingBroker(exclusive: true) {
             let queue = TestEnvironment.unique()
@@ -182,7 +182,7 @@ struct OperationsTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func deadLetterCommands() async throws {
         try await usingBroker { try await runDeadLetterCommands() }
     }

@@ -62,7 +62,7 @@ struct QuickStartTests {
         return ["-c", #"cd "$0" && exec "$@""#, TestEnvironment.root.path, TestEnvironment.binary("warren")] + arguments + ["--queue", queue] + extra
     }
 
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func theQuickStartWorksAsWritten() async throws {
         try await usingBroker { try await runQuickStart() }
     }

@@ -60,7 +60,7 @@ struct RedactionTests {
     }
 
     /// `warren config check`, as a process: its output and its errors.
-    @Test(.timeLimit(.minutes(1)))
+    @Test(.timeLimit(.minutes(4)))
     func configCheckNeverShowsASecret() async throws {
         let dir = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -107,7 +107,7 @@ struct RedactionTests {
 
     /// A handler's secrets never reach an error, a log line, a dead letter, a lifecycle event or
     /// `/jobs/{id}`: `warren serve` against the test broker, with handlers that fail.
-    @Test(.timeLimit(.minutes(3)))
+    @Test(.timeLimit(.minutes(4)))
     func failingHandlersNeverShowTheirSecrets() async throws {
         try await usingBroker { try await runFailingHandlers() }
     }

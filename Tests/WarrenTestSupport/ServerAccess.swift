@@ -1,7 +1,8 @@
 /// Tests share the servers that `make test` starts (every test target runs in one process): a test
 /// that stops or restarts one needs it alone, and every test that uses it, in any target, says so
-/// here. A test's time limit includes waiting here, so the shared tests' limits leave room for the
-/// restart tests.
+/// here. A test's time limit includes waiting here (with a restart test waiting, every later user
+/// waits for all earlier ones, long tests included), so every test that uses a server has a limit
+/// of at least 4 minutes: with 2 minutes, four once ran out waiting.
 public actor ServerAccess {
     /// The RabbitMQ 4.0 node.
     public static let rabbitMQ = ServerAccess()
