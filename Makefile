@@ -1,5 +1,5 @@
 # The two commands a newcomer needs (see README.md).
-.PHONY: demo test bench
+.PHONY: demo test bench bench-amqp
 
 demo:
 	@scripts/demo.sh
@@ -10,3 +10,6 @@ test:
 bench:
 	swift build -c release --product warren-bench
 	.build/release/warren-bench
+
+bench-amqp:
+	@scripts/bench-amqp.sh

@@ -200,11 +200,16 @@ package final class RawConnection {
         try check(amqp_get_rpc_reply(state), "declaring exchange '\(name)'")
     }
 
-    /// Declares a durable queue; `passive` only checks that it exists. Returns its message and consumer counts.
+    /// Declares a durable queue, or with `exclusive` a transient one that only this connection may
+    /// use and that goes with it (another connection's declaration is refused, 405); `passive` only
+    /// checks that it exists. Returns its message and consumer counts.
     @discardableResult
-    package func declareQueue(_ name: String, arguments: [String: AMQPValue] = [:], passive: Bool = false) throws(AMQPError) -> (messages: Int, consumers: Int) {
+    package func declareQueue(
+        _ name: String, arguments: [String: AMQPValue] = [:], passive: Bool = false, exclusive: Bool = false
+    ) throws(AMQPError) -> (messages: Int, consumers: Int) {
         let arena = Arena()
-        let ok = amqp_queue_declare(state, channel, arena.bytes(name), passive ? 1 : 0, 1, 0, 0, arena.table(arguments))
+        let ok = amqp_queue_declare(
+            state, channel, arena.bytes(name), passive ? 1 : 0, exclusive ? 0 : 1, exclusive ? 1 : 0, 0, arena.table(arguments))
         try check(amqp_get_rpc_reply(state), "\(passive ? "checking" : "declaring") queue '\(name)'")
         guard let ok else { return (0, 0) }
         return (Int(ok.pointee.message_count), Int(ok.pointee.consumer_count))

@@ -6,6 +6,48 @@ import WarrenAMQP
 /// Measurements against a real broker, for `warren bench --amqp-url`: the ceiling (a bare
 /// rabbitmq-c consume-and-ack loop) and fast filling of a queue.
 enum AMQPBenchmarks {
+    /// How long a drain may go without a message before it gives up (another process draining or
+    /// purging the same queue, a broker that stopped delivering): a benchmark never waits forever.
+    static let stallLimit: Duration = .seconds(30)
+
+    struct Stalled: Error, CustomStringConvertible {
+        let queue: String
+        let received: Int
+        let expected: Int
+
+        var description: String {
+            "the drain of queue '\(queue)' stalled: \(received) of \(expected) messages, then none for \(AMQPBenchmarks.stallLimit) "
+                + "(did something else consume or purge it?)"
+        }
+    }
+
+    /// Claims the broker for one benchmark run: every run uses the same queue names, so a second
+    /// warren-bench against the same RabbitMQ would drain and purge the first one's queues (both
+    /// then print nonsense or stall). The claim is an exclusive queue held by a connection of its
+    /// own (no heartbeats, so a long run does not lose it); closing the connection gives it up.
+    static func claim(url: AMQPURL) throws -> RawConnection {
+        var quiet = url
+        quiet.heartbeat = 0
+        let raw = try RawConnection(url: quiet)
+        do {
+            _ = try raw.declareQueue(claimQueue, exclusive: true)
+        } catch {
+            raw.close()
+            if case let .channelClosed(code, _, _) = error, code == 405 { throw Busy() }
+            throw error
+        }
+        return raw
+    }
+
+    static let claimQueue = "warren-bench.running"
+
+    struct Busy: Error, CustomStringConvertible {
+        var description: String {
+            "another warren-bench is measuring against this RabbitMQ (it holds the exclusive queue '\(AMQPBenchmarks.claimQueue)'); "
+                + "run one at a time: both would use the same queues"
+        }
+    }
+
     /// Publishes `count` messages to `routingKey` on `exchange` with publisher confirms, keeping at
     /// most `window` unconfirmed. Returns messages per second.
     static func fill(
@@ -42,7 +84,7 @@ enum AMQPBenchmarks {
     /// measured against) and the loop thread's CPU seconds per message.
     static func rawDrain(
         url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500
-    ) throws(AMQPError) -> (rate: Double, cpuPerMessage: Double) {
+    ) throws -> (rate: Double, cpuPerMessage: Double) {
         let cpuBefore = cpuSeconds(thisThreadOnly: true)
         let raw = try RawConnection(url: url)
         defer { raw.close() }
@@ -53,10 +95,12 @@ enum AMQPBenchmarks {
         var unacked = 0
         var lastTag: UInt64 = 0
         var started: ContinuousClock.Instant?
+        var lastMessage = ContinuousClock.now
         while received < count {
             switch try raw.poll() {
             case let .message(message):
                 if started == nil { started = .now }
+                lastMessage = .now
                 received += 1
                 unacked += 1
                 lastTag = message.deliveryTag
@@ -71,6 +115,7 @@ enum AMQPBenchmarks {
                     try raw.ack(lastTag, multiple: true)
                     unacked = 0
                 }
+                guard ContinuousClock.now - lastMessage < stallLimit else { throw Stalled(queue: queue, received: received, expected: count) }
                 wake.wait(socket: raw.socketDescriptor, for: .milliseconds(100))
             }
         }

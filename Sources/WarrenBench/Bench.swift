@@ -26,6 +26,8 @@ struct Bench: AsyncParsableCommand {
     var amqpWarrenOnly = false
     @Option(help: "With --amqp-url: compare Warren without and with the job-state store on this Redis (redis://…), side by side.")
     var redisURL: String?
+    @Option(help: "With --amqp-url, when RabbitMQ runs on this machine: its process id (beam.smp), to print the broker's CPU time per message next to each drain's.")
+    var amqpBrokerPID: Int?
 
     func validate() throws {
         let counts = [
@@ -34,17 +36,30 @@ struct Bench: AsyncParsableCommand {
         ]
         for (flag, value) in counts where value < 1 { throw ValidationError("\(flag) must be 1 or more") }
         guard QueueType(rawValue: amqpQueueType) != nil else { throw ValidationError("--amqp-queue-type must be classic or quorum") }
+        if let amqpBrokerPID {
+            guard amqpURL != nil else { throw ValidationError("--amqp-broker-pid goes with --amqp-url") }
+            guard (1...Int(Int32.max)).contains(amqpBrokerPID) else { throw ValidationError("--amqp-broker-pid must be a process id from 1 to \(Int32.max)") }
+            guard ProcessCPU(pid: amqpBrokerPID).seconds() != nil else {
+                throw ValidationError("--amqp-broker-pid \(amqpBrokerPID): no CPU time in /proc/\(amqpBrokerPID)/stat (no such process on this machine?)")
+            }
+        }
     }
+
+    /// The broker's CPU time, when its process id was given.
+    var broker: ProcessCPU? { amqpBrokerPID.map { ProcessCPU(pid: $0) } }
 
     var queueType: QueueType { QueueType(rawValue: amqpQueueType) ?? .classic }
 
     func run() async throws {
-        if let amqpURL, let redisURL {
-            try await store(url: try AMQPURL(amqpURL), redis: try RedisURL(redisURL), count: amqpMessages, rounds: amqpRounds)
-            return
-        }
         if let amqpURL {
-            try await amqp(url: try AMQPURL(amqpURL), count: amqpMessages, rounds: amqpRounds)
+            let url = try AMQPURL(amqpURL)
+            let claim = try AMQPBenchmarks.claim(url: url)
+            defer { claim.close() }
+            if let redisURL {
+                try await store(url: url, redis: try RedisURL(redisURL), count: amqpMessages, rounds: amqpRounds)
+            } else {
+                try await amqp(url: url, count: amqpMessages, rounds: amqpRounds)
+            }
             return
         }
         print("warren bench — in-memory engine, \(ProcessInfo.processInfo.activeProcessorCount) cores")
@@ -66,36 +81,46 @@ struct Bench: AsyncParsableCommand {
     /// that is the broker's price for Warren's safety, not Warren's).
     func amqp(url: AMQPURL, count: Int, rounds: Int) async throws {
         print("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(rounds) rounds, "
-              + (amqpPlainCeiling ? "the raw loop on a plain queue" : "the raw loop on a queue declared as Warren's"))
+              + (amqpPlainCeiling ? "the raw loop on a plain queue" : "the raw loop on a queue declared as Warren's")
+              + "; this process on CPUs \(ProcessCPU.allowedCPUs) of \(ProcessInfo.processInfo.processorCount)")
         if amqpWarrenOnly {
             for round in 1...rounds {
-                let (warren, cpu) = try await warrenDrain(url: url, count: count, events: false)
-                print(String(format: "round %d: Warren, no-op jobs, events off %6.0f jobs/s, %.2f µs CPU per job", round, warren, cpu * 1e6))
+                let warren = try await warrenDrain(url: url, count: count, events: false)
+                print(String(format: "round %d: Warren, no-op jobs, events off %6.0f jobs/s, %.2f µs CPU per job%@", round, warren.rate, warren.cpu * 1e6,
+                             Self.brokerNote(warren.brokerCPU)))
             }
             return
         }
-        var ratios: [Double] = [], warrenCPU: [Double] = [], rawCPU: [Double] = []
+        var ratios: [Double] = [], warrenCPU: [Double] = [], rawCPU: [Double] = [], brokerCPU: (raw: [Double], warren: [Double]) = ([], [])
         for round in 1...rounds {
             let warrenFirst = round % 2 == 0
             let first = warrenFirst ? try await warrenDrain(url: url, count: count, events: false) : nil
-            let (ceiling, raw, published) = try await ceiling(url: url, count: count)
+            let (raw, published) = try await ceiling(url: url, count: count)
             if round == 1 { print(String(format: "publish with confirms (window 1,000): %.0f msg/s", published)) }
-            let (warren, cpu) = if let first { first } else { try await warrenDrain(url: url, count: count, events: false) }
-            ratios.append(warren / ceiling)
-            warrenCPU.append(cpu)
-            rawCPU.append(raw)
-            print(String(format: "round %d: ceiling (raw rabbitmq-c consume + multiple ack) %6.0f msg/s, %.1f µs CPU per message%@;",
-                         round, ceiling, raw * 1e6, warrenFirst ? " (Warren first)" : ""))
-            print(String(format: "         Warren, no-op jobs, events off             %6.0f jobs/s, %.1f µs CPU per job: %.2f× the ceiling",
-                         warren, cpu * 1e6, warren / ceiling))
+            let warren = if let first { first } else { try await warrenDrain(url: url, count: count, events: false) }
+            ratios.append(warren.rate / raw.rate)
+            warrenCPU.append(warren.cpu)
+            rawCPU.append(raw.cpu)
+            if let rawBroker = raw.brokerCPU, let warrenBroker = warren.brokerCPU {
+                brokerCPU.raw.append(rawBroker)
+                brokerCPU.warren.append(warrenBroker)
+            }
+            print(String(format: "round %d: ceiling (raw rabbitmq-c consume + multiple ack) %6.0f msg/s, %.1f µs CPU per message%@%@;",
+                         round, raw.rate, raw.cpu * 1e6, Self.brokerNote(raw.brokerCPU), warrenFirst ? " (Warren first)" : ""))
+            print(String(format: "         Warren, no-op jobs, events off             %6.0f jobs/s, %.1f µs CPU per job%@: %.2f× the ceiling",
+                         warren.rate, warren.cpu * 1e6, Self.brokerNote(warren.brokerCPU), warren.rate / raw.rate))
         }
         print(String(format: "Warren / ceiling, median of %d rounds: %.2f×  (CPU per job %.1f µs, raw loop %.1f µs per message)",
                      rounds, median(ratios), median(warrenCPU) * 1e6, median(rawCPU) * 1e6))
+        if !brokerCPU.raw.isEmpty {
+            print(String(format: "the broker's CPU per message, medians: %.1f µs serving the raw loop, %.1f µs serving Warren",
+                         median(brokerCPU.raw) * 1e6, median(brokerCPU.warren) * 1e6))
+        }
         // Lifecycle events on: one more publish per job.
-        let (ceiling, _, _) = try await ceiling(url: url, count: count)
-        let (warren, cpu) = try await warrenDrain(url: url, count: count, events: true)
+        let (ceiling, _) = try await ceiling(url: url, count: count)
+        let warren = try await warrenDrain(url: url, count: count, events: true)
         print(String(format: "Warren, events on: %.0f jobs/s, %.1f µs CPU per job: %.2f× a ceiling of %.0f msg/s measured just before",
-                     warren, cpu * 1e6, warren / ceiling, ceiling))
+                     warren.rate, warren.cpu * 1e6, warren.rate / ceiling.rate, ceiling.rate))
         try await latency(url: url, rate: 1_000, seconds: 5)
     }
 
@@ -113,16 +138,16 @@ struct Bench: AsyncParsableCommand {
         }
         var ratios: [Double] = []
         for round in 1...rounds {
-            let (off, offCPU) = try await warrenDrain(url: url, count: count, events: false)
+            let off = try await warrenDrain(url: url, count: count, events: false)
             let store = RedisJobStore(client: client, configuration: .init(queue: "warren-bench", instance: "bench"))
             let (tripsBefore, commandsBefore) = (client.roundTrips, try await commandsProcessed())
-            let (on, cpu) = try await warrenDrain(url: url, count: count, events: false, store: store)
+            let on = try await warrenDrain(url: url, count: count, events: false, store: store)
             // Less the INFO call itself.
             let trips = Double(client.roundTrips - tripsBefore - 1) / Double(count)
             let commands = Double(try await commandsProcessed() - commandsBefore - 1) / Double(count)
-            ratios.append(on / off)
+            ratios.append(on.rate / off.rate)
             print(String(format: "round %d: store off %6.0f jobs/s, %.1f µs CPU a job; store on %6.0f jobs/s, %.1f µs CPU, %.3f round trips and %.2f commands a job: %.2f×",
-                         round, off, offCPU * 1e6, on, cpu * 1e6, trips, commands, on / off))
+                         round, off.rate, off.cpu * 1e6, on.rate, on.cpu * 1e6, trips, commands, on.rate / off.rate))
         }
         print(String(format: "store on / store off, median of %d rounds: %.2f×", rounds, median(ratios)))
         await client.close()
@@ -135,7 +160,7 @@ struct Bench: AsyncParsableCommand {
     /// queue was filled. The queue is the normal-priority queue of a Warren queue of its own,
     /// filled with the messages Warren's drain gets (with `--amqp-plain-ceiling`, a queue without
     /// arguments and messages without id or type).
-    func ceiling(url: AMQPURL, count: Int) async throws -> (rate: Double, cpuPerMessage: Double, published: Double) {
+    func ceiling(url: AMQPURL, count: Int) async throws -> (drain: Drain, published: Double) {
         let name = "warren-bench-ceiling-\(queueType.rawValue)"
         let queue: String, exchange: String, properties: MessageProperties
         if amqpPlainCeiling {
@@ -148,8 +173,9 @@ struct Bench: AsyncParsableCommand {
         }
         let published = try AMQPBenchmarks.fill(
             url: url, exchange: exchange, routingKey: queue, count: count, properties: properties, body: { _ in Self.benchBody })
+        let brokerBefore = broker?.seconds()
         let (rate, cpu) = try AMQPBenchmarks.rawDrain(url: url, queue: queue, count: count)
-        return (rate, cpu, published)
+        return (Drain(rate: rate, cpu: cpu, brokerCPU: brokerCPU(since: brokerBefore, count: count)), published)
     }
 
     /// A no-op job's message, as Warren's drains get them (`fill` numbers the id): ids of each
@@ -161,7 +187,7 @@ struct Bench: AsyncParsableCommand {
 
     /// Fills Warren's normal queue with the same messages as no-op jobs and drains it through a
     /// worker pool: jobs per second and the whole process's CPU seconds per job.
-    func warrenDrain(url: AMQPURL, count: Int, events: Bool, store: (any JobStateStore)? = nil) async throws -> (rate: Double, cpu: Double) {
+    func warrenDrain(url: AMQPURL, count: Int, events: Bool, store: (any JobStateStore)? = nil) async throws -> Drain {
         let name = queueType == .classic ? "warren-bench" : "warren-bench-\(queueType.rawValue)"
         let topology = Topology(queue: name, queueType: queueType)
         try AMQPBenchmarks.prepare(url: url, topology: topology)
@@ -176,20 +202,63 @@ struct Bench: AsyncParsableCommand {
             url: url, exchange: Topology.exchange, routingKey: topology.routingKey(.normal), count: count,
             properties: Self.jobProperties, body: { _ in Self.benchBody })
         let done = Latch(count)
-        // Timed from the first job's start, as the raw loop is timed from its first message.
-        let firstStart = Mutex<ContinuousClock.Instant?>(nil)
+        // Timed from the first job's start, as the raw loop is timed from its first message; the
+        // count of jobs run tells the watchdog below whether the drain moves.
+        let progress = Mutex<(firstStart: ContinuousClock.Instant?, ran: Int)>((nil, 0))
         var registry = HandlerRegistry()
         try registry.registerRaw("noop") { _, _ in
-            firstStart.withLock { if $0 == nil { $0 = .now } }
+            progress.withLock { progress in
+                if progress.firstStart == nil { progress.firstStart = .now }
+                progress.ran += 1
+            }
             done.countDown()
             return Data()
         }
-        let cpuBefore = AMQPBenchmarks.cpuSeconds()
+        // Gives up (releasing `done`) when no job has run for the stall limit.
+        let stalled = Mutex(false)
+        let watchdog = Task {
+            var (seen, since) = (0, ContinuousClock.now)
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                let now = progress.withLock { $0.ran }
+                if now != seen {
+                    (seen, since) = (now, .now)
+                } else if ContinuousClock.now - since >= AMQPBenchmarks.stallLimit {
+                    stalled.withLock { $0 = true }
+                    done.add(-count)
+                    return
+                }
+            }
+        }
+        let cpuBefore = AMQPBenchmarks.cpuSeconds(), brokerBefore = self.broker?.seconds()
         let finished = await drain(broker, registry, concurrency: 32, until: done).finished
+        watchdog.cancel()
+        if stalled.withLock({ $0 }) {
+            await broker.close()
+            throw AMQPBenchmarks.Stalled(queue: topology.brokerQueue(.normal), received: progress.withLock { $0.ran }, expected: count)
+        }
         let cpu = AMQPBenchmarks.cpuSeconds() - cpuBefore
+        let brokerCPU = brokerCPU(since: brokerBefore, count: count)
         await broker.close()
-        let elapsed = finished - (firstStart.withLock { $0 } ?? finished)
-        return (Double(count) / elapsed.timeInterval, cpu / Double(count))
+        let elapsed = finished - (progress.withLock { $0.firstStart } ?? finished)
+        return Drain(rate: Double(count) / elapsed.timeInterval, cpu: cpu / Double(count), brokerCPU: brokerCPU)
+    }
+
+    /// One drain: messages per second, the bench process's CPU seconds per message and, when the
+    /// broker's process id was given, the broker's.
+    struct Drain {
+        var rate: Double
+        var cpu: Double
+        var brokerCPU: Double?
+    }
+
+    func brokerCPU(since before: Double?, count: Int) -> Double? {
+        guard let before, let after = broker?.seconds() else { return nil }
+        return (after - before) / Double(count)
+    }
+
+    static func brokerNote(_ seconds: Double?) -> String {
+        seconds.map { String(format: " (broker %.1f µs)", $0 * 1e6) } ?? ""
     }
 
     func median(_ values: [Double]) -> Double {
@@ -335,5 +404,30 @@ struct Bench: AsyncParsableCommand {
         await runner.value
         latencies.sort()
         return (latencies[latencies.count / 2], latencies[Int(Double(latencies.count) * 0.99)], latencies.last!)
+    }
+}
+
+/// CPU time of a process on this machine, from `/proc`.
+struct ProcessCPU {
+    let pid: Int
+
+    /// User and system CPU seconds used so far by all of the process's threads, or nil when the
+    /// process cannot be read.
+    func seconds() -> Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let end = stat.lastIndex(of: ")")
+        else { return nil }
+        // After the command name (which may hold spaces): state, then 10 fields, then utime and stime.
+        let fields = stat[stat.index(after: end)...].split(separator: " ")
+        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return ticks > 0 ? (user + system) / ticks : nil
+    }
+
+    /// The CPUs this process may run on, as the kernel lists them ("0-1", "1").
+    static var allowedCPUs: String {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+        return line.map { $0.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces) } ?? "?"
     }
 }

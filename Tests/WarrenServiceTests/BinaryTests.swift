@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import WarrenAMQP
 import WarrenTestSupport
 
 /// Checks on the built binaries that keep both cores busy for a second or two (a benchmark run,
@@ -41,6 +42,29 @@ struct BinaryTests {
             let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), [flag, "0"])
             #expect(try await bench.exit(within: 30) == .exited(64), "\(flag) 0: \(bench.output)")
             #expect(bench.output.contains("\(flag) must be 1 or more"), "\(bench.output)")
+        }
+    }
+
+    /// Two benchmarks against one RabbitMQ would drain and purge each other's queues (same names):
+    /// one printed ratios of 11× for minutes, the other waited forever for jobs the first had run.
+    /// While a run holds the claim (an exclusive queue), another refuses at once, before it
+    /// touches any queue. A broker process id that is not one is refused too.
+    @Test(.timeLimit(.minutes(4)))
+    func aSecondBenchAgainstTheSameBrokerIsRefused() async throws {
+        try await usingBroker {
+            let url = try TestEnvironment.amqpURL
+            let running = try RawConnection(url: try AMQPURL(url))
+            defer { running.close() }
+            _ = try running.declareQueue("warren-bench.running", exclusive: true)
+            let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), ["--amqp-url", url, "--amqp-queue-type", "quorum"])
+            #expect(try await bench.exit(within: 30) == .exited(1), "\(bench.output)")
+            #expect(bench.output.contains("another warren-bench is measuring against this RabbitMQ"), "\(bench.output)")
+            #expect(!bench.output.contains("round 1"), "\(bench.output)")
+        }
+        for (pid, message) in [("0", "must be a process id from 1 to"), ("99999999", "no CPU time in /proc/99999999/stat")] {
+            let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), ["--amqp-url", "amqp://127.0.0.1:1/", "--amqp-broker-pid", pid])
+            #expect(try await bench.exit(within: 30) == .exited(64), "\(bench.output)")
+            #expect(bench.output.contains(message), "\(bench.output)")
         }
     }
 
