@@ -20,6 +20,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Messages per AMQP run.") var amqpMessages = 20_000
     @Option(help: "Rounds of the raw loop and Warren (in turn first); the median ratio is reported.") var amqpRounds = 15
     @Option(help: "Queue type of both the raw loop's queue and Warren's: classic or quorum.") var amqpQueueType = "classic"
+    @Option(help: "Prefetch of the raw loop's consumer and of each of Warren's, 1 to 65535.") var amqpPrefetch = 1_000
     @Flag(help: "The raw loop drains a plain queue (no arguments, messages without id or type) instead of one declared and filled as Warren's.")
     var amqpPlainCeiling = false
     @Flag(help: "Only Warren's drains, each round on its own (no raw loop, no events or latency run): to profile Warren.")
@@ -36,6 +37,7 @@ struct Bench: AsyncParsableCommand {
         ]
         for (flag, value) in counts where value < 1 { throw ValidationError("\(flag) must be 1 or more") }
         guard QueueType(rawValue: amqpQueueType) != nil else { throw ValidationError("--amqp-queue-type must be classic or quorum") }
+        guard (1...Int(UInt16.max)).contains(amqpPrefetch) else { throw ValidationError("--amqp-prefetch must be 1 to \(UInt16.max)") }
         if let amqpBrokerPID {
             guard amqpURL != nil else { throw ValidationError("--amqp-broker-pid goes with --amqp-url") }
             guard (1...Int(Int32.max)).contains(amqpBrokerPID) else { throw ValidationError("--amqp-broker-pid must be a process id from 1 to \(Int32.max)") }
@@ -49,6 +51,7 @@ struct Bench: AsyncParsableCommand {
     var broker: ProcessCPU? { amqpBrokerPID.map { ProcessCPU(pid: $0) } }
 
     var queueType: QueueType { QueueType(rawValue: amqpQueueType) ?? .classic }
+    var prefetch: UInt16 { UInt16(clamping: amqpPrefetch) }
 
     func run() async throws {
         if let amqpURL {
@@ -80,7 +83,7 @@ struct Bench: AsyncParsableCommand {
     /// (the delivery limit and at-least-once dead-lettering cost the broker time on every message:
     /// that is the broker's price for Warren's safety, not Warren's).
     func amqp(url: AMQPURL, count: Int, rounds: Int) async throws {
-        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(rounds) rounds, "
+        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(rounds) rounds, prefetch \(prefetch), "
               + (amqpPlainCeiling ? "the raw loop on a plain queue" : "the raw loop on a queue declared as Warren's")
               + "; this process on CPUs \(ProcessCPU.allowedCPUs) of \(ProcessInfo.processInfo.processorCount)")
         if amqpWarrenOnly {
@@ -174,7 +177,7 @@ struct Bench: AsyncParsableCommand {
         let published = try AMQPBenchmarks.fill(
             url: url, exchange: exchange, routingKey: queue, count: count, properties: properties, body: { _ in Self.benchBody })
         let brokerBefore = broker?.seconds()
-        let (rate, cpu) = try AMQPBenchmarks.rawDrain(url: url, queue: queue, count: count)
+        let (rate, cpu) = try AMQPBenchmarks.rawDrain(url: url, queue: queue, count: count, prefetch: prefetch)
         return (Drain(rate: rate, cpu: cpu, brokerCPU: brokerCPU(since: brokerBefore, count: count)), published)
     }
 
@@ -191,7 +194,7 @@ struct Bench: AsyncParsableCommand {
         let name = queueType == .classic ? "warren-bench" : "warren-bench-\(queueType.rawValue)"
         let topology = Topology(queue: name, queueType: queueType)
         try AMQPBenchmarks.prepare(url: url, topology: topology)
-        var configuration = AMQPBroker.Configuration(url: url, queue: name, queueType: queueType, prefetch: 1_000)
+        var configuration = AMQPBroker.Configuration(url: url, queue: name, queueType: queueType, prefetch: prefetch)
         configuration.publishesEvents = events
         configuration.stateStore = store
         // Connected before the fill, so consumption starts as soon after it as the raw loop's does:
