@@ -20,7 +20,7 @@ struct Bench: AsyncParsableCommand {
     @Option(help: "Messages per AMQP run.") var amqpMessages = 20_000
     @Option(help: "Rounds of the raw loop and Warren (in turn first); the median ratio is reported.") var amqpRounds = 15
     @Option(help: "Queue type of both the raw loop's queue and Warren's: classic or quorum.") var amqpQueueType = "classic"
-    @Option(help: "Prefetch of the raw loop's consumer and of each of Warren's, 1 to 65535.") var amqpPrefetch = 1_000
+    @Option(help: "Prefetch of the raw loop's consumer and of each of Warren's, 1 to 65535.") var amqpPrefetch = 10_000
     @Flag(help: "The raw loop drains a plain queue (no arguments, messages without id or type) instead of one declared and filled as Warren's.")
     var amqpPlainCeiling = false
     @Flag(help: "Only Warren's drains, each round on its own (no raw loop, no events or latency run): to profile Warren.")
