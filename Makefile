@@ -1,4 +1,4 @@
-# The two commands a newcomer needs (see README.md).
+# The two commands a newcomer needs, make demo and make test, and the benchmarks (see README.md).
 .PHONY: demo test bench bench-amqp
 
 demo:

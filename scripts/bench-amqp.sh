@@ -5,11 +5,12 @@
 #            weighs each client's CPU per message against the broker's;
 #   split    the broker runs on CPU 0 and the bench on the others, as when the broker has a host
 #            of its own: the ratio says whether the client keeps up with the broker.
-# Arguments go to warren-bench (default: --amqp-queue-type quorum). Needs 2 CPUs or more. The node
-# is removed at the end, even on failure.
+# Quorum queues unless told otherwise: arguments go to warren-bench after the defaults, so they win.
+# Needs 2 CPUs or more. The node is removed at the end, even on failure.
 #
-#   scripts/bench-amqp.sh                              quorum queues
-#   scripts/bench-amqp.sh --amqp-queue-type classic    classic queues
+#   scripts/bench-amqp.sh                                       quorum queues (make bench-amqp)
+#   scripts/bench-amqp.sh --amqp-queue-type classic             classic queues
+#   scripts/bench-amqp.sh --amqp-prefetch 1000 --amqp-rounds 9  any other warren-bench flag
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cpus=$(nproc)
@@ -17,7 +18,6 @@ if ((cpus < 2)); then
     echo "scripts/bench-amqp.sh needs 2 CPUs or more (one for the broker, the rest for the bench); this machine has $cpus" >&2
     exit 1
 fi
-(($# > 0)) || set -- --amqp-queue-type quorum
 scripts/rabbitmq.sh install
 scripts/rabbitmq.sh reap
 swift build -c release --product warren-bench
@@ -26,7 +26,7 @@ export WARREN_TEST_OWNER=$$
 trap 'scripts/rabbitmq.sh remove "$dir" || true' EXIT
 url=$(WARREN_RABBITMQ=4 scripts/rabbitmq.sh start "$dir" | sed -n 's/^WARREN_TEST_AMQP_URL=//p')
 pid=$(cat "$dir/rabbitmq.pid")
-bench=(.build/release/warren-bench --operations 1000 --jobs 1000 --critical-samples 10 --amqp-url "$url" --amqp-broker-pid "$pid" "$@")
+bench=(.build/release/warren-bench --amqp-url "$url" --amqp-broker-pid "$pid" --amqp-queue-type quorum "$@")
 rest=1; ((cpus == 2)) || rest=1-$((cpus - 1))
 
 echo "== shared: RabbitMQ and warren-bench on CPUs 0-$((cpus - 1))"

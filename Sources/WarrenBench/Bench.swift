@@ -9,13 +9,13 @@ import WarrenRedis
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warren-bench",
-        abstract: "Measure the in-memory engine: queue operations, end-to-end jobs, critical-job start latency.")
+        abstract: "Measure the in-memory engine (queue operations, end-to-end jobs, critical-job start latency), or with --amqp-url Warren against a bare rabbitmq-c loop on a RabbitMQ.")
 
-    @Option(help: "Jobs for the queue-operation run.") var operations = 1_000_000
-    @Option(help: "Jobs for the end-to-end run.") var jobs = 200_000
-    @Option(help: "Workers for the end-to-end run.") var concurrency = 16
-    @Option(help: "Critical jobs measured for start latency.") var criticalSamples = 200
-    @Option(help: "Also measure against this RabbitMQ (amqp://…): the raw rabbitmq-c ceiling and Warren side by side.")
+    @Option(help: "Jobs for the queue-operation run (in-memory).") var operations = 1_000_000
+    @Option(help: "Jobs for the end-to-end run (in-memory).") var jobs = 200_000
+    @Option(help: "Workers for the end-to-end run (in-memory).") var concurrency = 16
+    @Option(help: "Critical jobs measured for start latency (in-memory).") var criticalSamples = 200
+    @Option(help: "Measure against this RabbitMQ (amqp://…) instead of the in-memory engine: the raw rabbitmq-c ceiling and Warren side by side.")
     var amqpURL: String?
     @Option(help: "Messages per AMQP run.") var amqpMessages = 20_000
     @Option(help: "Rounds of the raw loop and Warren (in turn first); the median ratio is reported.") var amqpRounds = 15
@@ -38,11 +38,17 @@ struct Bench: AsyncParsableCommand {
         for (flag, value) in counts where value < 1 { throw ValidationError("\(flag) must be 1 or more") }
         guard QueueType(rawValue: amqpQueueType) != nil else { throw ValidationError("--amqp-queue-type must be classic or quorum") }
         guard (1...Int(UInt16.max)).contains(amqpPrefetch) else { throw ValidationError("--amqp-prefetch must be 1 to \(UInt16.max)") }
+        if redisURL != nil, amqpURL == nil { throw ValidationError("--redis-url goes with --amqp-url") }
         if let amqpBrokerPID {
             guard amqpURL != nil else { throw ValidationError("--amqp-broker-pid goes with --amqp-url") }
             guard (1...Int(Int32.max)).contains(amqpBrokerPID) else { throw ValidationError("--amqp-broker-pid must be a process id from 1 to \(Int32.max)") }
-            guard ProcessCPU(pid: amqpBrokerPID).seconds() != nil else {
+            let process = ProcessCPU(pid: amqpBrokerPID)
+            guard process.seconds() != nil else {
                 throw ValidationError("--amqp-broker-pid \(amqpBrokerPID): no CPU time in /proc/\(amqpBrokerPID)/stat (no such process on this machine?)")
+            }
+            // RabbitMQ runs in the Erlang VM, beam.smp.
+            guard let command = process.command, command.hasPrefix("beam") else {
+                throw ValidationError("--amqp-broker-pid \(amqpBrokerPID) is '\(process.command ?? "?")', not a RabbitMQ node (beam.smp)")
             }
         }
     }
@@ -65,13 +71,13 @@ struct Bench: AsyncParsableCommand {
             }
             return
         }
-        print("warren bench — in-memory engine, \(ProcessInfo.processInfo.activeProcessorCount) cores")
+        say("warren bench — in-memory engine, \(ProcessInfo.processInfo.activeProcessorCount) cores")
         let ops = queueOperations(count: operations)
-        print(String(format: "queue operations (enqueue+dequeue+ack, one thread): %10.0f jobs/s  (%.0f ops/s)", ops, ops * 3))
+        say(String(format: "queue operations (enqueue+dequeue+ack, one thread): %10.0f jobs/s  (%.0f ops/s)", ops, ops * 3))
         let e2e = try await endToEnd(count: jobs, concurrency: concurrency)
-        print(String(format: "end-to-end no-op jobs through the worker pool:      %10.0f jobs/s  (concurrency %d)", e2e, concurrency))
+        say(String(format: "end-to-end no-op jobs through the worker pool:      %10.0f jobs/s  (concurrency %d)", e2e, concurrency))
         let latency = try await criticalLatency(samples: criticalSamples)
-        print(String(format: "critical start latency, 10,000 low jobs waiting:    p50 %.3f ms  p99 %.3f ms  max %.3f ms",
+        say(String(format: "critical start latency, 10,000 low jobs waiting:    p50 %.3f ms  p99 %.3f ms  max %.3f ms",
                      latency.p50 * 1e3, latency.p99 * 1e3, latency.max * 1e3))
     }
 
@@ -83,13 +89,13 @@ struct Bench: AsyncParsableCommand {
     /// (the delivery limit and at-least-once dead-lettering cost the broker time on every message:
     /// that is the broker's price for Warren's safety, not Warren's).
     func amqp(url: AMQPURL, count: Int, rounds: Int) async throws {
-        print("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(rounds) rounds, prefetch \(prefetch), "
+        say("warren bench — RabbitMQ at \(url.host):\(url.port), \(queueType.rawValue) queues, \(count) messages per run, \(Self.counted(rounds, "round")), prefetch \(prefetch), "
               + (amqpPlainCeiling ? "the raw loop on a plain queue" : "the raw loop on a queue declared as Warren's")
-              + "; this process on CPUs \(ProcessCPU.allowedCPUs) of \(ProcessInfo.processInfo.processorCount)")
+              + "; this process may run on CPUs \(ProcessCPU.allowedCPUs) (of \(ProcessInfo.processInfo.processorCount))")
         if amqpWarrenOnly {
             for round in 1...rounds {
                 let warren = try await warrenDrain(url: url, count: count, events: false)
-                print(String(format: "round %d: Warren, no-op jobs, events off %6.0f jobs/s, %.2f µs CPU per job%@", round, warren.rate, warren.cpu * 1e6,
+                say(String(format: "round %d: Warren, no-op jobs, events off %6.0f jobs/s, %.2f µs CPU per job%@", round, warren.rate, warren.cpu * 1e6,
                              Self.brokerNote(warren.brokerCPU)))
             }
             return
@@ -99,7 +105,7 @@ struct Bench: AsyncParsableCommand {
             let warrenFirst = round % 2 == 0
             let first = warrenFirst ? try await warrenDrain(url: url, count: count, events: false) : nil
             let (raw, published) = try await ceiling(url: url, count: count)
-            if round == 1 { print(String(format: "publish with confirms (window 1,000): %.0f msg/s", published)) }
+            if round == 1 { say(String(format: "publish with confirms (window 1,000): %.0f msg/s", published)) }
             let warren = if let first { first } else { try await warrenDrain(url: url, count: count, events: false) }
             ratios.append(warren.rate / raw.rate)
             warrenCPU.append(warren.cpu)
@@ -108,21 +114,21 @@ struct Bench: AsyncParsableCommand {
                 brokerCPU.raw.append(rawBroker)
                 brokerCPU.warren.append(warrenBroker)
             }
-            print(String(format: "round %d: ceiling (raw rabbitmq-c consume + multiple ack) %6.0f msg/s, %.1f µs CPU per message%@%@;",
+            say(String(format: "round %d: ceiling (raw rabbitmq-c consume + multiple ack) %6.0f msg/s, %.1f µs CPU per message%@%@;",
                          round, raw.rate, raw.cpu * 1e6, Self.brokerNote(raw.brokerCPU), warrenFirst ? " (Warren first)" : ""))
-            print(String(format: "         Warren, no-op jobs, events off             %6.0f jobs/s, %.1f µs CPU per job%@: %.2f× the ceiling",
+            say(String(format: "         Warren, no-op jobs, events off             %6.0f jobs/s, %.1f µs CPU per job%@: %.2f× the ceiling",
                          warren.rate, warren.cpu * 1e6, Self.brokerNote(warren.brokerCPU), warren.rate / raw.rate))
         }
-        print(String(format: "Warren / ceiling, median of %d rounds: %.2f×  (CPU per job %.1f µs, raw loop %.1f µs per message)",
-                     rounds, median(ratios), median(warrenCPU) * 1e6, median(rawCPU) * 1e6))
+        say(String(format: "Warren / ceiling, median of %@: %.2f×  (CPU per job %.1f µs, raw loop %.1f µs per message)",
+                     Self.counted(rounds, "round"), median(ratios), median(warrenCPU) * 1e6, median(rawCPU) * 1e6))
         if !brokerCPU.raw.isEmpty {
-            print(String(format: "the broker's CPU per message, medians: %.1f µs serving the raw loop, %.1f µs serving Warren",
+            say(String(format: "the broker's CPU per message, medians: %.1f µs serving the raw loop, %.1f µs serving Warren",
                          median(brokerCPU.raw) * 1e6, median(brokerCPU.warren) * 1e6))
         }
         // Lifecycle events on: one more publish per job.
         let (ceiling, _) = try await ceiling(url: url, count: count)
         let warren = try await warrenDrain(url: url, count: count, events: true)
-        print(String(format: "Warren, events on: %.0f jobs/s, %.1f µs CPU per job: %.2f× a ceiling of %.0f msg/s measured just before",
+        say(String(format: "Warren, events on: %.0f jobs/s, %.1f µs CPU per job: %.2f× a ceiling of %.0f msg/s measured just before",
                      warren.rate, warren.cpu * 1e6, warren.rate / ceiling.rate, ceiling.rate))
         try await latency(url: url, rate: 1_000, seconds: 5)
     }
@@ -130,7 +136,7 @@ struct Bench: AsyncParsableCommand {
     /// Warren draining `count` no-op jobs without and then with the job-state store, `rounds`
     /// times: each round's rates, the ratio, and the store's round trips and commands per job.
     func store(url: AMQPURL, redis: RedisURL, count: Int, rounds: Int) async throws {
-        print("warren bench — job-state store on Redis \(redis.host):\(redis.port), RabbitMQ at \(url.host):\(url.port), "
+        say("warren bench — job-state store on Redis \(redis.host):\(redis.port), RabbitMQ at \(url.host):\(url.port), "
               + "\(queueType.rawValue) queues, \(count) no-op jobs per run, \(rounds) rounds")
         let client = RedisClient(url: redis, name: "warren-bench")
         try await client.waitUntilConnected(within: .seconds(5))
@@ -149,10 +155,10 @@ struct Bench: AsyncParsableCommand {
             let trips = Double(client.roundTrips - tripsBefore - 1) / Double(count)
             let commands = Double(try await commandsProcessed() - commandsBefore - 1) / Double(count)
             ratios.append(on.rate / off.rate)
-            print(String(format: "round %d: store off %6.0f jobs/s, %.1f µs CPU a job; store on %6.0f jobs/s, %.1f µs CPU, %.3f round trips and %.2f commands a job: %.2f×",
+            say(String(format: "round %d: store off %6.0f jobs/s, %.1f µs CPU a job; store on %6.0f jobs/s, %.1f µs CPU, %.3f round trips and %.2f commands a job: %.2f×",
                          round, off.rate, off.cpu * 1e6, on.rate, on.cpu * 1e6, trips, commands, on.rate / off.rate))
         }
-        print(String(format: "store on / store off, median of %d rounds: %.2f×", rounds, median(ratios)))
+        say(String(format: "store on / store off, median of %@: %.2f×", Self.counted(rounds, "round"), median(ratios)))
         await client.close()
     }
 
@@ -260,6 +266,9 @@ struct Bench: AsyncParsableCommand {
         return (after - before) / Double(count)
     }
 
+    /// "1 round", "15 rounds".
+    static func counted(_ count: Int, _ noun: String) -> String { "\(count) \(noun)\(count == 1 ? "" : "s")" }
+
     static func brokerNote(_ seconds: Double?) -> String {
         seconds.map { String(format: " (broker %.1f µs)", $0 * 1e6) } ?? ""
     }
@@ -305,7 +314,7 @@ struct Bench: AsyncParsableCommand {
         await producer.close()
         let sorted = samples.withLock { $0 }.sorted()
         func at(_ q: Double) -> Double { sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] * 1e3 }
-        print(String(format: "publish → handler start at %d jobs/s (%d jobs):  p50 %.2f ms  p99 %.2f ms  max %.2f ms",
+        say(String(format: "publish → handler start at %d jobs/s (%d jobs):  p50 %.2f ms  p99 %.2f ms  max %.2f ms",
                      rate, total, at(0.5), at(0.99), sorted.last! * 1e3))
     }
 
@@ -427,10 +436,21 @@ struct ProcessCPU {
         return ticks > 0 ? (user + system) / ticks : nil
     }
 
+    /// The process's command name (`comm`), or nil when the process cannot be read.
+    var command: String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// The CPUs this process may run on, as the kernel lists them ("0-1", "1").
     static var allowedCPUs: String {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
         return line.map { $0.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces) } ?? "?"
     }
+}
+
+/// Writes a line to standard output at once, also into a pipe or a file (where `print` buffers
+/// until exit, and a run takes minutes).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }

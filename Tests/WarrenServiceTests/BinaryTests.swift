@@ -48,7 +48,8 @@ struct BinaryTests {
     /// Two benchmarks against one RabbitMQ would drain and purge each other's queues (same names):
     /// one printed ratios of 11× for minutes, the other waited forever for jobs the first had run.
     /// While a run holds the claim (an exclusive queue), another refuses at once, before it
-    /// touches any queue. A broker process id that is not one is refused too.
+    /// touches any queue. A broker process id that is not a RabbitMQ node is refused too, and so are
+    /// the flags that only make sense with `--amqp-url` without it.
     @Test(.timeLimit(.minutes(4)))
     func aSecondBenchAgainstTheSameBrokerIsRefused() async throws {
         try await usingBroker {
@@ -61,10 +62,21 @@ struct BinaryTests {
             #expect(bench.output.contains("another warren-bench is measuring against this RabbitMQ"), "\(bench.output)")
             #expect(!bench.output.contains("round 1"), "\(bench.output)")
         }
-        for (pid, message) in [("0", "must be a process id from 1 to"), ("99999999", "no CPU time in /proc/99999999/stat")] {
-            let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), ["--amqp-url", "amqp://127.0.0.1:1/", "--amqp-broker-pid", pid])
-            #expect(try await bench.exit(within: 30) == .exited(64), "\(bench.output)")
+        let refused = [
+            (["--amqp-broker-pid", "0"], "must be a process id from 1 to"),
+            (["--amqp-broker-pid", "99999999"], "no CPU time in /proc/99999999/stat"),
+            // This test process: it exists, but it is no RabbitMQ (its CPU would read as the broker's).
+            (["--amqp-broker-pid", "\(ProcessInfo.processInfo.processIdentifier)"], "not a RabbitMQ node (beam.smp)"),
+        ]
+        for (flags, message) in refused {
+            let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), ["--amqp-url", "amqp://127.0.0.1:1/"] + flags)
+            #expect(try await bench.exit(within: 30) == .exited(64), "\(flags): \(bench.output)")
             #expect(bench.output.contains(message), "\(bench.output)")
+        }
+        for flags in [["--amqp-broker-pid", "1"], ["--redis-url", "redis://127.0.0.1:1"]] {
+            let bench = try ChildProcess(TestEnvironment.binary("warren-bench"), flags)
+            #expect(try await bench.exit(within: 30) == .exited(64), "\(flags): \(bench.output)")
+            #expect(bench.output.contains("\(flags[0]) goes with --amqp-url"), "\(bench.output)")
         }
     }
 
