@@ -83,7 +83,7 @@ enum AMQPBenchmarks {
     /// when the socket runs dry, which `nextEvent` hides): it is the ceiling Warren is measured by. Returns messages per second (the ceiling Warren is
     /// measured against) and the loop thread's CPU seconds per message.
     static func rawDrain(
-        url: AMQPURL, queue: String, count: Int, prefetch: UInt16 = 1_000, ackEvery: Int = 500
+        url: AMQPURL, queue: String, count: Int, prefetch: UInt16, ackEvery: Int = 500
     ) throws -> (rate: Double, cpuPerMessage: Double) {
         let cpuBefore = cpuSeconds(thisThreadOnly: true)
         let raw = try RawConnection(url: url)

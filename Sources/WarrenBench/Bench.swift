@@ -53,8 +53,8 @@ struct Bench: AsyncParsableCommand {
         }
     }
 
-    /// The broker's CPU time, when its process id was given.
-    var broker: ProcessCPU? { amqpBrokerPID.map { ProcessCPU(pid: $0) } }
+    /// The broker's process, for its CPU time, when its id was given.
+    var brokerProcess: ProcessCPU? { amqpBrokerPID.map { ProcessCPU(pid: $0) } }
 
     var queueType: QueueType { QueueType(rawValue: amqpQueueType) ?? .classic }
     var prefetch: UInt16 { UInt16(clamping: amqpPrefetch) }
@@ -137,7 +137,7 @@ struct Bench: AsyncParsableCommand {
     /// times: each round's rates, the ratio, and the store's round trips and commands per job.
     func store(url: AMQPURL, redis: RedisURL, count: Int, rounds: Int) async throws {
         say("warren bench — job-state store on Redis \(redis.host):\(redis.port), RabbitMQ at \(url.host):\(url.port), "
-              + "\(queueType.rawValue) queues, \(count) no-op jobs per run, \(rounds) rounds")
+              + "\(queueType.rawValue) queues, \(count) no-op jobs per run, \(Self.counted(rounds, "round")), prefetch \(prefetch)")
         let client = RedisClient(url: redis, name: "warren-bench")
         try await client.waitUntilConnected(within: .seconds(5))
         func commandsProcessed() async throws -> Int {
@@ -182,7 +182,7 @@ struct Bench: AsyncParsableCommand {
         }
         let published = try AMQPBenchmarks.fill(
             url: url, exchange: exchange, routingKey: queue, count: count, properties: properties, body: { _ in Self.benchBody })
-        let brokerBefore = broker?.seconds()
+        let brokerBefore = brokerProcess?.seconds()
         let (rate, cpu) = try AMQPBenchmarks.rawDrain(url: url, queue: queue, count: count, prefetch: prefetch)
         return (Drain(rate: rate, cpu: cpu, brokerCPU: brokerCPU(since: brokerBefore, count: count)), published)
     }
@@ -239,7 +239,7 @@ struct Bench: AsyncParsableCommand {
                 }
             }
         }
-        let cpuBefore = AMQPBenchmarks.cpuSeconds(), brokerBefore = self.broker?.seconds()
+        let cpuBefore = AMQPBenchmarks.cpuSeconds(), brokerBefore = brokerProcess?.seconds()
         let finished = await drain(broker, registry, concurrency: 32, until: done).finished
         watchdog.cancel()
         if stalled.withLock({ $0 }) {
@@ -262,7 +262,7 @@ struct Bench: AsyncParsableCommand {
     }
 
     func brokerCPU(since before: Double?, count: Int) -> Double? {
-        guard let before, let after = broker?.seconds() else { return nil }
+        guard let before, let after = brokerProcess?.seconds() else { return nil }
         return (after - before) / Double(count)
     }
 

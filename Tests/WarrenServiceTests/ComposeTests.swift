@@ -85,7 +85,7 @@ struct ComposeTests {
         #expect(exit == .exited(0), "docker-compose \(flags.joined(separator: " ")) config: \(child.output)")
     }
 
-    @Test(.timeLimit(.minutes(4)))
+    @Test(.timeLimit(.minutes(1)))
     func theComposeFileIsValid() async throws {
         try await validate(profile: nil)
         try await validate(profile: "cluster")
@@ -158,7 +158,7 @@ struct ComposeTests {
         #expect(ignored.first == "*" && !ignored.contains { $0.hasPrefix("!.build") || $0.hasPrefix("!Package.resolved") }, "\(ignored)")
     }
 
-    @Test(.timeLimit(.minutes(4)))
+    @Test(.timeLimit(.minutes(1)))
     func theClusterProfileRunsThreeNodesAndTwoWarrensOnOneQueue() throws {
         let file = try compose()
         let services = file.services(in: "cluster")

@@ -148,7 +148,7 @@ struct OperationsTests {
         try TestBrokerQueues.delete(queue, on: raw)
     }
 
-    @Test(.timeLimit(.minutes(4)))
+    @Test(.timeLimit(.minutes(1)))
     func notReadyWhileTheBrokerCannotBeReached() async throws {
         let queue = TestEnvironment.unique()
         let (serve, base, _) = try await Self.serve(queue: queue, handlers: Self.handlers, broker: "amqp://guest:guest@127.0.0.1:\(try closedPort())/")

@@ -60,7 +60,7 @@ struct RedactionTests {
     }
 
     /// `warren config check`, as a process: its output and its errors.
-    @Test(.timeLimit(.minutes(4)))
+    @Test(.timeLimit(.minutes(1)))
     func configCheckNeverShowsASecret() async throws {
         let dir = try makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
