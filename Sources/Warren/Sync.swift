@@ -56,6 +56,9 @@ package final class Latch: Sendable {
 
     package func countDown() { add(-1) }
 
+    /// How many are still awaited (0 when open).
+    package var count: Int { state.withLock { max(0, $0.count) } }
+
     package func wait() async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let open = state.withLock { state -> Bool in

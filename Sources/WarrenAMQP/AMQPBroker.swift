@@ -458,6 +458,10 @@ public final class AMQPBroker: Broker {
         ingest.handBack(unstarted)
     }
 
+    /// Settlements under way: publishes awaiting RabbitMQ's confirm, records awaiting the job-state
+    /// store. What a shutdown that ran out of time was still waiting for.
+    public var settlementsInProgress: Int { settlement.settling.count }
+
     /// `Broker.stopTakingWork`: `stopConsuming`.
     public func stopTakingWork() async { await stopConsuming() }
 

@@ -246,7 +246,11 @@ struct WorkerLoop: Service {
                 // grace period. What it did not settle is still unacked: RabbitMQ hands it to
                 // another consumer. On a thread of the dispatch pool, which nothing here can hold up.
                 DispatchQueue.global().asyncAfter(deadline: .now() + grace.timeInterval) {
-                    service.logger.error("the drain did not end within worker.shutdown_grace (\(grace)): exiting; unsettled jobs return to RabbitMQ")
+                    // What it was still waiting for: jobs that ignored being stopped, or RabbitMQ
+                    // (confirms of settlements, then the close).
+                    service.logger.error(
+                        "the drain did not end within worker.shutdown_grace (\(grace)): exiting; unsettled jobs return to RabbitMQ",
+                        metadata: ["running": "\(service.pool.running)", "settling": "\(service.broker.settlementsInProgress)"])
                     exit(1)
                 }
             }
