@@ -120,7 +120,8 @@ struct ShutdownTests {
                 // copy published and confirmed on a quorum queue, the original acked, the
                 // connection closed) takes 11-17 ms on an idle machine and up to 210 ms beside the
                 // other tests here, but it once took over 0.6 s in CI (a grace of 3 s), and over
-                // 0.2 s before that (1 s): a tail of RabbitMQ's confirms on a loaded machine.
+                // 0.2 s before that (1 s). Should it run out again, the exit's error says whether a
+                // job or a settlement was still waiting.
                 environment["WARREN_WORKER_SHUTDOWN_GRACE"] = "10s"
                 environment["WARREN_LOG_LEVEL"] = "trace"
                 let worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
