@@ -61,6 +61,13 @@ struct ExecHandler: Sendable {
         let program = action.command[0]
         let executable: Executable = program.contains("/") ? .path(FilePath(program)) : .name(program)
         let result: ExecutionResult<Void, BytesOutput, BytesOutput>
+        var group: pid_t?
+        defer {
+            // A stopped command (timeout, cancel, shutdown) may have ended without its group: a
+            // shell that died of SIGTERM while its child, ignoring it, runs on.
+            if Task.isCancelled { Self.killRest(of: group) }
+            if let group { HandlerProcesses.ended(group) }
+        }
         do {
             // Stdin is an unlinked temporary file, not a pipe: a command that exits without reading
             // its input must not meet a broken pipe (swift-subprocess 1.0.2 traps on it, issue 367).
@@ -69,7 +76,12 @@ struct ExecHandler: Sendable {
                 executable, arguments: Arguments(Array(action.command.dropFirst())), environment: .custom(environment),
                 workingDirectory: action.workingDirectory.map { FilePath($0) }, platformOptions: options,
                 input: .fileDescriptor(stdin, closeAfterSpawningProcess: true), output: .bytes(limit: Self.maxOutputBytes),
-                error: .bytes(limit: Self.maxOutputBytes))
+                error: .bytes(limit: Self.maxOutputBytes)
+            ) { execution in
+                // Its group (its pid) is known while it runs, so that none outlives `serve`.
+                group = execution.processIdentifier.value
+                HandlerProcesses.started(execution.processIdentifier.value)
+            }
         } catch is CancellationError {
             throw CancellationError()
         } catch {
@@ -84,6 +96,13 @@ struct ExecHandler: Sendable {
         case let .signaled(signal):
             throw ExecHandlerError("\(program) was killed by signal \(signal)\(Redactor.scrub(Self.tail(result.standardError), hiding: secrets))")
         }
+    }
+
+    /// A stopped command's group after its teardown: what is left of it gets SIGKILL, instead of
+    /// running on, orphaned, beside the job's next attempt. Before `HandlerProcesses` forgets the
+    /// group (see there why the id is still the command's).
+    static func killRest(of group: pid_t?) {
+        if let group { _ = kill(-group, SIGKILL) }
     }
 
     /// The payload in a file that is already unlinked: gone when the command's stdin closes.

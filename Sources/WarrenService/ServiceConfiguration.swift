@@ -206,9 +206,13 @@ public struct ServiceConfiguration: Sendable {
         guard let node else { return }
         let known = Set(keys.map(\.name))
         var found: [String] = []
+        var lists: [String] = []
         func walk(_ node: Node, _ prefix: String) {
             guard let mapping = node.mapping else {
                 found.append(prefix)
+                // Every value is one scalar (lists are comma-separated strings): a YAML list read
+                // as no value at all would silently be the default.
+                if node.sequence != nil { lists.append(prefix) }
                 return
             }
             for (key, value) in mapping {
@@ -219,6 +223,9 @@ public struct ServiceConfiguration: Sendable {
         walk(node, "")
         for key in found where !known.contains(key) {
             throw ConfigurationError.unknownKey(key, file: path)
+        }
+        if let key = lists.first {
+            throw ConfigurationError.file(path, "gives \(key) a YAML list; it takes one value (several as one comma-separated string)")
         }
     }
 

@@ -24,6 +24,8 @@ public final class WorkerService: Sendable {
     let handlerNames: [String]
     /// The job-state store's connection, when `state.url` is set.
     let stateClient: RedisClient?
+    /// When the shutdown's safety net ends the process (set by the graceful shutdown of `run`).
+    let exitDeadline = Locked<ContinuousClock.Instant?>(nil)
 
     /// Builds the worker. `registry` may already hold handlers registered in Swift; the handlers
     /// file's entries are added to it (a name in both is an error).
@@ -190,6 +192,11 @@ public final class WorkerService: Sendable {
             }
         }
         await broker.run(pool)
+        // Commands of jobs stopped by the shutdown get up to a second more to end after SIGTERM
+        // (swift-subprocess sends SIGKILL a second after it), within half of what is left of the
+        // grace; then Warren sends SIGKILL itself: none outlives the process.
+        let left = exitDeadline.withLock { $0 }.map { $0 - .now } ?? Self.settlingReserve(configuration.shutdownGrace)
+        await HandlerProcesses.end(patience: min(.seconds(1), left / 2), logger: logger)
         logger.info("warren drained and stopped")
         connection.cancel()
         consumers.cancel()
@@ -240,6 +247,7 @@ struct WorkerLoop: Service {
                 await service.runWorker()
             } onCancel: {
                 let grace = service.configuration.shutdownGrace
+                service.exitDeadline.withLock { $0 = .now + grace }
                 service.logger.info("shutting down: finishing running jobs, handing back the rest", metadata: ["grace": "\(grace)"])
                 // Shutdown always wins: whatever the broker does (unreachable, blocking publishers
                 // under a resource alarm, a half-open connection), the process ends within its
@@ -251,6 +259,7 @@ struct WorkerLoop: Service {
                     service.logger.error(
                         "the drain did not end within worker.shutdown_grace (\(grace)): exiting; unsettled jobs return to RabbitMQ",
                         metadata: ["running": "\(service.pool.running)", "settling": "\(service.broker.settlementsInProgress)"])
+                    HandlerProcesses.kill(logger: service.logger)
                     exit(1)
                 }
             }

@@ -150,6 +150,64 @@ struct ShutdownTests {
         }
     }
 
+    /// Commands stopped by a shutdown whose processes ignore SIGTERM: their jobs go back to the
+    /// queue at once, so the processes must not outlive the worker (they did, reparented to init,
+    /// running on beside the copies another worker takes). One command ignores SIGTERM itself:
+    /// swift-subprocess's SIGKILL a second later ends it, which the worker now waits for (or sends
+    /// SIGKILL itself, when less time is left). The other is a shell that dies of SIGTERM while its
+    /// child, which ignores it, runs on: the exec handler's SIGKILL to the group ends that one.
+    @Test(.timeLimit(.minutes(4)))
+    func commandsThatIgnoreSIGTERMDoNotOutliveTheWorker() async throws {
+        try await usingBroker {
+            let dir = try makeTemporaryDirectory()
+            try """
+                #!/bin/sh
+                sh -c 'trap "" TERM; echo $$ > \(dir)/orphan; exec sleep 60' &
+                wait
+                """.write(toFile: dir + "/wrapper.sh", atomically: false, encoding: .utf8)
+            chmod(dir + "/wrapper.sh", 0o755)
+            try """
+                handlers:
+                  stubborn:
+                    exec: { command: [/bin/sh, -c, 'trap "" TERM; echo $$ > \(dir)/stubborn; exec sleep 60'] }
+                  wrapper:
+                    exec: { command: [\(dir)/wrapper.sh] }
+                """.write(toFile: dir + "/handlers.yaml", atomically: false, encoding: .utf8)
+            let queue = TestEnvironment.unique()
+            var environment = try TestEnvironment.serveEnvironment(queue: queue, handlersFile: dir + "/handlers.yaml")
+            environment["WARREN_QUEUE_TYPE"] = "quorum"
+            // 10 s, 2 s of it kept for settling: the margin the test above needs on a busy machine.
+            environment["WARREN_WORKER_SHUTDOWN_GRACE"] = "10s"
+            let worker = try ChildProcess(TestEnvironment.binary("warren"), ["serve"], environment: environment)
+            let address = try await operationsAddress(of: worker)
+            try await waitUntil("the worker to be ready", within: 30) { await get(address + "/readyz")?.0 == 200 }
+            for name in ["stubborn", "wrapper"] {
+                let submit = try ChildProcess(TestEnvironment.binary("warren"), ["submit", name], environment: environment)
+                #expect(try await submit.exit(within: 60) == .exited(0))
+            }
+            @Sendable func pid(_ file: String) -> pid_t? {
+                (try? String(contentsOfFile: dir + "/" + file, encoding: .utf8)).flatMap { $0.hasSuffix("\n") ? pid_t($0.dropLast()) : nil }
+            }
+            try await waitUntil("both commands to start", within: 30) { pid("stubborn") != nil && pid("orphan") != nil }
+            let pids = [try #require(pid("stubborn")), try #require(pid("orphan"))]
+            /// Alive: in /proc and not a zombie (init reaps an orphan once it is killed).
+            @Sendable func alive(_ pid: pid_t) -> Bool {
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let end = stat.lastIndex(of: ")") else { return false }
+                return !stat[stat.index(after: end)...].hasPrefix(" Z")
+            }
+            defer { for pid in pids where alive(pid) { kill(pid, SIGKILL) } }  // should this test fail, not left running
+            #expect(pids.allSatisfy(alive))
+            worker.signal(SIGTERM)
+            #expect(try await worker.exit(within: 30) == .exited(0), "\(worker.lines.suffix(10).joined(separator: "\n"))")
+            // Gone with the worker, long before their 60 s sleeps end (not merely sent SIGKILL).
+            try await waitUntil("the commands to be gone", within: 10) { !pids.contains(where: alive) }
+            let raw = try RawConnection(url: try AMQPURL(try TestEnvironment.amqpURL))
+            defer { raw.close() }
+            #expect(try raw.declareQueue("\(queue).normal", passive: true).messages == 2, "both jobs went back once")
+            try TestBrokerQueues.delete(queue, on: raw)
+        }
+    }
+
     /// The broker stops answering while a job runs (half-open connection, or a resource alarm that
     /// blocks the connection): SIGTERM still ends `warren serve` within its grace period. Without
     /// the bound it waited for the consumers' cancel, the job's settlement and the close (over

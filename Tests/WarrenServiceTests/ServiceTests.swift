@@ -96,6 +96,13 @@ struct ConfigurationTests {
         await #expect(throws: ConfigurationError.unknownKey("worker.concurency", file: dir + "/typo.yaml")) {
             _ = try await ServiceConfiguration.load(sources(file: dir + "/typo.yaml"))
         }
+        // A YAML list where one value is expected was read as no value, so the default (an outside tester's find).
+        for (text, key) in [("worker:\n  shutdown_grace: [1]\n", "worker.shutdown_grace"), ("worker:\n  concurrency: [1, 2]\n", "worker.concurrency")] {
+            try text.write(toFile: dir + "/list.yaml", atomically: false, encoding: .utf8)
+            await #expect(throws: ConfigurationError.file(dir + "/list.yaml", "gives \(key) a YAML list; it takes one value (several as one comma-separated string)")) {
+                _ = try await ServiceConfiguration.load(sources(file: dir + "/list.yaml"))
+            }
+        }
     }
 
     @Test func handlersFilesAreValidatedAndExpandTheEnvironment() throws {
