@@ -225,7 +225,10 @@ public struct ServiceConfiguration: Sendable {
             throw ConfigurationError.unknownKey(key, file: path)
         }
         if let key = lists.first {
-            throw ConfigurationError.file(path, "gives \(key) a YAML list; it takes one value (several as one comma-separated string)")
+            // Keys that take several values take them as one comma-separated string: say so for those.
+            let several = Self.keys.first { $0.name == key }?.help.contains("comma") == true
+            throw ConfigurationError.file(
+                path, "gives \(key) a YAML list; it takes one value" + (several ? " (several as one comma-separated string)" : ""))
         }
     }
 

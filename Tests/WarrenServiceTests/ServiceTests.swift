@@ -97,9 +97,13 @@ struct ConfigurationTests {
             _ = try await ServiceConfiguration.load(sources(file: dir + "/typo.yaml"))
         }
         // A YAML list where one value is expected was read as no value, so the default (an outside tester's find).
-        for (text, key) in [("worker:\n  shutdown_grace: [1]\n", "worker.shutdown_grace"), ("worker:\n  concurrency: [1, 2]\n", "worker.concurrency")] {
+        for (text, problem) in [
+            ("worker:\n  shutdown_grace: [1]\n", "gives worker.shutdown_grace a YAML list; it takes one value"),
+            ("worker:\n  concurrency: [1, 2]\n", "gives worker.concurrency a YAML list; it takes one value"),
+            ("broker:\n  url: [amqp://a/, amqp://b/]\n", "gives broker.url a YAML list; it takes one value (several as one comma-separated string)"),
+        ] {
             try text.write(toFile: dir + "/list.yaml", atomically: false, encoding: .utf8)
-            await #expect(throws: ConfigurationError.file(dir + "/list.yaml", "gives \(key) a YAML list; it takes one value (several as one comma-separated string)")) {
+            await #expect(throws: ConfigurationError.file(dir + "/list.yaml", problem)) {
                 _ = try await ServiceConfiguration.load(sources(file: dir + "/list.yaml"))
             }
         }
