@@ -104,7 +104,7 @@ let package = Package(
         .target(
             name: "WarrenService",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenRedis",
+                "Warren", "WarrenAMQP", "WarrenIO", "WarrenRedis",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -169,7 +169,7 @@ let package = Package(
         .testTarget(
             name: "WarrenServiceTests",
             dependencies: [
-                "Warren", "WarrenAMQP", "WarrenService", "WarrenTestSupport",
+                "Warren", "WarrenAMQP", "WarrenIO", "WarrenService", "WarrenTestSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

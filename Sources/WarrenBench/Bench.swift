@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import Warren
 import WarrenAMQP
+import WarrenIO
 import WarrenRedis
 
 @main
@@ -426,14 +427,9 @@ struct ProcessCPU {
     /// User and system CPU seconds used so far by all of the process's threads, or nil when the
     /// process cannot be read.
     func seconds() -> Double? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let end = stat.lastIndex(of: ")")
-        else { return nil }
-        // After the command name (which may hold spaces): state, then 10 fields, then utime and stime.
-        let fields = stat[stat.index(after: end)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
+        guard let pid = Int32(exactly: pid), let used = ProcessStat(pid: pid)?.cpuTicks else { return nil }
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-        return ticks > 0 ? (user + system) / ticks : nil
+        return ticks > 0 ? used / ticks : nil
     }
 
     /// The process's command name (`comm`), or nil when the process cannot be read.

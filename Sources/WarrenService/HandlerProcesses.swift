@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import Logging
 import Warren
+import WarrenIO
 
 /// The process groups of exec commands, so that none outlives `serve`. A job stopped by a
 /// shutdown is settled (back in its queue) at once, while its command gets SIGTERM and, a second
@@ -26,16 +27,10 @@ enum HandlerProcesses {
     /// The known groups that still have a live (not zombie) member, from /proc.
     static func liveGroups() -> Set<pid_t> {
         let groups = known.withLock { $0 }
-        guard !groups.isEmpty, let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        guard !groups.isEmpty else { return [] }
         var live: Set<pid_t> = []
-        for name in entries {
-            guard let pid = pid_t(name), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let end = stat.lastIndex(of: ")")
-            else { continue }
-            // After the command name: state, ppid, pgrp.
-            let fields = stat[stat.index(after: end)...].split(separator: " ")
-            guard fields.count > 2, fields[0] != "Z", let group = pid_t(fields[2]), groups.contains(group) else { continue }
-            live.insert(group)
+        for (_, process) in ProcessStat.all() where !process.isZombie {
+            if let group = process.processGroup, groups.contains(group) { live.insert(group) }
         }
         return live
     }

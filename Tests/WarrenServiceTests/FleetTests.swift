@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Warren
+import WarrenIO
 @testable import WarrenAMQP
 #if canImport(Glibc)
 import Glibc
@@ -191,10 +192,7 @@ struct ShutdownTests {
             try await waitUntil("both commands to start", within: 30) { pid("stubborn") != nil && pid("orphan") != nil }
             let pids = [try #require(pid("stubborn")), try #require(pid("orphan"))]
             /// Alive: in /proc and not a zombie (init reaps an orphan once it is killed).
-            @Sendable func alive(_ pid: pid_t) -> Bool {
-                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let end = stat.lastIndex(of: ")") else { return false }
-                return !stat[stat.index(after: end)...].hasPrefix(" Z")
-            }
+            @Sendable func alive(_ pid: pid_t) -> Bool { ProcessStat(pid: pid).map { !$0.isZombie } ?? false }
             defer { for pid in pids where alive(pid) { kill(pid, SIGKILL) } }  // should this test fail, not left running
             #expect(pids.allSatisfy(alive))
             worker.signal(SIGTERM)
